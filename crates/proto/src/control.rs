@@ -1,0 +1,478 @@
+//! Tracker control messages (TCP, and heartbeats also by UDP):
+//! `{"Type": <int>, "Content": {...}}` requests and `{"Success": <bool>, "Content": ...}` replies.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, check_len, classify, reject_array};
+
+/// Default limit on one control request or reply, in bytes; requests are small, so anything
+/// near this is a broken or hostile client.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// A registered member as the tracker lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// `Ip`: the IP address the member's UDP socket listens on.
+    #[serde(rename = "Ip")]
+    pub ip: String,
+    /// `Port`: the member's UDP port.
+    #[serde(rename = "Port")]
+    pub port: u16,
+    /// `Username`: the member's name, unique among live members.
+    #[serde(rename = "Username")]
+    pub username: String,
+    /// `Uid`: the id the tracker gave the member on Register.
+    #[serde(rename = "Uid")]
+    pub uid: String,
+}
+
+/// A control request to the tracker, one variant per `Type` code of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Type 1: the names of all groups.
+    ListGroups,
+    /// Type 2: join `group` (created if needed); the reply lists its members after the join.
+    JoinGroup {
+        /// Who joins.
+        username: String,
+        /// The group to join.
+        group: String,
+    },
+    /// Type 3: register a member's UDP address; the reply is its unique id.
+    Register {
+        /// The IP address of the member's UDP socket.
+        ip: String,
+        /// The port of the member's UDP socket.
+        port: u16,
+        /// The member's name.
+        username: String,
+        /// `Proto` (newer peers only): the protocol version the member speaks; a member that
+        /// does not announce one is held to the report's 60 s heartbeat interval.
+        proto: Option<u32>,
+    },
+    /// Type 4: the members of `group`.
+    ListMembers {
+        /// The group to list.
+        group: String,
+    },
+    /// Type 5: leave `group`.
+    ExitGroup {
+        /// Who leaves.
+        username: String,
+        /// The group to leave.
+        group: String,
+    },
+    /// Type 6: leave every group and unregister.
+    Quit {
+        /// Who quits (the username, or the member's id).
+        username: String,
+    },
+    /// Type 7: a sign of life.
+    Heartbeat {
+        /// Who is alive.
+        username: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(rename = "Type")]
+    kind: i64,
+    #[serde(rename = "Content", default)]
+    content: Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UserGroup {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Group")]
+    group: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegisterContent {
+    #[serde(rename = "Ip")]
+    ip: String,
+    #[serde(rename = "Port")]
+    port: u16,
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Proto", default, skip_serializing_if = "Option::is_none")]
+    proto: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupOnly {
+    #[serde(rename = "Group")]
+    group: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UserOnly {
+    #[serde(rename = "Username")]
+    username: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<C> {
+    #[serde(rename = "Type")]
+    kind: u8,
+    #[serde(rename = "Content")]
+    content: C,
+}
+
+fn content<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
+    serde_json::from_value(value).map_err(classify)
+}
+
+impl Request {
+    /// The `Type` code of this request.
+    pub fn code(&self) -> u8 {
+        match self {
+            Self::ListGroups => 1,
+            Self::JoinGroup { .. } => 2,
+            Self::Register { .. } => 3,
+            Self::ListMembers { .. } => 4,
+            Self::ExitGroup { .. } => 5,
+            Self::Quit { .. } => 6,
+            Self::Heartbeat { .. } => 7,
+        }
+    }
+
+    /// Decodes one request, rejecting input over [`MAX_REQUEST_LEN`] before parsing.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        Self::decode_limited(bytes, MAX_REQUEST_LEN)
+    }
+
+    /// Decodes one request, rejecting input over `max` bytes before parsing.
+    pub fn decode_limited(bytes: &[u8], max: usize) -> Result<Self, Error> {
+        check_len(bytes, max)?;
+        reject_array(bytes)?;
+        let raw: RawRequest = serde_json::from_slice(bytes).map_err(classify)?;
+        Ok(match raw.kind {
+            // The report's client sends `{}`; any content is accepted and ignored.
+            1 => Self::ListGroups,
+            2 => {
+                let c: UserGroup = content(raw.content)?;
+                Self::JoinGroup {
+                    username: c.username,
+                    group: c.group,
+                }
+            }
+            3 => {
+                let c: RegisterContent = content(raw.content)?;
+                Self::Register {
+                    ip: c.ip,
+                    port: c.port,
+                    username: c.username,
+                    proto: c.proto,
+                }
+            }
+            4 => Self::ListMembers {
+                group: content::<GroupOnly>(raw.content)?.group,
+            },
+            5 => {
+                let c: UserGroup = content(raw.content)?;
+                Self::ExitGroup {
+                    username: c.username,
+                    group: c.group,
+                }
+            }
+            6 => Self::Quit {
+                username: content::<UserOnly>(raw.content)?.username,
+            },
+            7 => Self::Heartbeat {
+                username: content::<UserOnly>(raw.content)?.username,
+            },
+            code => return Err(Error::UnknownType { code }),
+        })
+    }
+
+    /// Appends the JSON encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let kind = self.code();
+        let result = match self {
+            Self::ListGroups => serde_json::to_writer(
+                out,
+                &Envelope {
+                    kind,
+                    content: serde_json::Map::new(),
+                },
+            ),
+            Self::JoinGroup { username, group } | Self::ExitGroup { username, group } => {
+                serde_json::to_writer(
+                    out,
+                    &Envelope {
+                        kind,
+                        content: UserGroup {
+                            username: username.clone(),
+                            group: group.clone(),
+                        },
+                    },
+                )
+            }
+            Self::Register {
+                ip,
+                port,
+                username,
+                proto,
+            } => serde_json::to_writer(
+                out,
+                &Envelope {
+                    kind,
+                    content: RegisterContent {
+                        ip: ip.clone(),
+                        port: *port,
+                        username: username.clone(),
+                        proto: *proto,
+                    },
+                },
+            ),
+            Self::ListMembers { group } => serde_json::to_writer(
+                out,
+                &Envelope {
+                    kind,
+                    content: GroupOnly {
+                        group: group.clone(),
+                    },
+                },
+            ),
+            Self::Quit { username } | Self::Heartbeat { username } => serde_json::to_writer(
+                out,
+                &Envelope {
+                    kind,
+                    content: UserOnly {
+                        username: username.clone(),
+                    },
+                },
+            ),
+        };
+        result.expect("serializing a request into memory");
+    }
+
+    /// The JSON encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// The tracker's answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// `Success`: whether the request was carried out.
+    #[serde(rename = "Success")]
+    pub success: bool,
+    /// `Content`: the result (its shape depends on the request), or on failure a reason
+    /// (a string; `[]` for ListMembers of an unknown group, as the report answers).
+    #[serde(rename = "Content")]
+    pub content: Value,
+    /// `HeartbeatMs` (newer peers only, on Register): the heartbeat interval the tracker
+    /// expects from this member.
+    #[serde(rename = "HeartbeatMs", default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Reply {
+    /// A successful reply carrying `content`.
+    pub fn ok(content: impl Into<Value>) -> Self {
+        Self {
+            success: true,
+            content: content.into(),
+            heartbeat_ms: None,
+        }
+    }
+
+    /// A failed reply whose content is `reason`.
+    pub fn failure(reason: impl Into<String>) -> Self {
+        Self {
+            success: false,
+            content: Value::String(reason.into()),
+            heartbeat_ms: None,
+        }
+    }
+
+    /// Decodes one reply, rejecting input over [`MAX_REQUEST_LEN`] before parsing.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        check_len(bytes, MAX_REQUEST_LEN)?;
+        reject_array(bytes)?;
+        serde_json::from_slice(bytes).map_err(classify)
+    }
+
+    /// The JSON encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("serializing a reply into memory")
+    }
+
+    /// The content as a list of names (ListGroups).
+    pub fn names(&self) -> Result<Vec<String>, Error> {
+        content(self.content.clone())
+    }
+
+    /// The content as a list of members (JoinGroup, ListMembers).
+    pub fn members(&self) -> Result<Vec<Member>, Error> {
+        content(self.content.clone())
+    }
+
+    /// The content as text (the id after Register, or the reason of a failure).
+    pub fn text(&self) -> Result<String, Error> {
+        content(self.content.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::ListGroups,
+            Request::JoinGroup {
+                username: "ford".into(),
+                group: "books".into(),
+            },
+            Request::Register {
+                ip: "127.0.0.1".into(),
+                port: 5000,
+                username: "ford".into(),
+                proto: Some(2),
+            },
+            Request::Register {
+                ip: "127.0.0.1".into(),
+                port: 5000,
+                username: "old".into(),
+                proto: None,
+            },
+            Request::ListMembers {
+                group: "books".into(),
+            },
+            Request::ExitGroup {
+                username: "ford".into(),
+                group: "books".into(),
+            },
+            Request::Quit {
+                username: "ford".into(),
+            },
+            Request::Heartbeat {
+                username: "ford".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for request in all_requests() {
+            assert_eq!(Request::decode(&request.encode()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn requests_carry_the_report_type_codes_and_field_names() {
+        let join: Value = serde_json::from_slice(
+            &Request::JoinGroup {
+                username: "ford".into(),
+                group: "books".into(),
+            }
+            .encode(),
+        )
+        .expect("json");
+        assert_eq!(
+            join,
+            serde_json::json!({"Type": 2, "Content": {"Username": "ford", "Group": "books"}})
+        );
+        let codes: Vec<u8> = all_requests().iter().map(Request::code).collect();
+        assert_eq!(codes, [1, 2, 3, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn decodes_the_report_clients_indented_register() {
+        let text = "{\n    \"Type\": 3,\n    \"Content\": {\n        \"Ip\": \"10.0.0.5\",\n        \"Port\": 6001,\n        \"Username\": \"katerina\"\n    }\n}";
+        assert_eq!(
+            Request::decode(text.as_bytes()),
+            Ok(Request::Register {
+                ip: "10.0.0.5".into(),
+                port: 6001,
+                username: "katerina".into(),
+                proto: None
+            })
+        );
+    }
+
+    #[test]
+    fn list_groups_accepts_any_or_no_content() {
+        assert_eq!(Request::decode(br#"{"Type":1}"#), Ok(Request::ListGroups));
+        assert_eq!(
+            Request::decode(br#"{"Type":1,"Content":{}}"#),
+            Ok(Request::ListGroups)
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        assert_eq!(
+            Request::decode(br#"{"Type":9,"Content":{}}"#),
+            Err(Error::UnknownType { code: 9 })
+        );
+        assert_eq!(
+            Request::decode(br#"{"Type":2,"Content":{"Username":"u"}}"#),
+            Err(Error::MissingField {
+                field: "Group".into()
+            })
+        );
+        assert_eq!(
+            Request::decode(br#"{"Content":{}}"#),
+            Err(Error::MissingField {
+                field: "Type".into()
+            })
+        );
+        assert!(matches!(
+            Request::decode(br#"{"Type":"2","Content":{}}"#),
+            Err(Error::WrongType { .. })
+        ));
+        assert!(matches!(
+            Request::decode(br#"{"Type":7,"Content":{"Username":7}}"#),
+            Err(Error::WrongType { .. })
+        ));
+        assert!(matches!(
+            Request::decode(br#"[1,2]"#),
+            Err(Error::WrongType { .. })
+        ));
+        assert!(matches!(
+            Request::decode(b"{\"Type\":7"),
+            Err(Error::Syntax { .. })
+        ));
+        let huge = vec![b' '; MAX_REQUEST_LEN + 1];
+        assert!(matches!(
+            Request::decode(&huge),
+            Err(Error::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn replies_round_trip_and_expose_typed_content() {
+        let member = Member {
+            ip: "127.0.0.1".into(),
+            port: 5000,
+            username: "ford".into(),
+            uid: "1".into(),
+        };
+        let reply = Reply::ok(serde_json::to_value(vec![member.clone()]).expect("value"));
+        let back = Reply::decode(&reply.encode()).expect("decodes");
+        assert_eq!(back.members(), Ok(vec![member]));
+
+        let failure = Reply::failure("no such group: chess");
+        let text = String::from_utf8(failure.encode()).expect("utf8");
+        assert_eq!(
+            text,
+            r#"{"Success":false,"Content":"no such group: chess"}"#
+        );
+        assert_eq!(
+            Reply::decode(text.as_bytes()).and_then(|r| r.text()),
+            Ok("no such group: chess".into())
+        );
+    }
+}

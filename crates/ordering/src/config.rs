@@ -30,9 +30,14 @@ pub struct Config {
     /// falls back to the report's rule: the first message received sets the counter.
     pub handshake_timeout: Duration,
     /// How long a sender must be idle before it announces its highest counter (so a lost last
-    /// message is noticed); repeated `digest_repeats` times at doubling intervals.
+    /// message is noticed); repeated `digest_repeats` times at doubling intervals, up to
+    /// `digest_max_interval`.
     pub digest_interval: Duration,
-    /// How many times an idle sender announces the same highest counter.
+    /// Longest interval between two announcements of the same highest counter.
+    pub digest_max_interval: Duration,
+    /// How many times an idle sender announces the same highest counter. Each announcement
+    /// can be lost: the last message of a burst is lost for good only if the message and all
+    /// of these are (at 30% loss and 10 repeats, about 6 in a million).
     pub digest_repeats: u32,
     /// How long a receiver keeps recovering the gaps of a member that said Bye with its final
     /// counter before it gives up on them.
@@ -55,7 +60,8 @@ impl Default for Config {
             legacy_holdback: Duration::from_millis(5),
             handshake_timeout: Duration::from_millis(300),
             digest_interval: Duration::from_millis(10),
-            digest_repeats: 4,
+            digest_max_interval: Duration::from_millis(500),
+            digest_repeats: 10,
             bye_grace: Duration::from_secs(1),
             max_nack_ranges: 64,
             max_retransmit_per_nack: 1024,

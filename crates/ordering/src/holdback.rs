@@ -127,9 +127,10 @@ impl<T> HoldbackQueue<T> {
 
     /// Whether the position `offset` still waits for its message.
     pub(crate) fn is_missing(&self, offset: usize) -> bool {
-        self.slots.get(offset).is_none_or(|s| matches!(s, Slot::Missing))
+        self.slots
+            .get(offset)
+            .is_none_or(|s| matches!(s, Slot::Missing))
     }
-
 }
 
 #[cfg(test)]

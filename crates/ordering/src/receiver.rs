@@ -62,7 +62,11 @@ enum Phase<T> {
 #[derive(Debug, Clone, Copy)]
 struct Gap {
     due: Instant,
+    /// Requests sent since the stream last advanced: only requests that brought no progress
+    /// count towards giving up.
     attempts: u32,
+    /// The stream's `next` when `attempts` began counting.
+    stuck_at: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,8 +90,9 @@ struct Stream<T> {
     phase: Phase<T>,
     /// Next counter to deliver.
     next: u64,
-    /// One past the highest counter known to exist (from a message or a digest), clamped into
-    /// the window; a gap is open while `next < known_end`.
+    /// One past the highest counter known to exist (from a message, a digest or a Bye); a gap
+    /// is open while `next < known_end`. It may lie beyond the window: the gap is then
+    /// recovered one window at a time, and only [`Stream::window_end`] touches memory.
     known_end: u64,
     /// One past the highest counter a retransmission request has asked for.
     nacked_end: u64,
@@ -161,11 +166,16 @@ impl<T> Stream<T> {
         .min()
     }
 
+    /// The end of what may be requested or held now: `known_end`, within the window.
+    fn window_end(&self, config: &Config) -> u64 {
+        self.known_end.min(self.next.saturating_add(config.window))
+    }
+
     fn finished(&self) -> bool {
         self.done
-            || self.closing.is_some_and(|c| {
-                self.next > c.final_counter && matches!(self.phase, Phase::Active)
-            })
+            || self
+                .closing
+                .is_some_and(|c| self.next > c.final_counter && matches!(self.phase, Phase::Active))
     }
 
     fn deliver(&self, ctx: &mut Ctx<'_, T>, counter: u64, payload: T) {
@@ -262,9 +272,10 @@ impl<T> Stream<T> {
         self.known_end = self.known_end.max(self.next);
     }
 
-    /// Gives up on every missing counter below `known_end` and releases what follows.
+    /// Gives up on every missing counter below `known_end` that lies within the window, and
+    /// releases what follows; a gap beyond the window is then taken up afresh.
     fn skip_all_known(&mut self, ctx: &mut Ctx<'_, T>) {
-        let span = (self.known_end - self.next) as usize;
+        let span = (self.window_end(ctx.config) - self.next) as usize;
         ctx.counters.gaps_skipped += self.holdback.skip_missing_before(span);
         self.release_ready(ctx);
         self.gap = None;
@@ -281,15 +292,18 @@ impl<T> Stream<T> {
             self.gap = Some(Gap {
                 due: now + wait,
                 attempts: 0,
+                stuck_at: self.next,
             });
         }
     }
 
-    /// The missing counters between `next` and `known_end`, as at most `max` ranges.
-    fn missing_ranges(&self, max: usize) -> Vec<RangeInclusive<u64>> {
+    /// The missing counters between `next` and the window's end, as at most `max` ranges.
+    fn missing_ranges(&self, config: &Config) -> Vec<RangeInclusive<u64>> {
+        let max = config.max_nack_ranges;
+        let end = self.window_end(config);
         let mut ranges: Vec<RangeInclusive<u64>> = Vec::new();
         let mut run: Option<(u64, u64)> = None;
-        let span = self.known_end - self.next;
+        let span = end - self.next;
         let scanned = span.min(self.holdback.len() as u64);
         let push = |ranges: &mut Vec<_>, r: (u64, u64)| {
             if ranges.len() < max {
@@ -306,7 +320,7 @@ impl<T> Stream<T> {
         }
         if scanned < span {
             let first = run.take().map_or(self.next + scanned, |(a, _)| a);
-            push(&mut ranges, (first, self.known_end - 1));
+            push(&mut ranges, (first, end - 1));
         } else if let Some(r) = run.take() {
             push(&mut ranges, r);
         }
@@ -326,9 +340,13 @@ impl<T> Stream<T> {
             self.end_stream(ctx, Some(closing.final_counter));
             return;
         }
-        let Some(gap) = self.gap else { return };
+        let Some(mut gap) = self.gap else { return };
         if gap.due > now {
             return;
+        }
+        if gap.stuck_at != self.next {
+            gap.attempts = 0;
+            gap.stuck_at = self.next;
         }
         match self.kind {
             Kind::Legacy => self.skip_all_known(ctx),
@@ -336,7 +354,7 @@ impl<T> Stream<T> {
                 self.skip_all_known(ctx)
             }
             Kind::Recovering => {
-                let ranges = self.missing_ranges(ctx.config.max_nack_ranges);
+                let ranges = self.missing_ranges(ctx.config);
                 if let Some(last) = ranges.last() {
                     self.nacked_end = self.nacked_end.max(last.end() + 1);
                 }
@@ -349,6 +367,7 @@ impl<T> Stream<T> {
                 self.gap = Some(Gap {
                     due: now + ctx.config.nack_interval,
                     attempts: gap.attempts + 1,
+                    stuck_at: gap.stuck_at,
                 });
             }
         }
@@ -359,7 +378,7 @@ impl<T> Stream<T> {
         if self.kind != Kind::Recovering || !matches!(self.phase, Phase::Active) {
             return;
         }
-        let mut end = highest.saturating_add(1).min(self.next + ctx.config.window);
+        let mut end = highest.saturating_add(1);
         if let Some(c) = self.closing {
             end = end.min(c.final_counter + 1);
         }
@@ -367,14 +386,21 @@ impl<T> Stream<T> {
         self.update_gap(ctx.config, now);
     }
 
-    fn on_unavailable(&mut self, ctx: &mut Ctx<'_, T>, now: Instant, ranges: &[RangeInclusive<u64>]) {
+    fn on_unavailable(
+        &mut self,
+        ctx: &mut Ctx<'_, T>,
+        now: Instant,
+        ranges: &[RangeInclusive<u64>],
+    ) {
         if !matches!(self.phase, Phase::Active) {
             return;
         }
         let window_end = self.next + ctx.config.window;
         for range in ranges {
             let first = (*range.start()).max(self.next);
-            let last = (*range.end()).min(window_end - 1).min(self.known_end.max(first) - 1);
+            let last = (*range.end())
+                .min(window_end - 1)
+                .min(self.known_end.max(first) - 1);
             if first > last {
                 continue;
             }
@@ -395,9 +421,7 @@ impl<T> Stream<T> {
                     final_counter: f,
                     deadline: now + ctx.config.bye_grace,
                 });
-                self.known_end = self
-                    .known_end
-                    .max(f.saturating_add(1).min(self.next + ctx.config.window));
+                self.known_end = self.known_end.max(f.saturating_add(1));
                 self.update_gap(ctx.config, now);
             }
             // Everything up to the final counter is delivered already.
@@ -526,7 +550,9 @@ impl<T> FifoReceiver<T> {
 
     /// Whether a stream of `sender` in `group` exists.
     pub fn has_sender(&self, group: &str, sender: &str) -> bool {
-        self.groups.get(group).is_some_and(|s| s.contains_key(sender))
+        self.groups
+            .get(group)
+            .is_some_and(|s| s.contains_key(sender))
     }
 
     /// The position of a stream, if it exists.
@@ -623,8 +649,7 @@ impl<T> FifoReceiver<T> {
     /// fallbacks, the end of a leaving member's grace period.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((at, (group, sender))) = self.timers.pop_due(now) {
-            let Some(stream) = self.groups.get_mut(&group).and_then(|s| s.get_mut(&sender))
-            else {
+            let Some(stream) = self.groups.get_mut(&group).and_then(|s| s.get_mut(&sender)) else {
                 continue;
             };
             if !claim(&mut stream.scheduled, at) {
@@ -797,7 +822,11 @@ mod tests {
         assert_eq!(h.drain(), (vec![1], vec![]), "no request before the delay");
         h.tick(3);
         assert_eq!(h.drain().1, [vec![2..=3, 5..=5]]);
-        assert_eq!(h.rx.poll_timeout(), Some(h.at(18)), "then every nack_interval");
+        assert_eq!(
+            h.rx.poll_timeout(),
+            Some(h.at(18)),
+            "then every nack_interval"
+        );
         h.msg(5, 2);
         h.msg(5, 3);
         assert_eq!(h.drain().0, [2, 3, 4]);
@@ -836,7 +865,11 @@ mod tests {
         h.tick(18);
         assert_eq!(h.drain().1.len(), 2);
         h.tick(33);
-        assert_eq!(h.drain().0, [2], "the gap is skipped, what followed is delivered");
+        assert_eq!(
+            h.drain().0,
+            [2],
+            "the gap is skipped, what followed is delivered"
+        );
         assert_eq!(h.rx.counters().gaps_skipped, 1);
         h.msg(40, 1);
         assert_eq!(h.rx.counters().duplicates, 1, "a late arrival is dropped");
@@ -865,8 +898,7 @@ mod tests {
     fn unavailable_counters_are_skipped() {
         let mut h = Harness::new(Start::At(1));
         h.msg(0, 4);
-        h.rx
-            .handle_unavailable(h.at(1), G, S, &[1..=2, 100..=200])
+        h.rx.handle_unavailable(h.at(1), G, S, &[1..=2, 100..=200])
             .expect("known");
         assert_eq!(h.drain().0, Vec::<u64>::new());
         h.msg(2, 3);
@@ -884,9 +916,16 @@ mod tests {
         h.tick(5);
         let (delivered, nacks) = h.drain();
         assert_eq!(delivered, [19]);
-        assert!(nacks.is_empty(), "an old sender is never asked to retransmit");
+        assert!(
+            nacks.is_empty(),
+            "an old sender is never asked to retransmit"
+        );
         h.msg(6, 18);
-        assert_eq!(h.rx.counters().duplicates, 1, "below a delivered counter: dropped");
+        assert_eq!(
+            h.rx.counters().duplicates,
+            1,
+            "below a delivered counter: dropped"
+        );
         // A reordered pair within the hold is put right.
         h.msg(7, 21);
         h.msg(8, 20);
@@ -987,7 +1026,10 @@ mod tests {
             })
         );
         h.tick(10_000);
-        assert!(h.drain().1.is_empty(), "a forgotten stream's timers are stale");
+        assert!(
+            h.drain().1.is_empty(),
+            "a forgotten stream's timers are stale"
+        );
     }
 
     #[test]

@@ -24,16 +24,20 @@ struct SendStream<T> {
 
 impl<T> SendStream<T> {
     /// When the next digest is due: `digest_interval` after the last send, then at doubling
-    /// intervals, while the sender stays idle.
+    /// intervals (capped at `digest_max_interval`), while the sender stays idle.
     fn digest_due(&self, config: &Config) -> Option<Instant> {
         let last = self.last_send?;
         if self.digests_left == 0 {
             return None;
         }
-        let sent = config.digest_repeats - self.digests_left;
-        // Due after 1, 3, 7, 15, ... intervals of idleness.
-        let factor = (1u32 << (sent + 1).min(20)) - 1;
-        Some(last + config.digest_interval * factor)
+        let sent = config.digest_repeats.saturating_sub(self.digests_left);
+        let mut due = last;
+        let mut step = config.digest_interval;
+        for _ in 0..=sent {
+            due += step.min(config.digest_max_interval);
+            step = step.saturating_mul(2);
+        }
+        Some(due)
     }
 }
 
@@ -270,13 +274,14 @@ mod tests {
         let counters: Vec<_> = drain(&mut tx)
             .into_iter()
             .map(|o| match o {
-                Output::Multicast {
-                    group, counter, ..
-                } => (group.to_string(), counter),
+                Output::Multicast { group, counter, .. } => (group.to_string(), counter),
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(counters, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
+        assert_eq!(
+            counters,
+            [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]
+        );
         assert_eq!(tx.close("a"), Some(2), "the final counter for the Bye");
     }
 
@@ -341,7 +346,11 @@ mod tests {
     #[test]
     fn announces_the_highest_counter_only_while_idle_and_only_when_it_changed() {
         let t0 = Instant::now();
-        let mut tx = FifoSender::new(Config::default());
+        let mut tx = FifoSender::new(Config {
+            digest_repeats: 5,
+            digest_max_interval: ms(60),
+            ..Config::default()
+        });
         tx.open("g");
         tx.send(t0, "g", 1).expect("open");
         tx.send(t0 + ms(5), "g", 2).expect("open");
@@ -358,10 +367,16 @@ mod tests {
                 }
             }
         }
-        // Idle from 5 ms: digests at 1, 3, 7 and 15 intervals (10 ms) of idleness.
+        // Idle from 5 ms: digests after 10, 20, 40 ms of idleness, then every 60 ms (the cap).
         assert_eq!(
             digests,
-            [(ms(15), 2), (ms(35), 2), (ms(75), 2), (ms(155), 2)]
+            [
+                (ms(15), 2),
+                (ms(35), 2),
+                (ms(75), 2),
+                (ms(135), 2),
+                (ms(195), 2)
+            ]
         );
         assert_eq!(tx.poll_timeout(), None, "silent until the next send");
     }

@@ -267,7 +267,8 @@ mod tests {
                 ranges: vec![1..=1]
             })
         );
-        seq.handle_message(deadline, "g", "a", 1, "a1").expect("known");
+        seq.handle_message(deadline, "g", "a", 1, "a1")
+            .expect("known");
         assert_eq!(multicasts(&mut seq).len(), 2);
         seq.handle_nack("g", "member", &[2..=2]).expect("open");
         match seq.poll_output() {

@@ -273,7 +273,11 @@ pub struct Reply {
     pub content: Value,
     /// `HeartbeatMs` (newer peers only, on Register): the heartbeat interval the tracker
     /// expects from this member.
-    #[serde(rename = "HeartbeatMs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "HeartbeatMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub heartbeat_ms: Option<u64>,
 }
 

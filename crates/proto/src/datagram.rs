@@ -272,12 +272,7 @@ mod tests {
     fn encodes_exactly_the_eight_report_keys_when_no_newer_key_is_set() {
         let bytes = app(7).encode(LEGACY_DATAGRAM_LEN).expect("fits");
         let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-        let mut keys: Vec<_> = value
-            .as_object()
-            .expect("object")
-            .keys()
-            .cloned()
-            .collect();
+        let mut keys: Vec<_> = value.as_object().expect("object").keys().cloned().collect();
         keys.sort();
         assert_eq!(
             keys,

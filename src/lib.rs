@@ -1,0 +1,2 @@
+pub use ordering;
+pub use proto;

@@ -1,1 +1,76 @@
-fn main() {}
+//! Criterion benchmarks of the wire encoding: a 100-byte application datagram encoded and
+//! decoded, and a tracker request decoded.
+//!
+//! Run: `cargo bench --bench proto`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use groupcast::proto::{Datagram, DatagramType, Request};
+
+fn application_datagram() -> Datagram {
+    Datagram::new(
+        DatagramType::Application,
+        "distrib",
+        "katerina",
+        "x".repeat(100),
+        "127.0.0.1:40000".parse().expect("address"),
+        123_456,
+        "katerina",
+    )
+}
+
+fn datagram(c: &mut Criterion) {
+    let mut group = c.benchmark_group("datagram_100B");
+    group.throughput(Throughput::Elements(1));
+    let message = application_datagram();
+    let mut buf = Vec::with_capacity(512);
+    message.encode_into(&mut buf);
+    let encoded = buf.clone();
+
+    group.bench_function("encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&message).encode_into(&mut buf);
+            black_box(&buf);
+        })
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| Datagram::decode(black_box(&encoded)).expect("valid"))
+    });
+    group.bench_function("encode_decode", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&message).encode_into(&mut buf);
+            Datagram::decode(black_box(&buf)).expect("valid")
+        })
+    });
+    group.finish();
+}
+
+fn request(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(1));
+    let heartbeat = Request::Heartbeat {
+        username: "katerina".into(),
+    }
+    .encode();
+    group.bench_function("decode_heartbeat", |b| {
+        b.iter(|| Request::decode(black_box(&heartbeat)).expect("valid"))
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = datagram, request
+}
+criterion_main!(benches);

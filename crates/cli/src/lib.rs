@@ -1,1 +1,113 @@
-//! placeholder
+//! What the messenger's programs share: parsing `HOST:PORT` arguments, setting up logging
+//! (quiet by default, `-v` or `RUST_LOG` for detail), and turning an error into one clear
+//! line and an exit code.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fmt::Display;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use thiserror::Error;
+
+/// Why an address argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// Not of the form `HOST:PORT`.
+    #[error("{input:?} is not HOST:PORT (for example 127.0.0.1:5000 or localhost:5000)")]
+    Malformed {
+        /// The argument as given.
+        input: String,
+    },
+    /// The host name did not resolve to an IPv4 or IPv6 address.
+    #[error("cannot resolve {input:?}: {reason}")]
+    Unresolved {
+        /// The argument as given.
+        input: String,
+        /// What the resolver said.
+        reason: String,
+    },
+}
+
+/// Parses `HOST:PORT`, where HOST is an IP address or a name to resolve; an IPv4 address is
+/// preferred when a name has several, since the report's peers speak IPv4.
+pub fn parse_addr(input: &str) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = input.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let malformed = || Error::Malformed {
+        input: input.to_owned(),
+    };
+    let (host, port) = input.rsplit_once(':').ok_or_else(malformed)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(malformed());
+    }
+    let addrs: Vec<SocketAddr> = input
+        .to_socket_addrs()
+        .map_err(|e| Error::Unresolved {
+            input: input.to_owned(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| Error::Unresolved {
+            input: input.to_owned(),
+            reason: "no address".into(),
+        })
+}
+
+/// Sets up logging to standard error: warnings only by default, `info` with one `-v`,
+/// `debug` with two, `trace` with three; `RUST_LOG`, when set, overrides all of these.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_micros()
+        .try_init();
+}
+
+/// Runs a program's body and reports its error, if any, as one line on standard error
+/// (`PROGRAM: error: ...`), returning the exit code: 0 on success, 1 on error.
+pub fn report<E: Display>(program: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_addresses_and_names() {
+        assert_eq!(
+            parse_addr("127.0.0.1:5000"),
+            Ok("127.0.0.1:5000".parse().expect("valid"))
+        );
+        assert_eq!(parse_addr("[::1]:7").map(|a| a.port()), Ok(7));
+        let local = parse_addr("localhost:6000").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 6000);
+    }
+
+    #[test]
+    fn refuses_what_is_not_host_and_port() {
+        for bad in ["5000", "host:", ":5000", "127.0.0.1:99999", "a:b", ""] {
+            assert!(
+                matches!(parse_addr(bad), Err(Error::Malformed { .. })),
+                "{bad:?} must be refused as malformed"
+            );
+        }
+    }
+}

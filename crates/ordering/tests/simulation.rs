@@ -4,6 +4,8 @@
 //! A failure prints the seed and its scenario; replay one seed with
 //! `SIM_SEED=<seed> SIM_MODE=<fifo|total> cargo test -p ordering --test simulation replay -- --nocapture`.
 
+#![allow(clippy::unwrap_used)] // a test may stop at the first surprise
+
 mod sim;
 
 use sim::{Mode, Scenario, Sim};

@@ -48,9 +48,6 @@ pub enum Request {
         port: u16,
         /// The member's name.
         username: String,
-        /// `Proto` (newer peers only): the protocol version the member speaks; a member that
-        /// does not announce one is held to the report's 60 s heartbeat interval.
-        proto: Option<u32>,
     },
     /// Type 4: the members of `group`.
     ListMembers {
@@ -82,6 +79,8 @@ struct RawRequest {
     kind: i64,
     #[serde(rename = "Content", default)]
     content: Value,
+    #[serde(rename = "Proto", default)]
+    proto: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -100,8 +99,6 @@ struct RegisterContent {
     port: u16,
     #[serde(rename = "Username")]
     username: String,
-    #[serde(rename = "Proto", default, skip_serializing_if = "Option::is_none")]
-    proto: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,11 +114,58 @@ struct UserOnly {
 }
 
 #[derive(Serialize)]
-struct Envelope<C> {
+struct Wire<C> {
     #[serde(rename = "Type")]
     kind: u8,
     #[serde(rename = "Content")]
     content: C,
+    #[serde(rename = "Proto", skip_serializing_if = "Option::is_none")]
+    proto: Option<u32>,
+}
+
+/// A request as it travels: the request, and the protocol version its client announced.
+///
+/// The top-level `Proto` key is the newer clients' mark (the report's tracker ignores extra
+/// keys). It tells the tracker that the client keeps its connection open for more requests
+/// (the report's client expects the tracker to close it after one reply), and, on Register,
+/// that the member speaks the newer protocol and heartbeats at the tracker's interval
+/// (members that do not are held to the report's 60 s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The request.
+    pub request: Request,
+    /// `Proto`: the newer protocol version the client speaks, if it announced one.
+    pub proto: Option<u32>,
+}
+
+impl Envelope {
+    /// Decodes one request, rejecting input over `max` bytes before parsing.
+    pub fn decode_limited(bytes: &[u8], max: usize) -> Result<Self, Error> {
+        check_len(bytes, max)?;
+        reject_array(bytes)?;
+        let raw: RawRequest = serde_json::from_slice(bytes).map_err(classify)?;
+        Ok(Self {
+            request: Request::from_raw(raw.kind, raw.content)?,
+            proto: raw.proto,
+        })
+    }
+
+    /// Decodes one request, rejecting input over [`MAX_REQUEST_LEN`] before parsing.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        Self::decode_limited(bytes, MAX_REQUEST_LEN)
+    }
+
+    /// Appends the JSON encoding to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.request.encode_with(self.proto, out);
+    }
+
+    /// The JSON encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.encode_into(&mut out);
+        out
+    }
 }
 
 fn content<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
@@ -142,111 +186,110 @@ impl Request {
         }
     }
 
-    /// Decodes one request, rejecting input over [`MAX_REQUEST_LEN`] before parsing.
+    /// Decodes one request, rejecting input over [`MAX_REQUEST_LEN`] before parsing; any
+    /// `Proto` announcement is dropped (see [`Envelope`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        Self::decode_limited(bytes, MAX_REQUEST_LEN)
+        Envelope::decode(bytes).map(|e| e.request)
     }
 
-    /// Decodes one request, rejecting input over `max` bytes before parsing.
-    pub fn decode_limited(bytes: &[u8], max: usize) -> Result<Self, Error> {
-        check_len(bytes, max)?;
-        reject_array(bytes)?;
-        let raw: RawRequest = serde_json::from_slice(bytes).map_err(classify)?;
-        Ok(match raw.kind {
+    fn from_raw(kind: i64, raw: Value) -> Result<Self, Error> {
+        Ok(match kind {
             // The report's client sends `{}`; any content is accepted and ignored.
             1 => Self::ListGroups,
             2 => {
-                let c: UserGroup = content(raw.content)?;
+                let c: UserGroup = content(raw)?;
                 Self::JoinGroup {
                     username: c.username,
                     group: c.group,
                 }
             }
             3 => {
-                let c: RegisterContent = content(raw.content)?;
+                let c: RegisterContent = content(raw)?;
                 Self::Register {
                     ip: c.ip,
                     port: c.port,
                     username: c.username,
-                    proto: c.proto,
                 }
             }
             4 => Self::ListMembers {
-                group: content::<GroupOnly>(raw.content)?.group,
+                group: content::<GroupOnly>(raw)?.group,
             },
             5 => {
-                let c: UserGroup = content(raw.content)?;
+                let c: UserGroup = content(raw)?;
                 Self::ExitGroup {
                     username: c.username,
                     group: c.group,
                 }
             }
             6 => Self::Quit {
-                username: content::<UserOnly>(raw.content)?.username,
+                username: content::<UserOnly>(raw)?.username,
             },
             7 => Self::Heartbeat {
-                username: content::<UserOnly>(raw.content)?.username,
+                username: content::<UserOnly>(raw)?.username,
             },
             code => return Err(Error::UnknownType { code }),
         })
     }
 
-    /// Appends the JSON encoding to `out`.
+    /// Appends the JSON encoding (without a `Proto` key: the report's form) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_with(None, out);
+    }
+
+    fn encode_with(&self, proto: Option<u32>, out: &mut Vec<u8>) {
         let kind = self.code();
         let result = match self {
             Self::ListGroups => serde_json::to_writer(
                 out,
-                &Envelope {
+                &Wire {
                     kind,
                     content: serde_json::Map::new(),
+                    proto,
                 },
             ),
             Self::JoinGroup { username, group } | Self::ExitGroup { username, group } => {
                 serde_json::to_writer(
                     out,
-                    &Envelope {
+                    &Wire {
                         kind,
                         content: UserGroup {
                             username: username.clone(),
                             group: group.clone(),
                         },
+                        proto,
                     },
                 )
             }
-            Self::Register {
-                ip,
-                port,
-                username,
-                proto,
-            } => serde_json::to_writer(
+            Self::Register { ip, port, username } => serde_json::to_writer(
                 out,
-                &Envelope {
+                &Wire {
                     kind,
                     content: RegisterContent {
                         ip: ip.clone(),
                         port: *port,
                         username: username.clone(),
-                        proto: *proto,
                     },
+                    proto,
                 },
             ),
             Self::ListMembers { group } => serde_json::to_writer(
                 out,
-                &Envelope {
+                &Wire {
                     kind,
                     content: GroupOnly {
                         group: group.clone(),
                     },
+                    proto,
                 },
             ),
             Self::Quit { username } | Self::Heartbeat { username } => serde_json::to_writer(
                 out,
-                &Envelope {
+                &Wire {
                     kind,
                     content: UserOnly {
                         username: username.clone(),
                     },
+                    proto,
                 },
             ),
         };
@@ -343,13 +386,6 @@ mod tests {
                 ip: "127.0.0.1".into(),
                 port: 5000,
                 username: "ford".into(),
-                proto: Some(2),
-            },
-            Request::Register {
-                ip: "127.0.0.1".into(),
-                port: 5000,
-                username: "old".into(),
-                proto: None,
             },
             Request::ListMembers {
                 group: "books".into(),
@@ -389,7 +425,7 @@ mod tests {
             serde_json::json!({"Type": 2, "Content": {"Username": "ford", "Group": "books"}})
         );
         let codes: Vec<u8> = all_requests().iter().map(Request::code).collect();
-        assert_eq!(codes, [1, 2, 3, 3, 4, 5, 6, 7]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]
@@ -401,9 +437,28 @@ mod tests {
                 ip: "10.0.0.5".into(),
                 port: 6001,
                 username: "katerina".into(),
-                proto: None
             })
         );
+    }
+
+    #[test]
+    fn the_newer_clients_mark_travels_at_the_top_level_and_is_optional() {
+        for request in all_requests() {
+            let envelope = Envelope {
+                request: request.clone(),
+                proto: Some(2),
+            };
+            let bytes = envelope.encode();
+            let value: Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(value["Proto"], 2);
+            assert_eq!(Envelope::decode(&bytes), Ok(envelope));
+            assert_eq!(Request::decode(&bytes), Ok(request.clone()));
+            assert_eq!(
+                Envelope::decode(&request.encode()).map(|e| e.proto),
+                Ok(None),
+                "the report's form has no mark"
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod datagram;
 mod error;
 mod framing;
 
-pub use control::{MAX_REQUEST_LEN, Member, Reply, Request};
+pub use control::{Envelope, MAX_REQUEST_LEN, Member, Reply, Request};
 pub use datagram::{
     CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, MAX_DATAGRAM_LEN, MAX_RANGES,
     PROTOCOL_VERSION,

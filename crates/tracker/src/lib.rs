@@ -1,7 +1,41 @@
 //! The tracker daemon of the group messenger: the registry of members and groups, the
-//! control protocol, and failure detection.
+//! control protocol of the report (TCP, one JSON request per reply), heartbeats (UDP
+//! datagrams or TCP requests), and failure detection.
 //!
-//! Not built yet: this crate holds its command line only, so that `cargo run -p tracker --
-//! --help` shows what it will take. Until then the binary says so and exits with an error.
+//! Two layers, as everywhere in this project:
+//! - [`Registry`] is the membership logic as a plain state machine: requests and time in,
+//!   replies and [`Eviction`]s out; testable without sockets.
+//! - [`Tracker`] is one mio event loop around it: a TCP listener and its connections, a UDP
+//!   socket on the same port, a waker for [`Shutdown`], and a periodic sweep for liveness
+//!   and idle connections. It never blocks inside the loop.
+//!
+//! Compatibility: the report's client opens one connection per request, sends one
+//! (possibly indented) JSON value and reads one reply; the tracker closes such connections
+//! after the reply. A client that puts `"Proto"` in its requests (see [`proto::Envelope`])
+//! keeps its connection for as many requests as it likes, and a member that registers with
+//! it heartbeats at the tracker's interval instead of the report's 60 s.
+//!
+//! ```no_run
+//! use tracker::{Tracker, TrackerConfig};
+//!
+//! let mut tracker = Tracker::bind(TrackerConfig::new("127.0.0.1:5000".parse()?))?;
+//! let stop = tracker.shutdown_handle();
+//! std::thread::spawn(move || { std::thread::sleep(std::time::Duration::from_secs(60)); stop.shutdown() });
+//! tracker.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod config;
+mod connection;
+mod registry;
+mod server;
+mod stats;
+
+pub use config::TrackerConfig;
+pub use registry::{
+    Eviction, LEGACY_HEARTBEAT, Liveness, MAX_NAME_LEN, Registry, SEQUENCER_NAME, Via,
+};
+pub use server::{Shutdown, Tracker};
+pub use stats::{Stats, StatsSnapshot};

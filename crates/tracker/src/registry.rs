@@ -1,0 +1,685 @@
+//! The membership state machine: members, groups and liveness. No sockets, no clock reads:
+//! requests and time come in as arguments, replies and evictions come out as values.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use proto::{Member, Reply, Request};
+
+/// Longest username or group name accepted.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The username the sequencer has in every group (the report's convention).
+pub const SEQUENCER_NAME: &str = "sequencer";
+
+/// Heartbeat interval of members that never announced the newer protocol: the report's
+/// client sends a TCP heartbeat every 60 s.
+pub const LEGACY_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// Liveness rules of the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Liveness {
+    /// The interval at which newer members heartbeat (they learn it on Register).
+    pub heartbeat: Duration,
+    /// Silence of more than `multiplier` intervals gets a member evicted (2 in the report).
+    pub multiplier: u32,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            multiplier: 2,
+        }
+    }
+}
+
+/// A member removed because it fell silent: what the tracker logs, and the groups whose
+/// remaining members must be told (a Bye on its behalf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// The evicted member.
+    pub member: Member,
+    /// How long it had been silent.
+    pub silent_for: Duration,
+    /// The heartbeat interval it was held to.
+    pub interval: Duration,
+    /// Each group it was in, with the members that remain there (the sequencer included).
+    pub groups: Vec<(String, Vec<Member>)>,
+}
+
+/// How a request reached the tracker; decides what a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A TCP connection (any source address: the client's port is ephemeral).
+    Tcp,
+    /// A UDP datagram from this address: only heartbeats, and only from the member's own
+    /// registered address.
+    Udp(SocketAddr),
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    member: Member,
+    addr: SocketAddr,
+    interval: Duration,
+    last_heard: Instant,
+    groups: BTreeSet<String>,
+}
+
+/// The registry of members and groups, with the liveness of each member.
+///
+/// Feed it requests with [`handle`](Self::handle) and time with [`sweep`](Self::sweep);
+/// drain [`poll_eviction`](Self::poll_eviction) after either. A rejected request changes
+/// nothing.
+#[derive(Debug)]
+pub struct Registry {
+    liveness: Liveness,
+    members: HashMap<String, Record>,
+    /// uid → username, so that Quit accepts either.
+    uids: HashMap<String, String>,
+    /// group → its members' usernames in join order (the sequencer is implicit).
+    groups: BTreeMap<String, Vec<String>>,
+    sequencer: Option<Member>,
+    uid_prefix: String,
+    next_uid: u64,
+    evictions: VecDeque<Eviction>,
+}
+
+fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err(format!("{kind} must not be empty"))
+    } else if name.chars().count() > MAX_NAME_LEN {
+        Err(format!(
+            "{kind} {name:?} is longer than {MAX_NAME_LEN} characters"
+        ))
+    } else if name.chars().any(char::is_control) {
+        Err(format!("{kind} {name:?} contains control characters"))
+    } else {
+        Ok(())
+    }
+}
+
+impl Registry {
+    /// An empty registry. `uid_prefix` makes ids unique across restarts of the tracker;
+    /// `sequencer` is the sequencer's address, if total order is offered.
+    pub fn new(liveness: Liveness, uid_prefix: &str, sequencer: Option<SocketAddr>) -> Self {
+        Self {
+            liveness,
+            members: HashMap::new(),
+            uids: HashMap::new(),
+            groups: BTreeMap::new(),
+            sequencer: sequencer.map(|addr| Member {
+                ip: addr.ip().to_string(),
+                port: addr.port(),
+                username: SEQUENCER_NAME.into(),
+                uid: SEQUENCER_NAME.into(),
+            }),
+            uid_prefix: uid_prefix.to_owned(),
+            next_uid: 1,
+            evictions: VecDeque::new(),
+        }
+    }
+
+    /// The liveness rules in force.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    /// Registered members (the sequencer not counted unless it registered).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether `username` is registered.
+    pub fn is_member(&self, username: &str) -> bool {
+        self.members.contains_key(username)
+    }
+
+    /// The group names, sorted.
+    pub fn group_names(&self) -> Vec<String> {
+        self.groups.keys().cloned().collect()
+    }
+
+    /// The members of `group` in join order, the sequencer last; `None` if no such group.
+    pub fn members_of(&self, group: &str) -> Option<Vec<Member>> {
+        let names = self.groups.get(group)?;
+        let mut list: Vec<Member> = names
+            .iter()
+            .filter_map(|n| self.members.get(n))
+            .map(|r| r.member.clone())
+            .filter(|m| m.username != SEQUENCER_NAME)
+            .collect();
+        list.extend(self.sequencer.clone());
+        Some(list)
+    }
+
+    /// Answers one request at `now`. `proto` is the protocol version the client announced
+    /// (decides the heartbeat interval on Register). Any request naming a registered member
+    /// counts as a sign of its life.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        request: Request,
+        proto: Option<u32>,
+        via: Via,
+    ) -> Reply {
+        if let Via::Udp(from) = via {
+            return match request {
+                Request::Heartbeat { username } => self.udp_heartbeat(now, &username, from),
+                other => Reply::failure(format!(
+                    "only heartbeats are accepted over UDP, not Type {}",
+                    other.code()
+                )),
+            };
+        }
+        match request {
+            Request::ListGroups => Reply::ok(self.group_names()),
+            Request::JoinGroup { username, group } => self.join(now, &username, &group),
+            Request::Register { ip, port, username } => {
+                self.register(now, &ip, port, &username, proto)
+            }
+            Request::ListMembers { group } => match self.members_of(&group) {
+                Some(list) => Reply::ok(members_value(list)),
+                // The report answers an unknown group with an empty list.
+                None => Reply {
+                    success: false,
+                    content: serde_json::Value::Array(Vec::new()),
+                    heartbeat_ms: None,
+                },
+            },
+            Request::ExitGroup { username, group } => self.exit(now, &username, &group),
+            Request::Quit { username } => self.quit(&username),
+            Request::Heartbeat { username } => match self.touch(now, &username) {
+                true => Reply::ok(""),
+                false => unknown_member(&username),
+            },
+        }
+    }
+
+    fn touch(&mut self, now: Instant, username: &str) -> bool {
+        match self.members.get_mut(username) {
+            Some(record) => {
+                record.last_heard = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn udp_heartbeat(&mut self, now: Instant, username: &str, from: SocketAddr) -> Reply {
+        match self.members.get_mut(username) {
+            Some(record) if record.addr == from => {
+                record.last_heard = now;
+                Reply::ok("")
+            }
+            Some(record) => Reply::failure(format!(
+                "heartbeat for {username:?} came from {from}, but it is registered at {}",
+                record.addr
+            )),
+            None => unknown_member(username),
+        }
+    }
+
+    fn is_live(&self, record: &Record, now: Instant) -> bool {
+        now.saturating_duration_since(record.last_heard)
+            <= record.interval * self.liveness.multiplier
+    }
+
+    fn register(
+        &mut self,
+        now: Instant,
+        ip: &str,
+        port: u16,
+        username: &str,
+        proto: Option<u32>,
+    ) -> Reply {
+        if let Err(reason) = validate_name("username", username) {
+            return Reply::failure(reason);
+        }
+        let Ok(ip_addr) = ip.parse::<IpAddr>() else {
+            return Reply::failure(format!("{ip:?} is not an IP address"));
+        };
+        if port == 0 {
+            return Reply::failure("port 0 cannot receive datagrams");
+        }
+        let addr = SocketAddr::new(ip_addr, port);
+        if username == SEQUENCER_NAME
+            && let Some(seq) = &self.sequencer
+            && (seq.ip.parse::<IpAddr>().ok(), seq.port) != (Some(ip_addr), port)
+        {
+            return Reply::failure(format!(
+                "username {SEQUENCER_NAME:?} is reserved for the sequencer at {}:{}",
+                seq.ip, seq.port
+            ));
+        }
+        let interval = match proto {
+            Some(_) => self.liveness.heartbeat,
+            None => LEGACY_HEARTBEAT,
+        };
+        if let Some(record) = self.members.get(username) {
+            if record.addr != addr && self.is_live(record, now) {
+                return Reply::failure(format!(
+                    "username {username:?} is taken by a live member at {}",
+                    record.addr
+                ));
+            }
+            if record.addr == addr {
+                // The same member again (it restarted, or its reply was lost): same id.
+                let record = self.members.get_mut(username).expect("just found");
+                record.last_heard = now;
+                record.interval = interval;
+                let uid = record.member.uid.clone();
+                return self.registered(uid, proto);
+            }
+            // Held by a member that fell silent and was not swept yet: evict it now.
+            self.evict(username, now);
+        }
+        let uid = format!("{}{}", self.uid_prefix, self.next_uid);
+        self.next_uid += 1;
+        let member = Member {
+            ip: ip_addr.to_string(),
+            port,
+            username: username.to_owned(),
+            uid: uid.clone(),
+        };
+        self.uids.insert(uid.clone(), username.to_owned());
+        self.members.insert(
+            username.to_owned(),
+            Record {
+                member,
+                addr,
+                interval,
+                last_heard: now,
+                groups: BTreeSet::new(),
+            },
+        );
+        self.registered(uid, proto)
+    }
+
+    fn registered(&self, uid: String, proto: Option<u32>) -> Reply {
+        let mut reply = Reply::ok(uid);
+        if proto.is_some() {
+            reply.heartbeat_ms = Some(self.liveness.heartbeat.as_millis() as u64);
+        }
+        reply
+    }
+
+    fn join(&mut self, now: Instant, username: &str, group: &str) -> Reply {
+        if let Err(reason) = validate_name("group name", group) {
+            return Reply::failure(reason);
+        }
+        let Some(record) = self.members.get_mut(username) else {
+            return unknown_member(username);
+        };
+        record.last_heard = now;
+        if record.groups.insert(group.to_owned()) {
+            self.groups
+                .entry(group.to_owned())
+                .or_default()
+                .push(username.to_owned());
+        }
+        Reply::ok(members_value(self.members_of(group).unwrap_or_default()))
+    }
+
+    fn exit(&mut self, now: Instant, username: &str, group: &str) -> Reply {
+        let Some(record) = self.members.get_mut(username) else {
+            return unknown_member(username);
+        };
+        record.last_heard = now;
+        if !self.groups.contains_key(group) {
+            return Reply::failure(format!("no such group {group:?}"));
+        }
+        if !record.groups.remove(group) {
+            return Reply::failure(format!("{username:?} is not a member of {group:?}"));
+        }
+        self.leave_group(username, group);
+        Reply::ok("")
+    }
+
+    fn quit(&mut self, who: &str) -> Reply {
+        let username = match (self.members.contains_key(who), self.uids.get(who)) {
+            (true, _) => who.to_owned(),
+            (false, Some(name)) => name.clone(),
+            (false, None) => return unknown_member(who),
+        };
+        self.remove(&username);
+        Reply::ok("")
+    }
+
+    /// Removes `username` from `group`'s list; a group left with no member disappears.
+    fn leave_group(&mut self, username: &str, group: &str) {
+        if let Some(names) = self.groups.get_mut(group) {
+            names.retain(|n| n != username);
+            if names.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn remove(&mut self, username: &str) -> Option<Record> {
+        let record = self.members.remove(username)?;
+        self.uids.remove(&record.member.uid);
+        for group in &record.groups {
+            self.leave_group(username, group);
+        }
+        Some(record)
+    }
+
+    fn evict(&mut self, username: &str, now: Instant) {
+        let Some(record) = self.remove(username) else {
+            return;
+        };
+        // A group the eviction emptied is gone, but the sequencer still holds its state.
+        let groups = record
+            .groups
+            .iter()
+            .map(|g| {
+                let remaining = self
+                    .members_of(g)
+                    .unwrap_or_else(|| self.sequencer.iter().cloned().collect());
+                (g.clone(), remaining)
+            })
+            .collect();
+        self.evictions.push_back(Eviction {
+            silent_for: now.saturating_duration_since(record.last_heard),
+            interval: record.interval,
+            member: record.member,
+            groups,
+        });
+    }
+
+    /// Evicts every member silent for more than `multiplier` times its interval.
+    pub fn sweep(&mut self, now: Instant) {
+        let silent: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, r)| !self.is_live(r, now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for username in silent {
+            self.evict(&username, now);
+        }
+    }
+
+    /// The next eviction to announce, if any.
+    pub fn poll_eviction(&mut self) -> Option<Eviction> {
+        self.evictions.pop_front()
+    }
+}
+
+fn members_value(list: Vec<Member>) -> serde_json::Value {
+    serde_json::to_value(list).unwrap_or_default()
+}
+
+fn unknown_member(username: &str) -> Reply {
+    Reply::failure(format!("unknown member {username:?}: register first"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE: Liveness = Liveness {
+        heartbeat: Duration::from_secs(1),
+        multiplier: 2,
+    };
+
+    fn registry() -> (Registry, Instant) {
+        (
+            Registry::new(LIVE, "t", Some("127.0.0.1:9000".parse().expect("addr"))),
+            Instant::now(),
+        )
+    }
+
+    fn register(
+        r: &mut Registry,
+        now: Instant,
+        name: &str,
+        port: u16,
+        proto: Option<u32>,
+    ) -> Reply {
+        r.handle(
+            now,
+            Request::Register {
+                ip: "127.0.0.1".into(),
+                port,
+                username: name.into(),
+            },
+            proto,
+            Via::Tcp,
+        )
+    }
+
+    fn join(r: &mut Registry, now: Instant, name: &str, group: &str) -> Reply {
+        r.handle(
+            now,
+            Request::JoinGroup {
+                username: name.into(),
+                group: group.into(),
+            },
+            None,
+            Via::Tcp,
+        )
+    }
+
+    fn names(reply: &Reply) -> Vec<String> {
+        reply
+            .members()
+            .expect("a member list")
+            .into_iter()
+            .map(|m| m.username)
+            .collect()
+    }
+
+    #[test]
+    fn register_join_list_exit_quit() {
+        let (mut r, t) = registry();
+        let uid = register(&mut r, t, "ford", 5001, Some(2));
+        assert!(uid.success);
+        assert_eq!(uid.heartbeat_ms, Some(1000));
+        assert!(register(&mut r, t, "katerina", 5002, None).success);
+        assert_eq!(
+            names(&join(&mut r, t, "ford", "books")),
+            ["ford", "sequencer"]
+        );
+        assert_eq!(
+            names(&join(&mut r, t, "katerina", "books")),
+            ["ford", "katerina", "sequencer"]
+        );
+        assert!(join(&mut r, t, "katerina", "distrib").success);
+        let groups = r.handle(t, Request::ListGroups, None, Via::Tcp);
+        assert_eq!(groups.names(), Ok(vec!["books".into(), "distrib".into()]));
+
+        let exit = r.handle(
+            t,
+            Request::ExitGroup {
+                username: "katerina".into(),
+                group: "distrib".into(),
+            },
+            None,
+            Via::Tcp,
+        );
+        assert_eq!(exit, Reply::ok(""));
+        assert_eq!(r.group_names(), ["books"], "an empty group disappears");
+
+        let quit = r.handle(
+            t,
+            Request::Quit {
+                username: uid.text().expect("uid"),
+            },
+            None,
+            Via::Tcp,
+        );
+        assert_eq!(quit, Reply::ok(""), "Quit accepts the member's id");
+        assert_eq!(
+            names(&r.handle(
+                t,
+                Request::ListMembers {
+                    group: "books".into()
+                },
+                None,
+                Via::Tcp
+            )),
+            ["katerina", "sequencer"]
+        );
+    }
+
+    #[test]
+    fn a_live_username_at_another_address_is_refused() {
+        let (mut r, t) = registry();
+        let first = register(&mut r, t, "ford", 5001, Some(2));
+        let again = register(&mut r, t, "ford", 5001, Some(2));
+        assert_eq!(first.content, again.content, "same member, same id");
+        let other = register(&mut r, t, "ford", 6000, Some(2));
+        assert!(!other.success);
+        assert!(other.text().expect("reason").contains("taken"));
+        // Once the holder is silent past the limit, the name is free again.
+        let later = t + Duration::from_millis(2001);
+        assert!(register(&mut r, later, "ford", 6000, Some(2)).success);
+        assert_eq!(r.poll_eviction().map(|e| e.member.port), Some(5001));
+    }
+
+    #[test]
+    fn unknown_members_and_groups_fail_with_a_reason_and_change_nothing() {
+        let (mut r, t) = registry();
+        register(&mut r, t, "ford", 5001, None);
+        join(&mut r, t, "ford", "books");
+        let before = format!("{r:?}");
+        for request in [
+            Request::JoinGroup {
+                username: "ghost".into(),
+                group: "books".into(),
+            },
+            Request::ExitGroup {
+                username: "ford".into(),
+                group: "chess".into(),
+            },
+            Request::ExitGroup {
+                username: "ghost".into(),
+                group: "books".into(),
+            },
+            Request::Quit {
+                username: "ghost".into(),
+            },
+            Request::Heartbeat {
+                username: "ghost".into(),
+            },
+            Request::JoinGroup {
+                username: "ford".into(),
+                group: "".into(),
+            },
+            Request::Register {
+                ip: "not-an-ip".into(),
+                port: 1,
+                username: "x".into(),
+            },
+            Request::Register {
+                ip: "127.0.0.1".into(),
+                port: 7,
+                username: "bad\nname".into(),
+            },
+            Request::Register {
+                ip: "127.0.0.1".into(),
+                port: 7,
+                username: "sequencer".into(),
+            },
+        ] {
+            let reply = r.handle(t, request.clone(), None, Via::Tcp);
+            assert!(!reply.success, "{request:?} must fail");
+            assert!(
+                !reply.text().expect("a reason").is_empty(),
+                "{request:?} gives a reason"
+            );
+        }
+        let unknown = r.handle(
+            t,
+            Request::ListMembers {
+                group: "chess".into(),
+            },
+            None,
+            Via::Tcp,
+        );
+        assert_eq!(
+            (unknown.success, unknown.content),
+            (false, serde_json::json!([]))
+        );
+        assert_eq!(format!("{r:?}"), before, "state unchanged");
+    }
+
+    #[test]
+    fn silent_members_are_evicted_with_the_groups_to_tell() {
+        let (mut r, t) = registry();
+        register(&mut r, t, "ford", 5001, Some(2));
+        register(&mut r, t, "katerina", 5002, Some(2));
+        join(&mut r, t, "ford", "books");
+        join(&mut r, t, "katerina", "books");
+        r.sweep(t + Duration::from_millis(1500));
+        assert!(r.poll_eviction().is_none());
+        // katerina keeps heartbeating, by UDP from her own address.
+        let hb = r.handle(
+            t + Duration::from_millis(1500),
+            Request::Heartbeat {
+                username: "katerina".into(),
+            },
+            None,
+            Via::Udp("127.0.0.1:5002".parse().expect("addr")),
+        );
+        assert!(hb.success);
+        r.sweep(t + Duration::from_millis(2001));
+        let eviction = r.poll_eviction().expect("ford is evicted");
+        assert_eq!(eviction.member.username, "ford");
+        assert_eq!(eviction.interval, Duration::from_secs(1));
+        assert_eq!(eviction.groups.len(), 1);
+        let (group, remaining) = &eviction.groups[0];
+        assert_eq!(group, "books");
+        let remaining: Vec<_> = remaining.iter().map(|m| m.username.as_str()).collect();
+        assert_eq!(remaining, ["katerina", "sequencer"]);
+        assert!(r.poll_eviction().is_none());
+        assert!(!r.is_member("ford"));
+    }
+
+    #[test]
+    fn old_clients_are_held_to_sixty_seconds() {
+        let (mut r, t) = registry();
+        register(&mut r, t, "old", 5001, None);
+        r.sweep(t + Duration::from_secs(119));
+        assert!(r.poll_eviction().is_none());
+        r.sweep(t + Duration::from_secs(121));
+        assert_eq!(
+            r.poll_eviction().map(|e| e.interval),
+            Some(LEGACY_HEARTBEAT)
+        );
+    }
+
+    #[test]
+    fn udp_heartbeats_must_come_from_the_members_address() {
+        let (mut r, t) = registry();
+        register(&mut r, t, "ford", 5001, Some(2));
+        let spoofed = r.handle(
+            t + Duration::from_millis(1900),
+            Request::Heartbeat {
+                username: "ford".into(),
+            },
+            None,
+            Via::Udp("127.0.0.1:6666".parse().expect("addr")),
+        );
+        assert!(!spoofed.success);
+        let join_by_udp = r.handle(
+            t,
+            Request::JoinGroup {
+                username: "ford".into(),
+                group: "g".into(),
+            },
+            None,
+            Via::Udp("127.0.0.1:5001".parse().expect("addr")),
+        );
+        assert!(!join_by_udp.success, "only heartbeats over UDP");
+        r.sweep(t + Duration::from_millis(2001));
+        assert!(
+            r.poll_eviction().is_some(),
+            "a spoofed heartbeat keeps no one alive"
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The tracker's event loop: one mio `Poll` over the TCP listener, the client connections,
+//! the UDP socket and a waker, feeding the [`Registry`] and writing what it answers. Nothing
+//! in the loop blocks; a slow or silent client costs only its own connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use proto::{Datagram, DatagramType, Envelope, LEGACY_DATAGRAM_LEN, Reply};
+
+use crate::config::TrackerConfig;
+use crate::connection::{Connection, Status};
+use crate::registry::{Registry, Via};
+use crate::stats::{Stats, bump};
+
+const LISTENER: Token = Token(0);
+const UDP: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_CONNECTION: usize = 3;
+
+/// Most Bye datagrams waiting for the UDP socket; beyond it the oldest are dropped (their
+/// members will learn of the eviction from the tracker's member lists).
+const OUTBOX_LIMIT: usize = 100_000;
+
+/// Stops a running [`Tracker`] from another thread (or a signal handler).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// Asks the tracker to stop; [`Tracker::run`] returns soon after.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The tracker daemon: bind it, then [`run`](Self::run) it until [`Shutdown::shutdown`].
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    poll: Poll,
+    listener: TcpListener,
+    udp: UdpSocket,
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    registry: Registry,
+    connections: HashMap<Token, Connection>,
+    next_token: usize,
+    outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    udp_wants_write: bool,
+    stats: Arc<Stats>,
+}
+
+impl Tracker {
+    /// Binds the TCP listener and the UDP socket on the same address and port (port 0 picks
+    /// one free for both).
+    pub fn bind(config: TrackerConfig) -> io::Result<Self> {
+        let (listener, udp) = bind_pair(config.addr)?;
+        let local_addr = listener.local_addr()?;
+        let mut listener = TcpListener::from_std(listener);
+        let mut udp = UdpSocket::from_std(udp);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Ids stay unique across restarts: they begin with the start time.
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let registry = Registry::new(
+            config.liveness.clone(),
+            &format!("{boot:x}-"),
+            config.sequencer,
+        );
+        Ok(Self {
+            config,
+            poll,
+            listener,
+            udp,
+            local_addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            registry,
+            connections: HashMap::new(),
+            next_token: FIRST_CONNECTION,
+            outbox: VecDeque::new(),
+            udp_wants_write: false,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The address the tracker listens on (TCP and UDP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that stops the tracker.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        Shutdown {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The tracker's running totals, readable while it runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// How often liveness and idle connections are checked: a quarter of the heartbeat
+    /// interval, so an eviction comes between 2 and 2.25 intervals of silence.
+    fn sweep_interval(&self) -> Duration {
+        (self.config.liveness.heartbeat / 4)
+            .clamp(Duration::from_millis(5), Duration::from_millis(250))
+    }
+
+    /// Serves until [`Shutdown::shutdown`] is called.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + self.sweep_interval();
+        while !self.stop.load(Ordering::SeqCst) {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    UDP => {
+                        if event.is_readable() {
+                            self.read_udp(now);
+                        }
+                    }
+                    WAKER => {}
+                    token => self.serve(token, now),
+                }
+            }
+            if now >= next_sweep {
+                self.registry.sweep(now);
+                self.close_expired(now);
+                next_sweep = now + self.sweep_interval();
+            }
+            self.announce_evictions();
+            self.flush_outbox()?;
+        }
+        log::info!("tracker at {} stopped", self.local_addr);
+        Ok(())
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors, say: keep serving what is open.
+                    log::warn!("accepting a connection failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.connections.len() >= self.config.max_connections {
+            bump(&self.stats.connections_refused);
+            log::warn!(
+                "refusing {peer}: {} connections open",
+                self.connections.len()
+            );
+            let mut busy = Reply::failure("tracker busy: too many connections").encode();
+            busy.push(b'\n');
+            let _ = stream.write(&busy);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            log::warn!("cannot watch the connection of {peer}: {e}");
+            return;
+        }
+        bump(&self.stats.connections_accepted);
+        log::debug!("{peer}: connected");
+        self.connections.insert(
+            token,
+            Connection::new(stream, peer, self.config.max_request_len, now),
+        );
+    }
+
+    fn serve(&mut self, token: Token, now: Instant) {
+        let Some(conn) = self.connections.get_mut(&token) else {
+            return;
+        };
+        match conn.pump(
+            now,
+            &mut self.registry,
+            &self.stats,
+            self.config.max_request_len,
+        ) {
+            Status::Close => self.close(token),
+            Status::Keep { wants_write } => {
+                let interest = if wants_write {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if self
+                    .poll
+                    .registry()
+                    .reregister(&mut conn.stream, token, interest)
+                    .is_err()
+                {
+                    self.close(token);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, token: Token) {
+        if let Some(mut conn) = self.connections.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            log::debug!("{}: closed", conn.peer);
+        }
+    }
+
+    fn close_expired(&mut self, now: Instant) {
+        let idle = self.config.idle_timeout;
+        let expired: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.expired(now, idle))
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            bump(&self.stats.connections_timed_out);
+            self.close(token);
+        }
+    }
+
+    fn read_udp(&mut self, now: Instant) {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let (len, from) = match self.udp.recv_from(&mut buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // An ICMP error for an earlier send (a member that is gone): carry on.
+                    log::debug!("udp: {e}");
+                    continue;
+                }
+            };
+            let reply = match Envelope::decode_limited(&buf[..len], self.config.max_request_len) {
+                Ok(envelope) => {
+                    self.registry
+                        .handle(now, envelope.request, envelope.proto, Via::Udp(from))
+                }
+                Err(e) => Reply::failure(format!("bad datagram: {e}")),
+            };
+            if reply.success {
+                bump(&self.stats.heartbeats_udp);
+            } else {
+                bump(&self.stats.datagrams_dropped);
+                log::debug!(
+                    "dropped a datagram from {from}: {}",
+                    reply.text().unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// Logs each eviction with its reason, and queues a Bye on the evicted member's behalf
+    /// to every remaining member of each of its groups.
+    fn announce_evictions(&mut self) {
+        while let Some(eviction) = self.registry.poll_eviction() {
+            bump(&self.stats.evictions);
+            let m = &eviction.member;
+            log::warn!(
+                "evicted {:?} ({}:{}): silent for {:.2?}, more than {} x its {:?} heartbeat interval; \
+                 telling {} group(s)",
+                m.username,
+                m.ip,
+                m.port,
+                eviction.silent_for,
+                self.config.liveness.multiplier,
+                eviction.interval,
+                eviction.groups.len()
+            );
+            let Ok(src) = format!("{}:{}", m.ip, m.port).parse::<SocketAddr>() else {
+                continue;
+            };
+            for (group, remaining) in &eviction.groups {
+                let bye = Datagram::new(
+                    DatagramType::Bye,
+                    group.as_str(),
+                    m.username.as_str(),
+                    "",
+                    src,
+                    0,
+                    m.username.as_str(),
+                );
+                let Ok(bytes) = bye.encode(LEGACY_DATAGRAM_LEN) else {
+                    continue;
+                };
+                let bytes: Arc<[u8]> = bytes.into();
+                for member in remaining {
+                    let Ok(to) = format!("{}:{}", member.ip, member.port).parse() else {
+                        continue;
+                    };
+                    if self.outbox.len() >= OUTBOX_LIMIT {
+                        self.outbox.pop_front();
+                    }
+                    self.outbox.push_back((to, bytes.clone()));
+                }
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) -> io::Result<()> {
+        while let Some((to, bytes)) = self.outbox.front() {
+            match self.udp.send_to(bytes, *to) {
+                Ok(_) => {
+                    bump(&self.stats.byes_sent);
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("cannot send a Bye to {to}: {e}");
+                    self.outbox.pop_front();
+                }
+            }
+        }
+        let wants_write = !self.outbox.is_empty();
+        if wants_write != self.udp_wants_write {
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            self.poll
+                .registry()
+                .reregister(&mut self.udp, UDP, interest)?;
+            self.udp_wants_write = wants_write;
+        }
+        Ok(())
+    }
+}
+
+/// Binds TCP and UDP on one port. With port 0 the TCP port is taken first and UDP follows
+/// it; if that UDP port happens to be busy, another pair is tried.
+fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        match bind_udp(SocketAddr::new(addr.ip(), port)) {
+            Ok(udp) => return Ok((listener, udp)),
+            Err(e) if addr.port() == 0 => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Room for bursts of heartbeats from many members; the kernel may grant less.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}

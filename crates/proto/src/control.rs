@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::{Error, check_len, classify, reject_array};
 
@@ -73,12 +74,14 @@ pub enum Request {
     },
 }
 
+/// The envelope as received: `Content` is kept as unparsed JSON text until `Type` says what
+/// it must hold, so it is parsed once, straight into its typed form.
 #[derive(Deserialize)]
-struct RawRequest {
+struct RawRequest<'a> {
     #[serde(rename = "Type")]
     kind: i64,
-    #[serde(rename = "Content", default)]
-    content: Value,
+    #[serde(rename = "Content", borrow, default)]
+    content: Option<&'a RawValue>,
     #[serde(rename = "Proto", default)]
     proto: Option<u32>,
 }
@@ -143,7 +146,7 @@ impl Envelope {
     pub fn decode_limited(bytes: &[u8], max: usize) -> Result<Self, Error> {
         check_len(bytes, max)?;
         reject_array(bytes)?;
-        let raw: RawRequest = serde_json::from_slice(bytes).map_err(classify)?;
+        let raw: RawRequest<'_> = serde_json::from_slice(bytes).map_err(classify)?;
         Ok(Self {
             request: Request::from_raw(raw.kind, raw.content)?,
             proto: raw.proto,
@@ -172,6 +175,11 @@ fn content<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
     serde_json::from_value(value).map_err(classify)
 }
 
+/// Parses a request's `Content` into its typed form; absent content reads as `null`.
+fn raw_content<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, Error> {
+    serde_json::from_str(raw.map_or("null", RawValue::get)).map_err(classify)
+}
+
 impl Request {
     /// The `Type` code of this request.
     pub fn code(&self) -> u8 {
@@ -192,19 +200,19 @@ impl Request {
         Envelope::decode(bytes).map(|e| e.request)
     }
 
-    fn from_raw(kind: i64, raw: Value) -> Result<Self, Error> {
+    fn from_raw(kind: i64, raw: Option<&RawValue>) -> Result<Self, Error> {
         Ok(match kind {
             // The report's client sends `{}`; any content is accepted and ignored.
             1 => Self::ListGroups,
             2 => {
-                let c: UserGroup = content(raw)?;
+                let c: UserGroup = raw_content(raw)?;
                 Self::JoinGroup {
                     username: c.username,
                     group: c.group,
                 }
             }
             3 => {
-                let c: RegisterContent = content(raw)?;
+                let c: RegisterContent = raw_content(raw)?;
                 Self::Register {
                     ip: c.ip,
                     port: c.port,
@@ -212,20 +220,20 @@ impl Request {
                 }
             }
             4 => Self::ListMembers {
-                group: content::<GroupOnly>(raw)?.group,
+                group: raw_content::<GroupOnly>(raw)?.group,
             },
             5 => {
-                let c: UserGroup = content(raw)?;
+                let c: UserGroup = raw_content(raw)?;
                 Self::ExitGroup {
                     username: c.username,
                     group: c.group,
                 }
             }
             6 => Self::Quit {
-                username: content::<UserOnly>(raw)?.username,
+                username: raw_content::<UserOnly>(raw)?.username,
             },
             7 => Self::Heartbeat {
-                username: content::<UserOnly>(raw)?.username,
+                username: raw_content::<UserOnly>(raw)?.username,
             },
             code => return Err(Error::UnknownType { code }),
         })

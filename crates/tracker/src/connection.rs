@@ -84,21 +84,22 @@ impl Connection {
     }
 
     /// Reads what the socket has, answers every complete request, and writes what it can.
+    /// `buf` is scratch space for reading, lent by the event loop.
     pub(crate) fn pump(
         &mut self,
         now: Instant,
         registry: &mut Registry,
         stats: &Stats,
         max_request_len: usize,
+        buf: &mut [u8],
     ) -> Status {
-        let mut buf = [0u8; 16 * 1024];
         loop {
             if self.flush().is_err() {
                 return Status::Close;
             }
             let pending = self.out.len() - self.out_pos;
             if let Phase::Draining { .. } = self.phase {
-                return match self.stream.read(&mut buf) {
+                return match self.stream.read(buf) {
                     Ok(0) => Status::Close,
                     Ok(_) => continue,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -112,14 +113,21 @@ impl Connection {
                 return Status::Keep { wants_write: true };
             }
             if self.close_after_write {
-                // Everything is written: close our side, let the client close its own.
+                // Everything is written. If the client sent nothing more, close at once (a
+                // clean FIN after the reply); otherwise close our side and discard its input
+                // until it closes, so the reply is not lost to a reset.
                 let _ = self.stream.shutdown(Shutdown::Write);
+                match self.stream.read(buf) {
+                    Ok(0) => return Status::Close,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Status::Close,
+                    _ => {}
+                }
                 self.phase = Phase::Draining {
                     until: now + DRAIN_TIME,
                 };
                 continue;
             }
-            match self.stream.read(&mut buf) {
+            match self.stream.read(buf) {
                 Ok(0) => {
                     // The client closed its side: answer what it sent, then close.
                     self.close_after_write = true;
@@ -152,7 +160,11 @@ impl Connection {
             let reply = match self.framer.next_frame() {
                 Ok(Some(frame)) => match Envelope::decode_limited(frame, max_request_len) {
                     Ok(envelope) => {
-                        self.persistent |= envelope.proto.is_some();
+                        if envelope.proto.is_some() && !self.persistent {
+                            // Replies of a long-lived connection must not wait for Nagle.
+                            let _ = self.stream.set_nodelay(true);
+                            self.persistent = true;
+                        }
                         let reply =
                             registry.handle(now, envelope.request, envelope.proto, Via::Tcp);
                         if !reply.success {

@@ -27,6 +27,12 @@ const FIRST_CONNECTION: usize = 3;
 /// members will learn of the eviction from the tracker's member lists).
 const OUTBOX_LIMIT: usize = 100_000;
 
+/// While heartbeats keep arriving, the UDP socket is read in batches this far apart instead
+/// of waking the loop for every datagram: with thousands of members that is the difference
+/// between thousands of wake-ups a second and a hundred. A heartbeat waits at most this
+/// long, against an interval of a second. An idle socket wakes the loop at once again.
+const HEARTBEAT_BATCH: Duration = Duration::from_millis(10);
+
 /// Stops a running [`Tracker`] from another thread (or a signal handler).
 #[derive(Debug, Clone)]
 pub struct Shutdown {
@@ -56,8 +62,13 @@ pub struct Tracker {
     connections: HashMap<Token, Connection>,
     next_token: usize,
     outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
-    udp_wants_write: bool,
+    /// The interest the UDP socket is registered with (`None`: not registered).
+    udp_interest: Option<Interest>,
+    /// While heartbeats are read in batches: when the next batch is due.
+    next_udp_read: Option<Instant>,
     stats: Arc<Stats>,
+    /// Scratch space for every read (datagrams and connections), allocated once.
+    buf: Box<[u8]>,
 }
 
 impl Tracker {
@@ -96,8 +107,10 @@ impl Tracker {
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
             outbox: VecDeque::new(),
-            udp_wants_write: false,
+            udp_interest: Some(Interest::READABLE),
+            next_udp_read: None,
             stats: Arc::new(Stats::default()),
+            buf: vec![0; 64 * 1024].into_boxed_slice(),
         })
     }
 
@@ -131,7 +144,10 @@ impl Tracker {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + self.sweep_interval();
         while !self.stop.load(Ordering::SeqCst) {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let wake = self
+                .next_udp_read
+                .map_or(next_sweep, |at| at.min(next_sweep));
+            let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -144,12 +160,15 @@ impl Tracker {
                     LISTENER => self.accept(now),
                     UDP => {
                         if event.is_readable() {
-                            self.read_udp(now);
+                            self.read_udp_batch(now);
                         }
                     }
                     WAKER => {}
                     token => self.serve(token, now),
                 }
+            }
+            if self.next_udp_read.is_some_and(|at| now >= at) {
+                self.read_udp_batch(now);
             }
             if now >= next_sweep {
                 self.registry.sweep(now);
@@ -190,23 +209,38 @@ impl Tracker {
             let _ = stream.write(&busy);
             return;
         }
-        let _ = stream.set_nodelay(true);
+        bump(&self.stats.connections_accepted);
+        let mut conn = Connection::new(stream, peer, self.config.max_request_len, now);
+        // The report's client writes its request right after connecting, so it is usually
+        // here already: answer it before the connection ever enters epoll, and most one-shot
+        // connections are served and closed with no epoll call at all.
+        let wants_write = match conn.pump(
+            now,
+            &mut self.registry,
+            &self.stats,
+            self.config.max_request_len,
+            &mut self.buf,
+        ) {
+            Status::Close => return,
+            Status::Keep { wants_write } => wants_write,
+        };
         let token = Token(self.next_token);
         self.next_token += 1;
+        let interest = if wants_write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut stream, token, Interest::READABLE)
+            .register(&mut conn.stream, token, interest)
         {
             log::warn!("cannot watch the connection of {peer}: {e}");
             return;
         }
-        bump(&self.stats.connections_accepted);
         log::debug!("{peer}: connected");
-        self.connections.insert(
-            token,
-            Connection::new(stream, peer, self.config.max_request_len, now),
-        );
+        self.connections.insert(token, conn);
     }
 
     fn serve(&mut self, token: Token, now: Instant) {
@@ -218,6 +252,7 @@ impl Tracker {
             &mut self.registry,
             &self.stats,
             self.config.max_request_len,
+            &mut self.buf,
         ) {
             Status::Close => self.close(token),
             Status::Keep { wants_write } => {
@@ -259,12 +294,21 @@ impl Tracker {
         }
     }
 
-    fn read_udp(&mut self, now: Instant) {
-        let mut buf = [0u8; 64 * 1024];
+    /// Reads every waiting datagram. If there were any, more are likely: the socket leaves
+    /// epoll and is read again after [`HEARTBEAT_BATCH`]; if there were none, it waits in
+    /// epoll for the next one.
+    fn read_udp_batch(&mut self, now: Instant) {
+        let received = self.read_udp(now);
+        self.next_udp_read = (received > 0).then(|| now + HEARTBEAT_BATCH);
+    }
+
+    /// Reads datagrams until the socket is empty; returns how many.
+    fn read_udp(&mut self, now: Instant) -> usize {
+        let mut received = 0;
         loop {
-            let (len, from) = match self.udp.recv_from(&mut buf) {
-                Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let (len, from) = match self.udp.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return received,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // An ICMP error for an earlier send (a member that is gone): carry on.
@@ -272,13 +316,15 @@ impl Tracker {
                     continue;
                 }
             };
-            let reply = match Envelope::decode_limited(&buf[..len], self.config.max_request_len) {
-                Ok(envelope) => {
-                    self.registry
-                        .handle(now, envelope.request, envelope.proto, Via::Udp(from))
-                }
-                Err(e) => Reply::failure(format!("bad datagram: {e}")),
-            };
+            received += 1;
+            let reply =
+                match Envelope::decode_limited(&self.buf[..len], self.config.max_request_len) {
+                    Ok(envelope) => {
+                        self.registry
+                            .handle(now, envelope.request, envelope.proto, Via::Udp(from))
+                    }
+                    Err(e) => Reply::failure(format!("bad datagram: {e}")),
+                };
             if reply.success {
                 bump(&self.stats.heartbeats_udp);
             } else {
@@ -353,17 +399,22 @@ impl Tracker {
                 }
             }
         }
-        let wants_write = !self.outbox.is_empty();
-        if wants_write != self.udp_wants_write {
-            let interest = if wants_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            self.poll
-                .registry()
-                .reregister(&mut self.udp, UDP, interest)?;
-            self.udp_wants_write = wants_write;
+        // Readable only while not reading in batches; writable only while Byes wait.
+        let readable = self.next_udp_read.is_none().then_some(Interest::READABLE);
+        let writable = (!self.outbox.is_empty()).then_some(Interest::WRITABLE);
+        let wanted = match (readable, writable) {
+            (Some(r), Some(w)) => Some(r | w),
+            (r, w) => r.or(w),
+        };
+        if wanted != self.udp_interest {
+            let registry = self.poll.registry();
+            match (self.udp_interest, wanted) {
+                (None, Some(i)) => registry.register(&mut self.udp, UDP, i)?,
+                (Some(_), Some(i)) => registry.reregister(&mut self.udp, UDP, i)?,
+                (Some(_), None) => registry.deregister(&mut self.udp)?,
+                (None, None) => {}
+            }
+            self.udp_interest = wanted;
         }
         Ok(())
     }

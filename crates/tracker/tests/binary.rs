@@ -70,6 +70,14 @@ fn bad_arguments_get_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("is not HOST:PORT"), "{stderr}");
 
+    // The report's spelling of the sequencer option is accepted; a bad address is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_tracker"))
+        .args(["127.0.0.1:0", "--seq_addr", "nowhere"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--seq-addr: \"nowhere\" is not HOST:PORT"), "{stderr}");
+
     let help = Command::new(env!("CARGO_BIN_EXE_tracker"))
         .arg("--help")
         .output()

@@ -1,34 +1,138 @@
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use peer::{Mode, Peer, PeerOptions, Script};
 
-/// A member of the group messenger: joins groups and multicasts messages to them.
+/// A member of the group messenger.
+///
+/// Interactive (the default): type `!h` for the commands; anything that is not a command is
+/// a message to the group you write to. Messages arrive as `in GROUP USERNAME says:: TEXT`.
+/// End of input, `!q` and Ctrl-C leave every group and tell the tracker.
+///
+/// Script mode (`-t FILE`): join a group, wait for the other members, send one message per
+/// line of FILE, wait for the deliveries, and print this peer's measurements.
+///
+/// Example: peer 127.0.0.1:6001 ford 127.0.0.1:5000
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// UDP address to receive group messages on (HOST:PORT).
+    /// UDP address to receive group messages on (port 0 picks a free one).
+    #[arg(value_name = "HOST:PORT")]
     addr: String,
-    /// This member's name.
+
+    /// This member's name, unique among live members.
     username: String,
-    /// The tracker's address (HOST:PORT).
+
+    /// The tracker's address.
+    #[arg(value_name = "TRACKER_HOST:PORT")]
     tracker: String,
-    /// Deliver in total order, through the sequencer.
+
+    /// Total order: deliver every group's messages in the sequencer's order (the tracker
+    /// must know a sequencer: its --seq-addr).
     #[arg(short = 's', long = "total")]
     total: bool,
-    /// Script mode: send each line of FILE and report measurements.
+
+    /// Script mode: send each line of FILE as a message and report measurements.
     #[arg(short = 't', long = "script", value_name = "FILE")]
-    script: Option<std::path::PathBuf>,
-    /// More detail on standard error (-v, -vv, -vvv); RUST_LOG overrides.
+    script: Option<PathBuf>,
+
+    /// Script mode: the group to join.
+    #[arg(long, value_name = "GROUP", default_value = "test")]
+    group: String,
+
+    /// Script mode: start sending once the group has this many members (us included).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    members: usize,
+
+    /// Script mode: how many deliveries to wait for (default: every member sends as many
+    /// lines as we do, so lines x members).
+    #[arg(long, value_name = "N")]
+    expect: Option<u64>,
+
+    /// Script mode: messages per second (default: as fast as possible).
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<f64>,
+
+    /// Script mode: give up waiting for members or deliveries after this long.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    timeout_ms: u64,
+
+    /// Script mode: print the measurements as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Script mode: write every delivery to FILE as GROUP<TAB>AUTHOR<TAB>COUNTER<TAB>TEXT.
+    #[arg(long, value_name = "FILE")]
+    deliveries: Option<PathBuf>,
+
+    /// More detail on standard error (-v: membership and tracker events; -vv: every dropped
+    /// datagram); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+fn run(args: Args) -> Result<bool, String> {
+    let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
+    let tracker = cli::parse_addr(&args.tracker).map_err(|e| format!("tracker: {e}"))?;
+    let script = match &args.script {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Some(Script {
+                lines: text.lines().map(str::to_owned).collect(),
+                group: args.group.clone(),
+                members: args.members.max(1),
+                expect: args.expect,
+                rate: args.rate.filter(|r| *r > 0.0),
+                timeout: Duration::from_millis(args.timeout_ms),
+                deliveries: args.deliveries.clone(),
+            })
+        }
+    };
+    let scripted = script.is_some();
+    let mut peer = Peer::bind(PeerOptions {
+        addr,
+        username: args.username.clone(),
+        tracker,
+        mode: if args.total { Mode::Total } else { Mode::Fifo },
+        ordering: ordering::Config::default(),
+        script,
+    })
+    .map_err(|e| format!("cannot bind {addr}: {e}"))?;
+    let stop = peer.shutdown_handle();
+    ctrlc::set_handler(move || stop.shutdown())
+        .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let report = peer.run(&mut out).map_err(|e| e.to_string())?;
+    match report {
+        Some(report) => {
+            let text = if args.json {
+                serde_json::to_string(&report).map_err(|e| e.to_string())?
+            } else {
+                report.to_string()
+            };
+            writeln!(out, "{}", text.trim_end()).map_err(|e| e.to_string())?;
+            Ok(report.complete)
+        }
+        None if scripted => Err("the script did not run to its end".into()),
+        None => Ok(true),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging(args.verbose);
-    let result = cli::parse_addr(&args.addr)
-        .and_then(|_| cli::parse_addr(&args.tracker))
-        .map_err(|e| e.to_string())
-        .and_then(|_| Err("the peer daemon is not built yet (issue #4)".to_owned()));
-    cli::report("peer", result)
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("peer: error: not every expected message was delivered");
+            ExitCode::FAILURE
+        }
+        Err(e) => cli::report("peer", Err(e)),
+    }
 }

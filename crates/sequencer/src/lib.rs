@@ -1,7 +1,19 @@
-//! The sequencer daemon of the group messenger: gives each group's messages one total order
-//! through the `ordering` core's `Sequencer`.
+//! The sequencer daemon of the group messenger: gives each group's messages one total order.
 //!
-//! Not built yet: this crate holds its command line only. Until then the binary says so and
-//! exits with an error.
+//! Every member in total-order mode sends its messages only to the sequencer; the sequencer
+//! orders each author's messages FIFO (recovering their losses), numbers them in one
+//! sequence per group, and multicasts each to every member with `Username` `sequencer` and
+//! `Origin` the author. Members that lose some of the sequence ask for it again.
+//!
+//! - [`SequencerNode`]: the protocol without I/O (membership from Hello and Bye, the
+//!   handshake that tells a new member where the sequence starts, datagram mapping).
+//! - [`SequencerServer`]: one mio loop around it, registered with the tracker and sending
+//!   heartbeats like any member.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod node;
+mod server;
+
+pub use node::{NodeTraffic, SequencerNode, Submitted, Transmit};
+pub use server::{SequencerServer, Shutdown};

@@ -1,23 +1,71 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use sequencer::SequencerServer;
 
 /// The sequencer of the group messenger: orders every group's messages for total order.
+///
+/// Start it before the peers, and give its address to the tracker (--seq-addr) so that it
+/// becomes the member `sequencer` of every group. Peers in total-order mode (-s) send their
+/// messages to it and deliver its sequence.
+///
+/// Example: sequencer 127.0.0.1:5001 --tracker 127.0.0.1:5000
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// UDP address to listen on (HOST:PORT).
+    /// UDP address to listen on (the tracker's --seq-addr).
+    #[arg(value_name = "HOST:PORT")]
     addr: String,
-    /// More detail on standard error (-v, -vv, -vvv); RUST_LOG overrides.
+
+    /// The tracker: the sequencer registers there and heartbeats like any member, and
+    /// believes eviction notices only from that address.
+    #[arg(short = 'T', long, value_name = "HOST:PORT")]
+    tracker: Option<String>,
+
+    /// More detail on standard error (-v: joins and evictions; -vv: dropped datagrams);
+    /// RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
+    let tracker = args
+        .tracker
+        .as_deref()
+        .map(cli::parse_addr)
+        .transpose()
+        .map_err(|e| format!("--tracker: {e}"))?;
+    let mut server = SequencerServer::bind(addr, tracker, ordering::Config::default())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let stop = server.shutdown_handle();
+    ctrlc::set_handler(move || stop.shutdown())
+        .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    println!(
+        "sequencer listening on {}{}",
+        server.local_addr(),
+        tracker.map_or(String::new(), |t| format!(
+            "; registered with the tracker at {t}"
+        ))
+    );
+    server
+        .run()
+        .map_err(|e| format!("event loop failed: {e}"))?;
+    let c = server.node().counters();
+    let t = server.node().traffic();
+    println!(
+        "sequencer stopped: {} messages sequenced, {} retransmitted, {} datagrams in, {} out, {} dropped",
+        c.sent,
+        c.retransmissions_sent,
+        t.datagrams_received,
+        t.datagrams_sent,
+        t.malformed + t.spoofed + t.unknown
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging(args.verbose);
-    let result = cli::parse_addr(&args.addr)
-        .map_err(|e| e.to_string())
-        .and_then(|_| Err("the sequencer daemon is not built yet (issue #4)".to_owned()));
-    cli::report("sequencer", result)
+    cli::report("sequencer", run(args))
 }

@@ -76,7 +76,10 @@ fn bad_arguments_get_one_clear_line() {
         .output()
         .unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("--seq-addr: \"nowhere\" is not HOST:PORT"), "{stderr}");
+    assert!(
+        stderr.contains("--seq-addr: \"nowhere\" is not HOST:PORT"),
+        "{stderr}"
+    );
 
     let help = Command::new(env!("CARGO_BIN_EXE_tracker"))
         .arg("--help")

@@ -1,0 +1,766 @@
+//! The peer's protocol core, without I/O: group membership, the Hello/HelloAck handshake,
+//! the checks every datagram passes, and the translation between datagrams and the
+//! `ordering` cores. Datagrams and time come in; datagrams to send and messages to deliver
+//! come out.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ordering::{FifoReceiver, FifoSender, Output as Order, Start, TotalOrderReceiver};
+use proto::{CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION};
+use thiserror::Error;
+
+use crate::membership::{MemberInfo, Members};
+
+/// The username of the sequencer in every group (the report's convention).
+pub const SEQUENCER: &str = "sequencer";
+
+/// How long to wait for a member's answer to our Hello before asking again, and how many
+/// times to ask; after that the ordering core's handshake timeout treats it as an old peer.
+const HELLO_RETRY: Duration = Duration::from_millis(80);
+const HELLO_ATTEMPTS: u32 = 3;
+
+/// Delivery order of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Each sender's messages in the order sent.
+    Fifo,
+    /// One order for the whole group, the sequencer's.
+    Total,
+}
+
+/// A message handed to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The group it was sent to.
+    pub group: Arc<str>,
+    /// Who wrote it.
+    pub author: Arc<str>,
+    /// Its counter: the author's in FIFO mode, the sequence number in total order.
+    pub counter: u64,
+    /// The text.
+    pub text: String,
+    /// When the author sent it (µs since the Unix epoch on the author's clock), if it said.
+    pub sent_at_us: Option<u64>,
+}
+
+/// Something about the group worth telling the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member announced itself (its Hello arrived).
+    Joined {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
+    /// A member left (its Bye arrived).
+    Left {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
+    /// The tracker evicted a member that stopped sending heartbeats.
+    Evicted {
+        /// The group.
+        group: String,
+        /// The member.
+        member: String,
+    },
+}
+
+/// What the core asks its caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send these bytes to this address (one datagram).
+    Transmit {
+        /// Destination.
+        to: SocketAddr,
+        /// The encoded datagram; one multicast shares one buffer among its destinations.
+        bytes: Arc<[u8]>,
+    },
+    /// Hand this message to the application.
+    Deliver(Message),
+    /// Tell the user.
+    Event(Event),
+}
+
+/// Why a request of the application was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// The group was not joined.
+    #[error("not a member of group {group:?}: join it first (!j {group})")]
+    NotJoined {
+        /// The group named.
+        group: String,
+    },
+    /// The message does not fit in one datagram the report's peers can read.
+    #[error("message too long: its datagram would be {len} bytes, at most {max} fit")]
+    TooLong {
+        /// Encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// What the core has seen and done, beyond the ordering counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Datagrams received.
+    pub datagrams_received: u64,
+    /// Application datagrams sent (first transmissions and retransmissions).
+    pub app_datagrams_sent: u64,
+    /// Control datagrams sent (Hello, HelloAck, Bye, Nack, Digest, Unavailable).
+    pub control_datagrams_sent: u64,
+    /// Dropped: not a valid datagram.
+    pub malformed: u64,
+    /// Dropped: claimed to come from a member but arrived from another address.
+    pub spoofed: u64,
+    /// Dropped: from a member or for a group we do not know.
+    pub unknown: u64,
+    /// Retransmission requests received (others still recovering our messages).
+    pub nacks_received: u64,
+    /// Dropped: a stream this mode does not deliver (the sequencer's in FIFO mode, the
+    /// authors' own multicasts in total order).
+    pub other_mode: u64,
+}
+
+/// What [`PeerCore::new`] needs.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This member's name.
+    pub username: String,
+    /// This member's UDP address (as registered with the tracker).
+    pub addr: SocketAddr,
+    /// The tracker's address: the only source believed for a Bye on another's behalf.
+    pub tracker: SocketAddr,
+    /// Delivery order.
+    pub mode: Mode,
+    /// Windows and timers of the ordering cores.
+    pub ordering: ordering::Config,
+}
+
+#[derive(Debug, Clone)]
+struct Received {
+    origin: Arc<str>,
+    text: String,
+    sent_at_us: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    members: Members,
+    hello_attempts: u32,
+    hello_retry_at: Option<Instant>,
+}
+
+/// One member's protocol state across all its groups.
+#[derive(Debug)]
+pub struct PeerCore {
+    me: Arc<str>,
+    addr: SocketAddr,
+    tracker: SocketAddr,
+    mode: Mode,
+    tx: FifoSender<Arc<[u8]>>,
+    fifo: FifoReceiver<Received>,
+    total: TotalOrderReceiver<Received>,
+    groups: HashMap<String, GroupState>,
+    outputs: VecDeque<Output>,
+    traffic: Traffic,
+}
+
+fn claimed_addr(d: &Datagram) -> Option<SocketAddr> {
+    Some(SocketAddr::new(
+        d.src_ip.parse::<IpAddr>().ok()?,
+        d.src_port,
+    ))
+}
+
+fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
+    ranges.iter().map(|r| r.first..=r.last).collect()
+}
+
+fn wire_ranges(ranges: &[RangeInclusive<u64>]) -> Vec<CounterRange> {
+    ranges
+        .iter()
+        .take(proto::MAX_RANGES)
+        .map(|r| CounterRange::new(*r.start(), *r.end()))
+        .collect()
+}
+
+impl PeerCore {
+    /// A member of no group yet.
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            me: Arc::from(config.username.as_str()),
+            addr: config.addr,
+            tracker: config.tracker,
+            mode: config.mode,
+            tx: FifoSender::new(config.ordering.clone()),
+            fifo: FifoReceiver::new(config.ordering.clone()),
+            total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
+            groups: HashMap::new(),
+            outputs: VecDeque::new(),
+            traffic: Traffic::default(),
+        }
+    }
+
+    /// This member's name.
+    pub fn username(&self) -> &str {
+        &self.me
+    }
+
+    /// The delivery order.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The groups joined, in no particular order.
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.keys().cloned().collect()
+    }
+
+    /// Whether `group` is joined.
+    pub fn is_joined(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// Other members of `group` that have answered (Hello, HelloAck or any datagram): the
+    /// ones whose streams are set up both ways.
+    pub fn members_heard(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |g| {
+            g.members
+                .iter()
+                .filter(|(name, m)| m.heard && name.as_str() != SEQUENCER)
+                .count()
+        })
+    }
+
+    /// Whether the sequencer of `group` has told us where its sequence starts.
+    pub fn sequencer_ready(&self, group: &str) -> bool {
+        self.total.stream(group).is_some_and(|s| s.started)
+    }
+
+    /// Datagram totals.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Ordering totals of the sender and the receiver of this mode.
+    pub fn ordering_counters(&self) -> ordering::Counters {
+        let mut c = self.tx.counters();
+        c += match self.mode {
+            Mode::Fifo => self.fifo.counters(),
+            Mode::Total => self.total.counters(),
+        };
+        c
+    }
+
+    /// We joined `group`; `members` is the tracker's list after the join. Sends a Hello to
+    /// every other member and prepares their streams. Joining a group already joined (after
+    /// the tracker came back) only greets members not known yet.
+    pub fn join(&mut self, now: Instant, group: &str, members: &[proto::Member]) {
+        let start = self.tx.open(group);
+        let fresh = !self.groups.contains_key(group);
+        let state = self.groups.entry(group.to_owned()).or_default();
+        let mut greet = Vec::new();
+        for m in members {
+            if *m.username == *self.me || state.members.get(&m.username).is_some() {
+                continue;
+            }
+            let Ok(ip) = m.ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, m.port);
+            state.members.insert(&m.username, MemberInfo::listed(addr));
+            if m.username == SEQUENCER {
+                if self.mode == Mode::Total {
+                    greet.push(addr);
+                }
+                continue;
+            }
+            if self.mode == Mode::Fifo {
+                self.fifo
+                    .add_sender(now, group, &m.username, Start::Handshake);
+            }
+            greet.push(addr);
+        }
+        if fresh {
+            match self.mode {
+                Mode::Fifo => self.fifo.add_sender(now, group, &self.me, Start::At(start)),
+                Mode::Total => self.total.join(now, group, Start::Handshake),
+            }
+            state.hello_attempts = 1;
+            state.hello_retry_at = Some(now + HELLO_RETRY);
+        }
+        let hello = self.control(DatagramType::Hello, group, start, None);
+        for to in greet {
+            self.transmit(to, hello.clone(), false);
+        }
+    }
+
+    /// We leave `group`: every member gets a Bye with our final counter. Returns false if
+    /// the group was not joined.
+    pub fn leave(&mut self, group: &str) -> bool {
+        let Some(state) = self.groups.remove(group) else {
+            return false;
+        };
+        let final_counter = self.tx.close(group).unwrap_or(0);
+        let mut bye = Datagram::new(
+            DatagramType::Bye,
+            group,
+            &*self.me,
+            "",
+            self.addr,
+            final_counter,
+            &*self.me,
+        );
+        bye.final_counter = Some(final_counter);
+        let bytes = self.encode(&bye);
+        for (_, m) in state.members.iter() {
+            self.transmit(m.addr, bytes.clone(), false);
+        }
+        self.fifo.remove_group(group);
+        self.total.leave(group);
+        true
+    }
+
+    /// Multicasts `text` to `group`, stamped with `sent_at_us`; returns its counter.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        group: &str,
+        text: &str,
+        sent_at_us: u64,
+    ) -> Result<u64, Error> {
+        let counter = self
+            .tx
+            .next_counter(group)
+            .ok_or_else(|| Error::NotJoined {
+                group: group.to_owned(),
+            })?;
+        let mut d = Datagram::new(
+            DatagramType::Application,
+            group,
+            &*self.me,
+            text,
+            self.addr,
+            counter,
+            &*self.me,
+        );
+        d.sent_at_us = Some(sent_at_us);
+        let bytes = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| match e {
+            proto::Error::Oversized { len, max } => Error::TooLong { len, max },
+            _ => Error::TooLong {
+                len: usize::MAX,
+                max: LEGACY_DATAGRAM_LEN,
+            },
+        })?;
+        let sent = self
+            .tx
+            .send(now, group, Arc::from(bytes))
+            .map_err(|_| Error::NotJoined {
+                group: group.to_owned(),
+            })?;
+        debug_assert_eq!(sent, counter);
+        if self.mode == Mode::Fifo {
+            // B-multicast includes ourselves: our own stream is delivered here, in order.
+            let me = self.me.clone();
+            let _ = self.fifo.handle_message(
+                now,
+                group,
+                &me,
+                counter,
+                Received {
+                    origin: me.clone(),
+                    text: text.to_owned(),
+                    sent_at_us: Some(sent_at_us),
+                },
+            );
+        }
+        self.pump(now);
+        Ok(counter)
+    }
+
+    /// One datagram that arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.traffic.datagrams_received += 1;
+        let d = match Datagram::decode(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.traffic.malformed += 1;
+                log::debug!("dropped a datagram from {from}: {e}");
+                return;
+            }
+        };
+        let Some(state) = self.groups.get_mut(&d.group) else {
+            self.traffic.unknown += 1;
+            log::debug!("dropped a datagram for group {:?}, not joined", d.group);
+            return;
+        };
+        if d.kind == DatagramType::Bye && from == self.tracker && d.username != *self.me {
+            self.on_evicted(&d.group, &d.username);
+            self.pump(now);
+            return;
+        }
+        let genuine = if d.kind == DatagramType::Hello {
+            claimed_addr(&d) == Some(from)
+        } else {
+            state.members.is_at(&d.username, from)
+        };
+        if !genuine {
+            if d.kind == DatagramType::Hello || state.members.get(&d.username).is_some() {
+                self.traffic.spoofed += 1;
+                log::debug!(
+                    "dropped a datagram claiming to be {:?} from {from}",
+                    d.username
+                );
+            } else {
+                self.traffic.unknown += 1;
+                log::debug!("dropped a datagram from unknown member {:?}", d.username);
+            }
+            return;
+        }
+        if let Some(m) = state.members.get_mut(&d.username) {
+            m.heard = true;
+        }
+        match d.kind {
+            DatagramType::Hello => self.on_hello(now, from, d),
+            DatagramType::HelloAck => self.on_hello_ack(now, d),
+            DatagramType::Application => self.on_application(now, d),
+            DatagramType::Bye => self.on_bye(now, d),
+            DatagramType::Nack => {
+                self.traffic.nacks_received += 1;
+                let _ = self
+                    .tx
+                    .handle_nack(&d.group, &d.username, &ranges_of(&d.ranges));
+            }
+            DatagramType::Digest => self.on_digest(now, d),
+            DatagramType::Unavailable => self.on_unavailable(now, d),
+        }
+        self.pump(now);
+    }
+
+    fn on_hello(&mut self, now: Instant, from: SocketAddr, d: Datagram) {
+        let group = d.group.as_str();
+        let name = d.username.as_str();
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        let known = state.members.get(name).cloned();
+        let info = MemberInfo {
+            addr: from,
+            proto: d.proto,
+            start: d.start,
+            heard: true,
+        };
+        let rejoined = match &known {
+            None => true,
+            Some(k) => k.addr != from || (k.start.is_some() && k.start != d.start),
+        };
+        state.members.insert(name, info);
+        if self.mode == Mode::Fifo && name != SEQUENCER {
+            let start = match (d.proto, d.start) {
+                (Some(_), Some(s)) => Start::At(s),
+                _ => Start::Legacy,
+            };
+            if rejoined || !self.fifo.has_sender(group, name) {
+                self.fifo.add_sender(now, group, name, start);
+            } else if let Start::At(s) = start {
+                let _ = self.fifo.set_start(now, group, name, s);
+            }
+        }
+        if rejoined {
+            self.outputs.push_back(Output::Event(Event::Joined {
+                group: group.to_owned(),
+                member: name.to_owned(),
+            }));
+        }
+        if d.proto.is_some() {
+            let start = self.tx.next_counter(group).unwrap_or(1);
+            let ack = self.control(DatagramType::HelloAck, group, start, None);
+            self.transmit(from, ack, false);
+        }
+    }
+
+    fn on_hello_ack(&mut self, now: Instant, d: Datagram) {
+        let group = d.group.as_str();
+        let name = d.username.as_str();
+        if let Some(m) = self
+            .groups
+            .get_mut(group)
+            .and_then(|s| s.members.get_mut(name))
+        {
+            m.proto = d.proto.or(m.proto);
+        }
+        let Some(start) = d.start else { return };
+        match (self.mode, name == SEQUENCER) {
+            (Mode::Total, true) => {
+                let _ = self.total.set_start(now, group, start);
+            }
+            (Mode::Fifo, false) => {
+                let _ = self.fifo.set_start(now, group, name, start);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_application(&mut self, now: Instant, d: Datagram) {
+        let from_sequencer = d.username == SEQUENCER;
+        let payload = Received {
+            origin: Arc::from(
+                if from_sequencer {
+                    &d.origin
+                } else {
+                    &d.username
+                }
+                .as_str(),
+            ),
+            text: d.content,
+            sent_at_us: d.sent_at_us,
+        };
+        let accepted = match (self.mode, from_sequencer) {
+            (Mode::Fifo, false) => self
+                .fifo
+                .handle_message(now, &d.group, &d.username, d.counter, payload)
+                .is_ok(),
+            (Mode::Total, true) => self
+                .total
+                .handle_sequenced(now, &d.group, d.counter, payload)
+                .is_ok(),
+            _ => false,
+        };
+        if !accepted {
+            self.traffic.other_mode += 1;
+        }
+    }
+
+    fn on_bye(&mut self, now: Instant, d: Datagram) {
+        if let Some(state) = self.groups.get_mut(&d.group) {
+            state.members.remove(&d.username);
+        }
+        if self.mode == Mode::Fifo {
+            let _ = self
+                .fifo
+                .handle_bye(now, &d.group, &d.username, d.final_counter);
+        }
+        self.outputs.push_back(Output::Event(Event::Left {
+            group: d.group,
+            member: d.username,
+        }));
+    }
+
+    fn on_evicted(&mut self, group: &str, member: &str) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        if state.members.remove(member).is_none() {
+            return;
+        }
+        let _ = self.fifo.handle_evicted(group, member);
+        self.outputs.push_back(Output::Event(Event::Evicted {
+            group: group.to_owned(),
+            member: member.to_owned(),
+        }));
+    }
+
+    fn on_digest(&mut self, now: Instant, d: Datagram) {
+        match (self.mode, d.username == SEQUENCER) {
+            (Mode::Fifo, false) => {
+                let _ = self
+                    .fifo
+                    .handle_digest(now, &d.group, &d.username, d.counter);
+            }
+            (Mode::Total, true) => {
+                let _ = self.total.handle_digest(now, &d.group, d.counter);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_unavailable(&mut self, now: Instant, d: Datagram) {
+        let ranges = ranges_of(&d.ranges);
+        match (self.mode, d.username == SEQUENCER) {
+            (Mode::Fifo, false) => {
+                let _ = self
+                    .fifo
+                    .handle_unavailable(now, &d.group, &d.username, &ranges);
+            }
+            (Mode::Total, true) => {
+                let _ = self.total.handle_unavailable(now, &d.group, &ranges);
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.fifo.handle_timeout(now);
+        self.total.handle_timeout(now);
+        let mut resend = Vec::new();
+        for (group, state) in &mut self.groups {
+            if state.hello_retry_at.is_some_and(|at| at <= now) {
+                state.hello_attempts += 1;
+                state.hello_retry_at =
+                    (state.hello_attempts < HELLO_ATTEMPTS).then(|| now + HELLO_RETRY);
+                for (name, m) in state.members.iter() {
+                    let wanted = !m.heard && (name != SEQUENCER || self.mode == Mode::Total);
+                    if wanted {
+                        resend.push((group.clone(), m.addr));
+                    }
+                }
+            }
+        }
+        for (group, to) in resend {
+            let start = self.tx.next_counter(&group).unwrap_or(1);
+            let hello = self.control(DatagramType::Hello, &group, start, None);
+            self.transmit(to, hello, false);
+        }
+        self.pump(now);
+    }
+
+    /// The next action for the caller, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.fifo.poll_timeout(),
+            self.total.poll_timeout(),
+        ]
+        .into_iter()
+        .chain(self.groups.values().map(|g| g.hello_retry_at))
+        .flatten()
+        .min()
+    }
+
+    /// A control datagram of ours: Hello and HelloAck carry our protocol version and the
+    /// start of our stream in `group`.
+    fn control(
+        &self,
+        kind: DatagramType,
+        group: &str,
+        counter: u64,
+        ranges: Option<(&str, &[RangeInclusive<u64>])>,
+    ) -> Arc<[u8]> {
+        let origin = ranges.map_or(&*self.me, |(owner, _)| owner);
+        let mut d = Datagram::new(kind, group, &*self.me, "", self.addr, counter, origin);
+        if matches!(kind, DatagramType::Hello | DatagramType::HelloAck) {
+            d.proto = Some(PROTOCOL_VERSION);
+            d.start = Some(counter);
+        }
+        if let Some((_, r)) = ranges {
+            d.ranges = wire_ranges(r);
+        }
+        self.encode(&d)
+    }
+
+    fn encode(&self, d: &Datagram) -> Arc<[u8]> {
+        let mut out = Vec::with_capacity(160);
+        d.encode_into(&mut out);
+        Arc::from(out)
+    }
+
+    fn transmit(&mut self, to: SocketAddr, bytes: Arc<[u8]>, application: bool) {
+        if application {
+            self.traffic.app_datagrams_sent += 1;
+        } else {
+            self.traffic.control_datagrams_sent += 1;
+        }
+        self.outputs.push_back(Output::Transmit { to, bytes });
+    }
+
+    /// The address of `name` in `group`, if it may receive the newer datagram types.
+    fn newer_member(&self, group: &str, name: &str) -> Option<SocketAddr> {
+        let m = self.groups.get(group)?.members.get(name)?;
+        m.proto.map(|_| m.addr)
+    }
+
+    /// Where our multicasts in `group` go: every other member in FIFO mode, only the
+    /// sequencer in total order.
+    fn audience(&self, group: &str, newer_only: bool) -> Vec<SocketAddr> {
+        let Some(state) = self.groups.get(group) else {
+            return Vec::new();
+        };
+        state
+            .members
+            .iter()
+            .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
+            .filter(|(_, m)| !newer_only || m.proto.is_some())
+            .map(|(_, m)| m.addr)
+            .collect()
+    }
+
+    /// Turns what the ordering cores want into datagrams and deliveries.
+    fn pump(&mut self, _now: Instant) {
+        while let Some(out) = self.tx.poll_output() {
+            match out {
+                Order::Multicast { group, payload, .. } => {
+                    for to in self.audience(&group, false) {
+                        self.transmit(to, payload.clone(), true);
+                    }
+                }
+                Order::Retransmit {
+                    to, group, payload, ..
+                } => {
+                    if let Some(addr) = self.newer_member(&group, &to) {
+                        self.transmit(addr, payload, true);
+                    }
+                }
+                Order::Digest { group, highest } => {
+                    let digest = self.control(DatagramType::Digest, &group, highest, None);
+                    for to in self.audience(&group, true) {
+                        self.transmit(to, digest.clone(), false);
+                    }
+                }
+                Order::Unavailable { to, group, ranges } => {
+                    if let Some(addr) = self.newer_member(&group, &to) {
+                        let me = self.me.clone();
+                        let d = self.control(
+                            DatagramType::Unavailable,
+                            &group,
+                            0,
+                            Some((&me, &ranges)),
+                        );
+                        self.transmit(addr, d, false);
+                    }
+                }
+                Order::Deliver(_) | Order::Nack { .. } => {}
+            }
+        }
+        loop {
+            let out = match self.mode {
+                Mode::Fifo => self.fifo.poll_output(),
+                Mode::Total => self.total.poll_output(),
+            };
+            let Some(out) = out else { break };
+            match out {
+                Order::Deliver(d) => self.outputs.push_back(Output::Deliver(Message {
+                    group: d.group,
+                    author: d.payload.origin,
+                    counter: d.counter,
+                    text: d.payload.text,
+                    sent_at_us: d.payload.sent_at_us,
+                })),
+                Order::Nack { to, group, ranges } => {
+                    if let Some(addr) = self.newer_member(&group, &to) {
+                        let first = ranges.first().map_or(0, |r| *r.start());
+                        let nack =
+                            self.control(DatagramType::Nack, &group, first, Some((&to, &ranges)));
+                        self.transmit(addr, nack, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Who is in each group this process takes part in, where they are, and what they speak.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// What this process knows of one member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member's UDP address, as registered with the tracker.
+    pub addr: SocketAddr,
+    /// The newer protocol version it announced in Hello or HelloAck; `None` while unknown
+    /// or for the report's peers. Newer datagram types are sent only when this is set.
+    pub proto: Option<u32>,
+    /// The start point it announced in its last Hello (to tell a repeated Hello from a
+    /// rejoin).
+    pub start: Option<u64>,
+    /// Whether we have heard from it since we joined (Hello, HelloAck, or any datagram).
+    pub heard: bool,
+}
+
+impl MemberInfo {
+    /// A member learned from the tracker's list: address only.
+    pub fn listed(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            proto: None,
+            start: None,
+            heard: false,
+        }
+    }
+}
+
+/// The members of one group, by username.
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    by_name: HashMap<String, MemberInfo>,
+}
+
+impl Members {
+    /// The member called `name`, if known.
+    pub fn get(&self, name: &str) -> Option<&MemberInfo> {
+        self.by_name.get(name)
+    }
+
+    /// The member called `name`, mutably.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut MemberInfo> {
+        self.by_name.get_mut(name)
+    }
+
+    /// Adds or replaces a member.
+    pub fn insert(&mut self, name: &str, info: MemberInfo) {
+        self.by_name.insert(name.to_owned(), info);
+    }
+
+    /// Forgets a member; returns what was known.
+    pub fn remove(&mut self, name: &str) -> Option<MemberInfo> {
+        self.by_name.remove(name)
+    }
+
+    /// Every member, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &MemberInfo)> {
+        self.by_name.iter()
+    }
+
+    /// How many members are known.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether no member is known.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Whether `name` is known at exactly `addr`: the check every datagram passes before it
+    /// is believed.
+    pub fn is_at(&self, name: &str, addr: SocketAddr) -> bool {
+        self.by_name.get(name).is_some_and(|m| m.addr == addr)
+    }
+}

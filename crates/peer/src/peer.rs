@@ -1,0 +1,900 @@
+//! The peer daemon: one mio loop over the UDP socket, standard input (read by a helper
+//! thread that wakes the loop), the tracker link and timers. It feeds the [`PeerCore`] and
+//! does what the core asks; it makes no protocol decisions of its own.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use proto::{Envelope, PROTOCOL_VERSION, Reply, Request};
+use thiserror::Error;
+
+use crate::command::{self, Command, HELP};
+use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
+use crate::report::{Latency, Recovery, Report};
+use crate::tracker_link::{LinkEvent, TrackerLink};
+
+const UDP: Token = Token(0);
+const WAKER: Token = Token(1);
+const TRACKER: Token = Token(2);
+
+/// Datagrams read per wake-up before other work gets a turn.
+const READ_BATCH: usize = 512;
+
+/// How long a quitting peer keeps answering retransmission requests once they stop coming.
+const LINGER: Duration = Duration::from_millis(300);
+
+/// Why a peer stopped with an error.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// A socket failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The tracker refused to register us (the username is taken, say).
+    #[error("the tracker refused to register us: {0}")]
+    Refused(String),
+}
+
+/// What a script-mode peer does.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// One message per line.
+    pub lines: Vec<String>,
+    /// The group to join.
+    pub group: String,
+    /// Start sending once this many members (ourselves included) are in the group.
+    pub members: usize,
+    /// Deliveries to wait for; by default every member sends as many lines as we do.
+    pub expect: Option<u64>,
+    /// Messages per second; `None` sends flat out.
+    pub rate: Option<f64>,
+    /// Give up waiting (for members, or for deliveries) after this long.
+    pub timeout: Duration,
+    /// Where to write each delivery as `GROUP<TAB>AUTHOR<TAB>COUNTER<TAB>TEXT`, if anywhere.
+    pub deliveries: Option<std::path::PathBuf>,
+}
+
+/// What a peer is started with.
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// The UDP address to bind and register.
+    pub addr: SocketAddr,
+    /// Our name.
+    pub username: String,
+    /// The tracker's address.
+    pub tracker: SocketAddr,
+    /// Delivery order.
+    pub mode: Mode,
+    /// Windows and timers of the ordering core.
+    pub ordering: ordering::Config,
+    /// Script mode, or interactive when `None`.
+    pub script: Option<Script>,
+}
+
+/// Stops a running [`Peer`] cleanly (the tracker is told, the groups get Bye).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// Asks the peer to quit.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+#[derive(Debug)]
+enum Purpose {
+    Register,
+    Join(String),
+    Rejoin(String),
+    ListGroups,
+    ListMembers(String),
+    Exit(String),
+    Quit,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Registering and joining.
+    Starting,
+    /// Waiting for the other members.
+    Waiting {
+        since: Instant,
+    },
+    /// Sending one line after another.
+    Sending {
+        next: usize,
+        next_at: Instant,
+    },
+    /// Waiting for the deliveries.
+    Draining {
+        since: Instant,
+    },
+    /// Done; answering late requests before leaving.
+    Lingering {
+        since: Instant,
+    },
+    Done,
+}
+
+#[derive(Debug)]
+struct Quitting {
+    deadline: Instant,
+    acked: bool,
+}
+
+#[derive(Debug, Default)]
+struct Measure {
+    sent: u64,
+    delivered: u64,
+    first_send: Option<Instant>,
+    last_delivery: Option<Instant>,
+    latencies: Vec<u64>,
+}
+
+/// A member of the group messenger.
+pub struct Peer {
+    options: PeerOptions,
+    poll: Poll,
+    udp: UdpSocket,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    link: TrackerLink<Purpose>,
+    core: PeerCore,
+    outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    udp_pending: bool,
+    registered: bool,
+    heartbeat: Duration,
+    next_heartbeat: Option<Instant>,
+    heartbeats_sent: u64,
+    selected: Option<String>,
+    phase: Phase,
+    measure: Measure,
+    deliveries: Option<io::BufWriter<std::fs::File>>,
+    quitting: Option<Quitting>,
+    nacks_seen: (u64, Instant),
+    tty: bool,
+    report: Option<Report>,
+    buf: Box<[u8]>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Large buffers absorb bursts; the kernel may grant less.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+impl Peer {
+    /// Binds the UDP socket; the tracker is contacted once [`run`](Self::run) starts.
+    pub fn bind(options: PeerOptions) -> Result<Self, PeerError> {
+        let std_udp = bind_udp(options.addr)?;
+        let addr = std_udp.local_addr()?;
+        let mut udp = UdpSocket::from_std(std_udp);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let now = Instant::now();
+        let core = PeerCore::new(CoreConfig {
+            username: options.username.clone(),
+            addr,
+            tracker: options.tracker,
+            mode: options.mode,
+            ordering: options.ordering.clone(),
+        });
+        let deliveries = match options.script.as_ref().and_then(|s| s.deliveries.as_ref()) {
+            Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
+            None => None,
+        };
+        Ok(Self {
+            link: TrackerLink::new(options.tracker, TRACKER, now),
+            options: PeerOptions { addr, ..options },
+            poll,
+            udp,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            core,
+            outbox: VecDeque::new(),
+            udp_pending: false,
+            registered: false,
+            heartbeat: Duration::from_secs(1),
+            next_heartbeat: None,
+            heartbeats_sent: 0,
+            selected: None,
+            phase: Phase::Starting,
+            measure: Measure::default(),
+            deliveries,
+            quitting: None,
+            nacks_seen: (0, now),
+            tty: io::stdout().is_terminal(),
+            report: None,
+            buf: vec![0; 64 * 1024].into_boxed_slice(),
+        })
+    }
+
+    /// The UDP address this peer receives on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.options.addr
+    }
+
+    /// A handle that makes the peer quit cleanly.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        Shutdown {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Runs until the user quits (interactive) or the script is done; returns the script's
+    /// measurements, if any. Output for the user goes to `out`.
+    pub fn run(&mut self, out: &mut dyn Write) -> Result<Option<Report>, PeerError> {
+        let input = if self.options.script.is_none() {
+            Some(spawn_stdin_reader(self.waker.clone()))
+        } else {
+            None
+        };
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            self.link.handle_timeout(self.poll.registry(), now);
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.heartbeat_if_due(now);
+            self.script_step(now, out)?;
+            self.handle_link_events(now, out)?;
+            self.drain_core(now, out)?;
+            self.flush_outbox();
+            if self.stop.load(Ordering::SeqCst) && self.quitting.is_none() {
+                self.begin_quit(now);
+                self.drain_core(now, out)?;
+                self.flush_outbox();
+            }
+            if self.quit_done(now) {
+                self.flush_outbox();
+                break;
+            }
+            let timeout = self
+                .next_wake(now)
+                .map(|at| at.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            let now = Instant::now();
+            let mut udp_ready = self.udp_pending;
+            for event in events.iter() {
+                match event.token() {
+                    UDP => udp_ready |= event.is_readable(),
+                    TRACKER => self.link.handle_ready(now),
+                    _ => {}
+                }
+            }
+            if udp_ready {
+                self.read_udp(now);
+            }
+            if let Some(input) = &input {
+                loop {
+                    match input.try_recv() {
+                        Ok(Some(line)) => self.handle_line(now, &line, out)?,
+                        Ok(None) | Err(TryRecvError::Disconnected) => {
+                            // End of input quits, as `!q` does.
+                            self.begin_quit(now);
+                            break;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.deliveries.as_mut() {
+            d.flush()?;
+        }
+        out.flush()?;
+        Ok(self.report.take())
+    }
+
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.udp_pending {
+            return Some(now);
+        }
+        let script = match &self.phase {
+            Phase::Sending { next_at, .. } => Some(*next_at),
+            Phase::Waiting { .. } | Phase::Draining { .. } | Phase::Lingering { .. } => {
+                Some(now + Duration::from_millis(20))
+            }
+            Phase::Starting | Phase::Done => None,
+        };
+        let quitting = self
+            .quitting
+            .as_ref()
+            .map(|_| now + Duration::from_millis(20));
+        [
+            self.core.poll_timeout(),
+            self.link.poll_timeout(),
+            self.next_heartbeat,
+            script,
+            quitting,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn read_udp(&mut self, now: Instant) {
+        self.udp_pending = false;
+        for _ in 0..READ_BATCH {
+            match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from)) => self.core.handle_datagram(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => log::debug!("udp: {e}"),
+            }
+        }
+        // More may be waiting: come back after other work had its turn.
+        self.udp_pending = true;
+    }
+
+    fn send_datagram(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
+        if self.outbox.is_empty() {
+            match self.udp.send_to(&bytes, to) {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::debug!("cannot send to {to}: {e}");
+                    return;
+                }
+            }
+        }
+        self.outbox.push_back((to, bytes));
+    }
+
+    fn flush_outbox(&mut self) {
+        while let Some((to, bytes)) = self.outbox.front() {
+            match self.udp.send_to(bytes, *to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => log::debug!("cannot send to {to}: {e}"),
+            }
+            self.outbox.pop_front();
+        }
+    }
+
+    fn heartbeat_if_due(&mut self, now: Instant) {
+        if !self.registered || self.next_heartbeat.is_some_and(|at| at > now) {
+            return;
+        }
+        let beat = Envelope {
+            request: Request::Heartbeat {
+                username: self.options.username.clone(),
+            },
+            proto: Some(PROTOCOL_VERSION),
+        }
+        .encode();
+        let tracker = self.options.tracker;
+        self.send_datagram(tracker, Arc::from(beat));
+        self.heartbeats_sent += 1;
+        self.next_heartbeat = Some(now + self.heartbeat);
+    }
+
+    /// Prints a line for the user, keeping the prompt tidy on a terminal.
+    fn say(&self, out: &mut dyn Write, line: &str) -> io::Result<()> {
+        if self.options.script.is_some() {
+            return Ok(());
+        }
+        if self.tty {
+            write!(out, "\r\x1b[K{line}\n{}", self.prompt())?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()
+    }
+
+    fn prompt(&self) -> String {
+        format!("[{}]> ", self.options.username)
+    }
+
+    fn show_prompt(&self, out: &mut dyn Write) -> io::Result<()> {
+        if self.options.script.is_none() && self.quitting.is_none() {
+            write!(out, "{}", self.prompt())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn ask(&mut self, out: &mut dyn Write, request: Request, purpose: Purpose) -> io::Result<()> {
+        if self.link.request(request, purpose).is_err() {
+            self.say(
+                out,
+                &format!(
+                    "error: the tracker at {} is unreachable; retrying in the background",
+                    self.link.addr()
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn handle_line(
+        &mut self,
+        now: Instant,
+        line: &str,
+        out: &mut dyn Write,
+    ) -> Result<(), PeerError> {
+        if self.quitting.is_some() {
+            return Ok(());
+        }
+        let me = self.options.username.clone();
+        match command::parse(line) {
+            Err(usage) => self.say(out, &usage)?,
+            Ok(Command::Nothing) => {}
+            Ok(Command::Help) => {
+                for l in HELP.lines() {
+                    self.say(out, l)?;
+                }
+            }
+            Ok(Command::ListGroups) => self.ask(out, Request::ListGroups, Purpose::ListGroups)?,
+            Ok(Command::ListMembers(group)) => self.ask(
+                out,
+                Request::ListMembers {
+                    group: group.clone(),
+                },
+                Purpose::ListMembers(group),
+            )?,
+            Ok(Command::Join(group)) => {
+                if self.core.is_joined(&group) {
+                    self.selected = Some(group.clone());
+                    self.say(out, &format!("already in {group}; writing to {group}"))?;
+                } else {
+                    self.ask(
+                        out,
+                        Request::JoinGroup {
+                            username: me,
+                            group: group.clone(),
+                        },
+                        Purpose::Join(group),
+                    )?;
+                }
+            }
+            Ok(Command::Write(group)) => {
+                if self.core.is_joined(&group) {
+                    self.say(out, &format!("writing to {group}"))?;
+                    self.selected = Some(group);
+                } else {
+                    self.say(
+                        out,
+                        &format!("not a member of {group}: join it first (!j {group})"),
+                    )?;
+                }
+            }
+            Ok(Command::Exit(group)) => {
+                if self.core.leave(&group) {
+                    if self.selected.as_deref() == Some(group.as_str()) {
+                        self.selected = None;
+                    }
+                    self.say(out, &format!("left {group}"))?;
+                    self.ask(
+                        out,
+                        Request::ExitGroup {
+                            username: me,
+                            group: group.clone(),
+                        },
+                        Purpose::Exit(group),
+                    )?;
+                } else {
+                    self.say(out, &format!("not a member of {group}"))?;
+                }
+            }
+            Ok(Command::Quit) => self.begin_quit(now),
+            Ok(Command::Say(text)) => match self.selected.clone() {
+                None => self.say(
+                    out,
+                    "no group selected: join one with !j GROUP, or pick one with !w GROUP",
+                )?,
+                Some(group) => {
+                    if let Err(e) = self.core.send(now, &group, &text, now_us()) {
+                        self.say(out, &format!("error: {e}"))?;
+                    }
+                }
+            },
+        }
+        self.drain_core(now, out)?;
+        self.flush_outbox();
+        self.show_prompt(out)?;
+        Ok(())
+    }
+
+    fn handle_link_events(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+        while let Some(event) = self.link.poll_event() {
+            match event {
+                LinkEvent::Connected => {
+                    log::info!("connected to the tracker at {}", self.link.addr());
+                    let request = Request::Register {
+                        ip: self.options.addr.ip().to_string(),
+                        port: self.options.addr.port(),
+                        username: self.options.username.clone(),
+                    };
+                    let _ = self.link.request(request, Purpose::Register);
+                }
+                LinkEvent::Disconnected { reason } => {
+                    let line = format!(
+                        "lost the tracker ({reason}); messaging in joined groups goes on, reconnecting"
+                    );
+                    log::warn!("{line}");
+                    self.say(out, &line)?;
+                }
+                LinkEvent::Lost(purpose) => match purpose {
+                    Purpose::Quit => {
+                        if let Some(q) = self.quitting.as_mut() {
+                            q.acked = true;
+                        }
+                    }
+                    Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_) => {
+                        self.say(out, "error: the tracker did not answer (connection lost)")?;
+                    }
+                    Purpose::Register | Purpose::Rejoin(_) | Purpose::Exit(_) => {}
+                },
+                LinkEvent::Reply(purpose, reply) => self.handle_reply(now, purpose, reply, out)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_reply(
+        &mut self,
+        now: Instant,
+        purpose: Purpose,
+        reply: Reply,
+        out: &mut dyn Write,
+    ) -> Result<(), PeerError> {
+        let reason = || reply.text().unwrap_or_else(|_| reply.content.to_string());
+        match purpose {
+            Purpose::Register if !reply.success => return Err(PeerError::Refused(reason())),
+            Purpose::Register => {
+                if let Some(ms) = reply.heartbeat_ms {
+                    self.heartbeat = Duration::from_millis(ms.max(10));
+                }
+                self.next_heartbeat = Some(now + self.heartbeat);
+                if self.registered {
+                    // The tracker came back: join our groups again.
+                    for group in self.core.groups() {
+                        let request = Request::JoinGroup {
+                            username: self.options.username.clone(),
+                            group: group.clone(),
+                        };
+                        let _ = self.link.request(request, Purpose::Rejoin(group));
+                    }
+                    self.say(
+                        out,
+                        "the tracker is back; registered and rejoined our groups",
+                    )?;
+                } else {
+                    self.registered = true;
+                    if let Some(script) = &self.options.script {
+                        let request = Request::JoinGroup {
+                            username: self.options.username.clone(),
+                            group: script.group.clone(),
+                        };
+                        let _ = self
+                            .link
+                            .request(request, Purpose::Join(script.group.clone()));
+                    } else {
+                        self.say(
+                            out,
+                            &format!(
+                                "registered as {} with the tracker at {} ({} order); !h lists the commands",
+                                self.options.username,
+                                self.link.addr(),
+                                match self.options.mode {
+                                    Mode::Fifo => "FIFO",
+                                    Mode::Total => "total",
+                                }
+                            ),
+                        )?;
+                        self.show_prompt(out)?;
+                    }
+                }
+            }
+            Purpose::Join(group) | Purpose::Rejoin(group) if reply.success => {
+                let members = reply.members().unwrap_or_default();
+                let fresh = !self.core.is_joined(&group);
+                self.core.join(now, &group, &members);
+                if self.options.script.is_some() {
+                    if matches!(self.phase, Phase::Starting) {
+                        self.phase = Phase::Waiting { since: now };
+                    }
+                } else if fresh {
+                    self.selected.get_or_insert_with(|| group.clone());
+                    let writing = self.selected.clone().unwrap_or_default();
+                    self.say(out, &format!("joined {group}; writing to {writing}"))?;
+                }
+            }
+            Purpose::Join(group) | Purpose::Rejoin(group) => {
+                let line = format!("error: cannot join {group}: {}", reason());
+                log::warn!("{line}");
+                self.say(out, &line)?;
+            }
+            Purpose::ListGroups => {
+                let names = reply.names().unwrap_or_default();
+                let list = if names.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    names
+                        .iter()
+                        .map(|g| format!("[{g}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                self.say(out, &format!("groups: {list}"))?;
+            }
+            Purpose::ListMembers(group) => {
+                if reply.success {
+                    let list = reply
+                        .members()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|m| format!("({})", m.username))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    self.say(out, &format!("members: {list}"))?;
+                } else {
+                    self.say(out, &format!("no such group: {group}"))?;
+                }
+            }
+            Purpose::Exit(group) => {
+                if !reply.success {
+                    log::info!("the tracker did not let us leave {group}: {}", reason());
+                }
+            }
+            Purpose::Quit => {
+                if let Some(q) = self.quitting.as_mut() {
+                    q.acked = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_core(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Transmit { to, bytes } => self.send_datagram(to, bytes),
+                Output::Deliver(message) => self.deliver(now, message, out)?,
+                Output::Event(event) => {
+                    let line = match event {
+                        Event::Joined { group, member } => format!("* {member} joined {group}"),
+                        Event::Left { group, member } => format!("* {member} left {group}"),
+                        Event::Evicted { group, member } => {
+                            format!("* {member} was evicted from {group} (it stopped answering)")
+                        }
+                    };
+                    log::info!("{line}");
+                    self.say(out, &line)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, now: Instant, m: Message, out: &mut dyn Write) -> Result<(), PeerError> {
+        self.measure.delivered += 1;
+        self.measure.last_delivery = Some(now);
+        if let Some(sent) = m.sent_at_us {
+            self.measure.latencies.push(now_us().saturating_sub(sent));
+        }
+        if let Some(file) = self.deliveries.as_mut() {
+            writeln!(file, "{}\t{}\t{}\t{}", m.group, m.author, m.counter, m.text)?;
+        }
+        self.say(
+            out,
+            &format!("in {} {} says:: {}", m.group, m.author, m.text),
+        )?;
+        Ok(())
+    }
+
+    fn script_step(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+        let Some(script) = self.options.script.clone() else {
+            return Ok(());
+        };
+        let expected = script
+            .expect
+            .unwrap_or(script.lines.len() as u64 * script.members as u64);
+        match self.phase {
+            Phase::Starting | Phase::Done => {}
+            Phase::Waiting { since } => {
+                let heard = self.core.members_heard(&script.group) + 1 >= script.members;
+                let ordered =
+                    self.options.mode == Mode::Fifo || self.core.sequencer_ready(&script.group);
+                if heard && ordered {
+                    self.measure.first_send = Some(now);
+                    self.phase = Phase::Sending {
+                        next: 0,
+                        next_at: now,
+                    };
+                } else if now - since > script.timeout {
+                    log::warn!(
+                        "gave up waiting for {} members in {}",
+                        script.members,
+                        script.group
+                    );
+                    self.phase = Phase::Lingering { since: now };
+                }
+            }
+            Phase::Sending { next, next_at } => {
+                if now >= next_at {
+                    if let Some(line) = script.lines.get(next) {
+                        self.core
+                            .send(now, &script.group, line, now_us())
+                            .map_err(|e| {
+                                PeerError::Io(io::Error::new(
+                                    io::ErrorKind::InvalidInput,
+                                    e.to_string(),
+                                ))
+                            })?;
+                        self.measure.sent += 1;
+                    }
+                    let step = script
+                        .rate
+                        .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
+                    self.phase = if next + 1 >= script.lines.len() {
+                        Phase::Draining { since: now }
+                    } else {
+                        Phase::Sending {
+                            next: next + 1,
+                            next_at: (next_at + step).max(if step.is_zero() {
+                                now
+                            } else {
+                                next_at
+                            }),
+                        }
+                    };
+                }
+            }
+            Phase::Draining { since } => {
+                if self.measure.delivered >= expected || now - since > script.timeout {
+                    self.phase = Phase::Lingering { since: now };
+                }
+            }
+            Phase::Lingering { since } => {
+                if now - since >= LINGER && self.quiet(now) {
+                    let report = self.build_report(&script, expected);
+                    self.report = Some(report);
+                    self.phase = Phase::Done;
+                    self.begin_quit(now);
+                    let _ = out;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when no retransmission request has come for [`LINGER`].
+    fn quiet(&mut self, now: Instant) -> bool {
+        let nacks = self.core.traffic().nacks_received;
+        if nacks != self.nacks_seen.0 {
+            self.nacks_seen = (nacks, now);
+        }
+        now - self.nacks_seen.1 >= LINGER
+    }
+
+    fn build_report(&mut self, script: &Script, expected: u64) -> Report {
+        let duration = match (self.measure.first_send, self.measure.last_delivery) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => Duration::ZERO,
+        };
+        let traffic = self.core.traffic();
+        let order = self.core.ordering_counters();
+        let datagrams = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
+        Report {
+            username: self.options.username.clone(),
+            group: script.group.clone(),
+            mode: match self.options.mode {
+                Mode::Fifo => "fifo".into(),
+                Mode::Total => "total".into(),
+            },
+            sent: self.measure.sent,
+            delivered: self.measure.delivered,
+            expected,
+            complete: self.measure.delivered >= expected,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            delivered_per_second: if duration.is_zero() {
+                0.0
+            } else {
+                self.measure.delivered as f64 / duration.as_secs_f64()
+            },
+            latency: Latency::of(&mut self.measure.latencies),
+            datagrams_sent: datagrams,
+            app_datagrams_sent: traffic.app_datagrams_sent,
+            control_datagrams_sent: traffic.control_datagrams_sent,
+            tracker_messages_sent: self.link.requests_sent + self.heartbeats_sent,
+            datagrams_per_message: if self.measure.sent == 0 {
+                0.0
+            } else {
+                datagrams as f64 / self.measure.sent as f64
+            },
+            recovery: Recovery {
+                nacks_sent: order.nacks_sent,
+                retransmissions_sent: order.retransmissions_sent,
+                gaps_recovered: order.gaps_recovered,
+                gaps_skipped: order.gaps_skipped,
+                duplicates: order.duplicates,
+            },
+        }
+    }
+
+    /// Leaves every group (Bye with our final counter), tells the tracker, and from then on
+    /// only answers retransmission requests until they stop.
+    fn begin_quit(&mut self, now: Instant) {
+        if self.quitting.is_some() {
+            return;
+        }
+        for group in self.core.groups() {
+            self.core.leave(&group);
+        }
+        let acked = self
+            .link
+            .request(
+                Request::Quit {
+                    username: self.options.username.clone(),
+                },
+                Purpose::Quit,
+            )
+            .is_err();
+        self.nacks_seen = (self.core.traffic().nacks_received, now);
+        self.quitting = Some(Quitting {
+            deadline: now + Duration::from_secs(2),
+            acked,
+        });
+    }
+
+    fn quit_done(&mut self, now: Instant) -> bool {
+        let Some(q) = &self.quitting else {
+            return false;
+        };
+        let (acked, deadline) = (q.acked, q.deadline);
+        (acked || now >= deadline) && (self.quiet(now) || now >= deadline)
+    }
+}
+
+/// Reads standard input on a helper thread (it blocks, the loop must not), handing each
+/// line to the loop and waking it; `None` means end of input.
+fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let stdin = io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Some(line)).is_err() {
+                return;
+            }
+            let _ = waker.wake();
+        }
+        let _ = tx.send(None);
+        let _ = waker.wake();
+    });
+    rx
+}

@@ -1,0 +1,179 @@
+//! What a peer in script mode measured, as a table for people and JSON for programs.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// One-way latency figures, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// How many deliveries carried a send time.
+    pub samples: usize,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Largest.
+    pub max_us: u64,
+}
+
+impl Latency {
+    /// The figures of `samples` (µs); sorts them.
+    pub fn of(samples: &mut [u64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self {
+            samples: samples.len(),
+            mean_us: samples.iter().sum::<u64>() as f64 / samples.len() as f64,
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            max_us: *samples.last().unwrap_or(&0),
+        }
+    }
+}
+
+/// How loss was repaired, from the ordering core's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// Retransmission requests sent.
+    pub nacks_sent: u64,
+    /// Messages sent again on request.
+    pub retransmissions_sent: u64,
+    /// Messages that arrived after being requested.
+    pub gaps_recovered: u64,
+    /// Counters given up on.
+    pub gaps_skipped: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+}
+
+/// One peer's measurements of a script run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The peer.
+    pub username: String,
+    /// The group.
+    pub group: String,
+    /// `fifo` or `total`.
+    pub mode: String,
+    /// Messages this peer sent.
+    pub sent: u64,
+    /// Messages it delivered (from every sender, itself included).
+    pub delivered: u64,
+    /// Messages it expected to deliver.
+    pub expected: u64,
+    /// Whether it delivered all it expected before its time ran out.
+    pub complete: bool,
+    /// From its first send to its last delivery, in milliseconds.
+    pub duration_ms: f64,
+    /// Deliveries per second over that time.
+    pub delivered_per_second: f64,
+    /// One-way latency, from the send time carried in each message to its delivery.
+    pub latency: Latency,
+    /// UDP datagrams sent, of all kinds.
+    pub datagrams_sent: u64,
+    /// Of which application messages (first sends and retransmissions).
+    pub app_datagrams_sent: u64,
+    /// Of which control datagrams (Hello, Bye, retransmission requests, digests, ...).
+    pub control_datagrams_sent: u64,
+    /// Messages to the tracker (requests and heartbeats).
+    pub tracker_messages_sent: u64,
+    /// Datagrams sent per message sent.
+    pub datagrams_per_message: f64,
+    /// Loss repair.
+    pub recovery: Recovery,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, k: &str, v: String| writeln!(f, "  {k:<28} {v}");
+        writeln!(
+            f,
+            "measurements of {} in group {} ({} order):",
+            self.username, self.group, self.mode
+        )?;
+        row(f, "messages sent", self.sent.to_string())?;
+        row(
+            f,
+            "messages delivered",
+            format!(
+                "{} of {} expected{}",
+                self.delivered,
+                self.expected,
+                if self.complete { "" } else { " (INCOMPLETE)" }
+            ),
+        )?;
+        row(
+            f,
+            "first send to last delivery",
+            format!("{:.1} ms", self.duration_ms),
+        )?;
+        row(
+            f,
+            "throughput",
+            format!("{:.0} delivered/s", self.delivered_per_second),
+        )?;
+        row(
+            f,
+            "one-way latency",
+            format!(
+                "mean {:.0} µs, p50 {} µs, p99 {} µs, max {} µs ({} samples)",
+                self.latency.mean_us,
+                self.latency.p50_us,
+                self.latency.p99_us,
+                self.latency.max_us,
+                self.latency.samples
+            ),
+        )?;
+        row(
+            f,
+            "datagrams sent",
+            format!(
+                "{} ({} application, {} control; {:.2} per message sent)",
+                self.datagrams_sent,
+                self.app_datagrams_sent,
+                self.control_datagrams_sent,
+                self.datagrams_per_message
+            ),
+        )?;
+        row(
+            f,
+            "tracker messages sent",
+            self.tracker_messages_sent.to_string(),
+        )?;
+        row(
+            f,
+            "loss recovery",
+            format!(
+                "{} requests, {} retransmitted, {} recovered, {} skipped, {} duplicates",
+                self.recovery.nacks_sent,
+                self.recovery.retransmissions_sent,
+                self.recovery.gaps_recovered,
+                self.recovery.gaps_skipped,
+                self.recovery.duplicates
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_set() {
+        let mut samples: Vec<u64> = (1..=100).rev().collect();
+        let l = Latency::of(&mut samples);
+        assert_eq!(
+            (l.samples, l.p50_us, l.p99_us, l.max_us),
+            (100, 51, 99, 100)
+        );
+        assert!((l.mean_us - 50.5).abs() < 1e-9);
+        assert_eq!(Latency::of(&mut []), Latency::default());
+    }
+}

@@ -1,0 +1,223 @@
+//! The connection to the tracker, inside an event loop: requests are queued and answered in
+//! order over one persistent connection (marked with the newer protocol's `Proto`), and a
+//! lost connection is retried with backoff. Nothing here blocks.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use proto::{Envelope, JsonFramer, PROTOCOL_VERSION, Reply, Request};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What happened on the link; drain with [`TrackerLink::poll_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent<P> {
+    /// The connection is up (again): register, and rejoin groups if this is a reconnection.
+    Connected,
+    /// The connection was lost; it is being retried.
+    Disconnected {
+        /// Why.
+        reason: String,
+    },
+    /// The tracker answered the request made for `P`.
+    Reply(P, Reply),
+    /// The request made for `P` got no answer: the connection was lost first.
+    Lost(P),
+}
+
+#[derive(Debug)]
+struct Connection {
+    stream: TcpStream,
+    connected: bool,
+    out: Vec<u8>,
+    framer: JsonFramer,
+}
+
+/// A persistent, self-healing connection to the tracker. `P` is what the caller wants to
+/// remember about each request (why it was made), handed back with its reply.
+#[derive(Debug)]
+pub struct TrackerLink<P> {
+    addr: SocketAddr,
+    token: Token,
+    conn: Option<Connection>,
+    pending: VecDeque<P>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    events: VecDeque<LinkEvent<P>>,
+    /// Requests sent since the link was made (for the measurements of control traffic).
+    pub requests_sent: u64,
+}
+
+impl<P> TrackerLink<P> {
+    /// A link to the tracker at `addr` that will use `token` in the caller's poll; it
+    /// connects at the first [`handle_timeout`](Self::handle_timeout).
+    pub fn new(addr: SocketAddr, token: Token, now: Instant) -> Self {
+        Self {
+            addr,
+            token,
+            conn: None,
+            pending: VecDeque::new(),
+            retry_at: Some(now),
+            backoff: FIRST_BACKOFF,
+            events: VecDeque::new(),
+            requests_sent: 0,
+        }
+    }
+
+    /// The tracker's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the connection is established.
+    pub fn is_up(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.connected)
+    }
+
+    /// Sends `request`; its reply comes back as [`LinkEvent::Reply`] with `purpose`. When
+    /// there is no connection the request is refused at once, handing `purpose` back.
+    pub fn request(&mut self, request: Request, purpose: P) -> Result<(), P> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(purpose);
+        };
+        Envelope {
+            request,
+            proto: Some(PROTOCOL_VERSION),
+        }
+        .encode_into(&mut conn.out);
+        self.pending.push_back(purpose);
+        self.requests_sent += 1;
+        if conn.connected {
+            let result = flush(conn);
+            if let Err(e) = result {
+                self.fail(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket is ready (its token came up in the poll).
+    pub fn handle_ready(&mut self, now: Instant) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.fail_at(now, e.to_string()),
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => {
+                    conn.connected = true;
+                    self.backoff = FIRST_BACKOFF;
+                    self.events.push_back(LinkEvent::Connected);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail_at(now, e.to_string()),
+            }
+        }
+        let conn = self.conn.as_mut().expect("checked above");
+        if let Err(e) = flush(conn) {
+            return self.fail_at(now, e.to_string());
+        }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => return self.fail_at(now, "the tracker closed the connection".into()),
+                Ok(n) => conn.framer.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.fail_at(now, e.to_string()),
+            }
+        }
+        loop {
+            let reply = match conn.framer.next_frame() {
+                Ok(Some(frame)) => Reply::decode(frame),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(reply) => match self.pending.pop_front() {
+                    Some(purpose) => self.events.push_back(LinkEvent::Reply(purpose, reply)),
+                    None => log::debug!("an unrequested reply from the tracker: {reply:?}"),
+                },
+                Err(e) => return self.fail_at(now, format!("unreadable reply: {e}")),
+            }
+        }
+    }
+
+    /// Connects (again) when it is time to.
+    pub fn handle_timeout(&mut self, registry: &Registry, now: Instant) {
+        if self.conn.is_some() || self.retry_at.is_none_or(|at| at > now) {
+            return;
+        }
+        self.retry_at = None;
+        match TcpStream::connect(self.addr) {
+            Ok(mut stream) => {
+                if let Err(e) = registry.register(
+                    &mut stream,
+                    self.token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    return self.fail_at(now, e.to_string());
+                }
+                let _ = stream.set_nodelay(true);
+                self.conn = Some(Connection {
+                    stream,
+                    connected: false,
+                    out: Vec::new(),
+                    framer: JsonFramer::new(proto::MAX_REQUEST_LEN * 16),
+                });
+            }
+            Err(e) => self.fail_at(now, e.to_string()),
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<LinkEvent<P>> {
+        self.events.pop_front()
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.fail_at(Instant::now(), reason)
+    }
+
+    fn fail_at(&mut self, now: Instant, reason: String) {
+        let was_up = self.conn.take().is_some_and(|c| c.connected);
+        for purpose in self.pending.drain(..) {
+            self.events.push_back(LinkEvent::Lost(purpose));
+        }
+        if was_up {
+            self.events.push_back(LinkEvent::Disconnected { reason });
+        } else {
+            log::debug!("cannot reach the tracker at {}: {reason}", self.addr);
+        }
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn flush(conn: &mut Connection) -> io::Result<()> {
+    let mut written = 0;
+    while written < conn.out.len() {
+        match conn.stream.write(&conn.out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.out.drain(..written);
+    Ok(())
+}

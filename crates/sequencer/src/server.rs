@@ -1,0 +1,233 @@
+//! The sequencer daemon's event loop: one mio `Poll` over its UDP socket, the tracker link
+//! (registration and heartbeats, like any member) and timers, around [`SequencerNode`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use peer::{LinkEvent, SEQUENCER, TrackerLink};
+use proto::{Envelope, PROTOCOL_VERSION, Request};
+
+use crate::node::SequencerNode;
+
+const UDP: Token = Token(0);
+const WAKER: Token = Token(1);
+const TRACKER: Token = Token(2);
+const READ_BATCH: usize = 512;
+
+/// Stops a running [`SequencerServer`].
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// Asks the sequencer to stop.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// The sequencer daemon.
+pub struct SequencerServer {
+    poll: Poll,
+    udp: UdpSocket,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    node: SequencerNode,
+    link: Option<TrackerLink<()>>,
+    heartbeat: Duration,
+    next_heartbeat: Option<Instant>,
+    outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    udp_pending: bool,
+    buf: Box<[u8]>,
+}
+
+impl SequencerServer {
+    /// Binds `addr`; with `tracker`, registers there as `sequencer` and heartbeats.
+    pub fn bind(
+        addr: SocketAddr,
+        tracker: Option<SocketAddr>,
+        config: ordering::Config,
+    ) -> io::Result<Self> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let _ = socket.set_recv_buffer_size(8 << 20);
+        let _ = socket.set_send_buffer_size(8 << 20);
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let std_udp: std::net::UdpSocket = socket.into();
+        let addr = std_udp.local_addr()?;
+        let mut udp = UdpSocket::from_std(std_udp);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let now = Instant::now();
+        Ok(Self {
+            poll,
+            udp,
+            addr,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            node: SequencerNode::new(addr, tracker, config),
+            link: tracker.map(|t| TrackerLink::new(t, TRACKER, now)),
+            heartbeat: Duration::from_secs(1),
+            next_heartbeat: None,
+            outbox: VecDeque::new(),
+            udp_pending: false,
+            buf: vec![0; 64 * 1024].into_boxed_slice(),
+        })
+    }
+
+    /// The address the sequencer receives on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle that stops the sequencer.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        Shutdown {
+            stop: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The protocol core (for its counters).
+    pub fn node(&self) -> &SequencerNode {
+        &self.node
+    }
+
+    /// Serves until [`Shutdown::shutdown`].
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if self.node.poll_timeout().is_some_and(|at| at <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.tracker_work(now);
+            self.transmit();
+            let wake = if self.udp_pending {
+                Some(now)
+            } else {
+                [
+                    self.node.poll_timeout(),
+                    self.link.as_ref().and_then(TrackerLink::poll_timeout),
+                    self.next_heartbeat,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+            };
+            let timeout = wake.map(|at| at.saturating_duration_since(now));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let mut readable = self.udp_pending;
+            for event in events.iter() {
+                match event.token() {
+                    UDP => readable |= event.is_readable(),
+                    TRACKER => {
+                        if let Some(link) = self.link.as_mut() {
+                            link.handle_ready(now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if readable {
+                self.read(now);
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, now: Instant) {
+        self.udp_pending = false;
+        for _ in 0..READ_BATCH {
+            match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from)) => self.node.handle_datagram(now, from, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => log::debug!("udp: {e}"),
+            }
+        }
+        self.udp_pending = true;
+    }
+
+    fn transmit(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            self.outbox.push_back((t.to, t.bytes));
+        }
+        while let Some((to, bytes)) = self.outbox.front() {
+            match self.udp.send_to(bytes, *to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => log::debug!("cannot send to {to}: {e}"),
+            }
+            self.outbox.pop_front();
+        }
+    }
+
+    fn tracker_work(&mut self, now: Instant) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        link.handle_timeout(self.poll.registry(), now);
+        while let Some(event) = link.poll_event() {
+            match event {
+                LinkEvent::Connected => {
+                    let _ = link.request(
+                        Request::Register {
+                            ip: self.addr.ip().to_string(),
+                            port: self.addr.port(),
+                            username: SEQUENCER.into(),
+                        },
+                        (),
+                    );
+                }
+                LinkEvent::Reply((), reply) => {
+                    if reply.success {
+                        if let Some(ms) = reply.heartbeat_ms {
+                            self.heartbeat = Duration::from_millis(ms.max(10));
+                        }
+                        self.next_heartbeat.get_or_insert(now);
+                    } else {
+                        log::warn!(
+                            "the tracker refused to register the sequencer: {}",
+                            reply.text().unwrap_or_default()
+                        );
+                    }
+                }
+                LinkEvent::Disconnected { reason } => {
+                    log::warn!("lost the tracker ({reason}); sequencing goes on, reconnecting");
+                }
+                LinkEvent::Lost(()) => {}
+            }
+        }
+        if self.next_heartbeat.is_some_and(|at| at <= now) {
+            let beat = Envelope {
+                request: Request::Heartbeat {
+                    username: SEQUENCER.into(),
+                },
+                proto: Some(PROTOCOL_VERSION),
+            }
+            .encode();
+            self.outbox.push_back((link.addr(), Arc::from(beat)));
+            self.next_heartbeat = Some(now + self.heartbeat);
+        }
+    }
+}

@@ -157,6 +157,10 @@ struct GroupState {
     members: Members,
     hello_attempts: u32,
     hello_retry_at: Option<Instant>,
+    /// In total order the other members are greeted only once the sequencer has welcomed
+    /// us, so that a member who hears our Hello knows the sequencer includes us: otherwise it
+    /// could start sending before our place in the sequence is fixed.
+    peers_greeted: bool,
 }
 
 /// One member's protocol state across all its groups.
@@ -277,22 +281,36 @@ impl PeerCore {
                 continue;
             };
             let addr = SocketAddr::new(ip, m.port);
-            state.members.insert(&m.username, MemberInfo::listed(addr));
+            state.members.insert(
+                &m.username,
+                MemberInfo {
+                    our_start: Some(start),
+                    ..MemberInfo::listed(addr)
+                },
+            );
             if m.username == SEQUENCER {
                 if self.mode == Mode::Total {
                     greet.push(addr);
                 }
                 continue;
             }
-            if self.mode == Mode::Fifo {
-                self.fifo
-                    .add_sender(now, group, &m.username, Start::Handshake);
+            match self.mode {
+                Mode::Fifo => {
+                    self.fifo
+                        .add_sender(now, group, &m.username, Start::Handshake);
+                    greet.push(addr);
+                }
+                // Greeted once the sequencer has answered (see `peers_greeted`).
+                Mode::Total if state.peers_greeted => greet.push(addr),
+                Mode::Total => {}
             }
-            greet.push(addr);
         }
         if fresh {
             match self.mode {
-                Mode::Fifo => self.fifo.add_sender(now, group, &self.me, Start::At(start)),
+                Mode::Fifo => {
+                    self.fifo.add_sender(now, group, &self.me, Start::At(start));
+                    state.peers_greeted = true;
+                }
                 Mode::Total => self.total.join(now, group, Start::Handshake),
             }
             state.hello_attempts = 1;
@@ -426,7 +444,10 @@ impl PeerCore {
             }
             return;
         }
-        if let Some(m) = state.members.get_mut(&d.username) {
+        if let Some(m) = state.members.get_mut(&d.username)
+            && !m.heard
+        {
+            log::debug!("heard {} in {} (a {:?})", d.username, d.group, d.kind);
             m.heard = true;
         }
         match d.kind {
@@ -453,17 +474,27 @@ impl PeerCore {
             return;
         };
         let known = state.members.get(name).cloned();
-        let info = MemberInfo {
-            addr: from,
-            proto: d.proto,
-            start: d.start,
-            heard: true,
-        };
         let rejoined = match &known {
             None => true,
             Some(k) => k.addr != from || (k.start.is_some() && k.start != d.start),
         };
-        state.members.insert(name, info);
+        // What we tell it of our stream: the same as before, unless it is new here.
+        let our_start = known
+            .as_ref()
+            .filter(|_| !rejoined)
+            .and_then(|k| k.our_start)
+            .or_else(|| self.tx.next_counter(group))
+            .unwrap_or(1);
+        state.members.insert(
+            name,
+            MemberInfo {
+                addr: from,
+                proto: d.proto,
+                start: d.start,
+                heard: true,
+                our_start: Some(our_start),
+            },
+        );
         if self.mode == Mode::Fifo && name != SEQUENCER {
             let start = match (d.proto, d.start) {
                 (Some(_), Some(s)) => Start::At(s),
@@ -482,8 +513,7 @@ impl PeerCore {
             }));
         }
         if d.proto.is_some() {
-            let start = self.tx.next_counter(group).unwrap_or(1);
-            let ack = self.control(DatagramType::HelloAck, group, start, None);
+            let ack = self.control(DatagramType::HelloAck, group, our_start, None);
             self.transmit(from, ack, false);
         }
     }
@@ -502,11 +532,36 @@ impl PeerCore {
         match (self.mode, name == SEQUENCER) {
             (Mode::Total, true) => {
                 let _ = self.total.set_start(now, group, start);
+                self.greet_peers(group);
             }
             (Mode::Fifo, false) => {
                 let _ = self.fifo.set_start(now, group, name, start);
             }
             _ => {}
+        }
+    }
+
+    /// Sends our Hello to the members other than the sequencer, once.
+    fn greet_peers(&mut self, group: &str) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        if state.peers_greeted {
+            return;
+        }
+        state.peers_greeted = true;
+        let targets: Vec<(SocketAddr, Option<u64>)> = state
+            .members
+            .iter()
+            .filter(|(name, m)| name.as_str() != SEQUENCER && !m.heard)
+            .map(|(_, m)| (m.addr, m.our_start))
+            .collect();
+        for (to, our_start) in targets {
+            let start = our_start
+                .or_else(|| self.tx.next_counter(group))
+                .unwrap_or(1);
+            let hello = self.control(DatagramType::Hello, group, start, None);
+            self.transmit(to, hello, false);
         }
     }
 
@@ -604,21 +659,37 @@ impl PeerCore {
         self.fifo.handle_timeout(now);
         self.total.handle_timeout(now);
         let mut resend = Vec::new();
+        let mut give_up_on_sequencer = Vec::new();
         for (group, state) in &mut self.groups {
             if state.hello_retry_at.is_some_and(|at| at <= now) {
                 state.hello_attempts += 1;
                 state.hello_retry_at =
                     (state.hello_attempts < HELLO_ATTEMPTS).then(|| now + HELLO_RETRY);
+                if state.hello_retry_at.is_none() && !state.peers_greeted {
+                    // The sequencer does not answer: greet the others all the same.
+                    give_up_on_sequencer.push(group.clone());
+                }
                 for (name, m) in state.members.iter() {
-                    let wanted = !m.heard && (name != SEQUENCER || self.mode == Mode::Total);
+                    let is_sequencer = name == SEQUENCER;
+                    let wanted = !m.heard
+                        && match self.mode {
+                            Mode::Fifo => !is_sequencer,
+                            Mode::Total => is_sequencer || state.peers_greeted,
+                        };
                     if wanted {
-                        resend.push((group.clone(), m.addr));
+                        resend.push((group.clone(), m.addr, m.our_start));
                     }
                 }
             }
         }
-        for (group, to) in resend {
-            let start = self.tx.next_counter(&group).unwrap_or(1);
+        for group in give_up_on_sequencer {
+            self.greet_peers(&group);
+        }
+        for (group, to, our_start) in resend {
+            // The same start as the first Hello: the member may have recorded it already.
+            let start = our_start
+                .or_else(|| self.tx.next_counter(&group))
+                .unwrap_or(1);
             let hello = self.control(DatagramType::Hello, &group, start, None);
             self.transmit(to, hello, false);
         }

@@ -16,6 +16,9 @@ pub struct MemberInfo {
     pub start: Option<u64>,
     /// Whether we have heard from it since we joined (Hello, HelloAck, or any datagram).
     pub heard: bool,
+    /// The start of our stream we told it (in our Hello or HelloAck). A repeated Hello gets
+    /// the same answer: a later one would make it skip messages we already sent it.
+    pub our_start: Option<u64>,
 }
 
 impl MemberInfo {
@@ -26,6 +29,7 @@ impl MemberInfo {
             proto: None,
             start: None,
             heard: false,
+            our_start: None,
         }
     }
 }

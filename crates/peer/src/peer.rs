@@ -730,6 +730,7 @@ impl Peer {
                 let ordered =
                     self.options.mode == Mode::Fifo || self.core.sequencer_ready(&script.group);
                 if heard && ordered {
+                    log::debug!("all {} members are here: sending", script.members);
                     self.measure.first_send = Some(now);
                     self.phase = Phase::Sending {
                         next: 0,

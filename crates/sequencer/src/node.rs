@@ -170,9 +170,14 @@ impl SequencerNode {
         let (group, author) = (d.group.as_str(), d.username.as_str());
         let next = self.seq.open_group(group);
         let members = self.groups.entry(group.to_owned()).or_default();
-        let repeated = members
+        let previous = members
             .get(author)
-            .is_some_and(|m| m.addr == from && m.start == d.start);
+            .filter(|m| m.addr == from && m.start == d.start)
+            .cloned();
+        let repeated = previous.is_some();
+        // A repeated Hello (its first answer was lost or slow) gets the same start as the
+        // first: a later one would make the member skip messages already sent to it.
+        let start_told = previous.and_then(|m| m.our_start).unwrap_or(next);
         members.insert(
             author,
             MemberInfo {
@@ -180,7 +185,13 @@ impl SequencerNode {
                 proto: d.proto,
                 start: d.start,
                 heard: true,
+                our_start: Some(start_told),
             },
+        );
+        log::debug!(
+            "Hello from {author} in {group} (its start {:?}): told the sequence starts at {start_told}{}",
+            d.start,
+            if repeated { ", again" } else { "" }
         );
         if !repeated {
             let start = match (d.proto, d.start) {
@@ -197,11 +208,11 @@ impl SequencerNode {
                 SEQUENCER,
                 "",
                 self.addr,
-                next,
+                start_told,
                 SEQUENCER,
             );
             ack.proto = Some(PROTOCOL_VERSION);
-            ack.start = Some(next);
+            ack.start = Some(start_told);
             self.send(from, encode(&ack));
         }
     }

@@ -1,0 +1,370 @@
+//! The whole system, as separate processes on 127.0.0.1: the real tracker, sequencer and
+//! peers — and, for the mixed group, a client written here that speaks exactly the
+//! report's protocol.
+
+#![allow(clippy::unwrap_used)] // a test may stop at the first surprise
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Process, deliveries, interactive, lines_file, tracker, tracker_with_sequencer};
+
+const PEERS: usize = 5;
+const MESSAGES: usize = 200;
+
+/// Five peers in script mode, each sending 200 messages at once: every peer delivers every
+/// message exactly once, each sender's in order; in total order all deliver one sequence.
+fn five_script_peers(total: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, _sequencer) = if total {
+        let (t, s) = tracker_with_sequencer();
+        (t, Some(s))
+    } else {
+        (tracker(&[]), None)
+    };
+    let mut peers = Vec::new();
+    for p in 0..PEERS {
+        let name = format!("p{p}");
+        let lines: Vec<String> = (0..MESSAGES).map(|i| format!("{name} line {i}")).collect();
+        let file = lines_file(dir.path(), &format!("{name}.txt"), &lines);
+        let mut args = vec![
+            "127.0.0.1:0".to_owned(),
+            name.clone(),
+            tracker.addr.to_string(),
+            "-t".into(),
+            file.display().to_string(),
+            "--members".into(),
+            PEERS.to_string(),
+            "--json".into(),
+            "--deliveries".into(),
+            dir.path().join(format!("{name}.tsv")).display().to_string(),
+        ];
+        if total {
+            args.push("-s".into());
+        }
+        peers.push(Process::spawn("peer", &args));
+    }
+    for (p, peer) in peers.iter_mut().enumerate() {
+        let status = peer.wait(Duration::from_secs(60));
+        assert!(status.success(), "peer {p} failed: {:#?}", peer.seen);
+        let report: Value = serde_json::from_str(peer.seen.last().unwrap()).unwrap();
+        assert_eq!(report["delivered"], (PEERS * MESSAGES) as u64, "{report}");
+        assert_eq!(report["sent"], MESSAGES as u64);
+    }
+    let mut first: Option<Vec<support::Delivery>> = None;
+    for p in 0..PEERS {
+        let got = deliveries(&dir.path().join(format!("p{p}.tsv")));
+        assert_eq!(
+            got.len(),
+            PEERS * MESSAGES,
+            "peer {p} delivered {}",
+            got.len()
+        );
+        let mut per_author: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for d in &got {
+            assert!(
+                seen.insert(&d.text),
+                "peer {p} delivered {:?} twice",
+                d.text
+            );
+            per_author.entry(&d.author).or_default().push(&d.text);
+        }
+        for (author, texts) in per_author {
+            let expected: Vec<String> = (0..MESSAGES)
+                .map(|i| format!("{author} line {i}"))
+                .collect();
+            assert_eq!(
+                texts, expected,
+                "peer {p}: messages of {author} out of order or missing"
+            );
+        }
+        if total {
+            let seqs: Vec<u64> = got.iter().map(|d| d.counter).collect();
+            let contiguous: Vec<u64> = (seqs[0]..seqs[0] + seqs.len() as u64).collect();
+            assert_eq!(seqs, contiguous, "peer {p}: sequence numbers with gaps");
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert!(*f == got, "peer {p} delivered another order than p0"),
+            }
+        }
+    }
+}
+
+#[test]
+fn five_peers_in_fifo_order_deliver_everything_once_in_each_senders_order() {
+    five_script_peers(false);
+}
+
+#[test]
+fn five_peers_in_total_order_deliver_one_identical_sequence() {
+    five_script_peers(true);
+}
+
+#[test]
+fn an_interactive_session_shows_the_reports_output_lines() {
+    let tracker = tracker(&[]);
+    let mut ford = interactive("ford", tracker.addr, false);
+    let mut katerina = interactive("katerina", tracker.addr, false);
+    ford.expect(|l| l.starts_with("registered as ford"), "registered");
+    katerina.expect(|l| l.starts_with("registered as katerina"), "registered");
+
+    ford.send("!lg");
+    ford.expect_line("groups: (none)");
+    ford.send("!j books");
+    ford.expect_line("joined books; writing to books");
+    katerina.send("!j books");
+    katerina.expect_line("joined books; writing to books");
+    ford.expect_line("* katerina joined books");
+    ford.send("!j distrib");
+    ford.expect_line("joined distrib; writing to books");
+    ford.send("!lg");
+    ford.expect_line("groups: [books], [distrib]");
+    ford.send("!lm books");
+    ford.expect_line("members: (ford), (katerina)");
+
+    ford.send("hello katerina");
+    katerina.expect_line("in books ford says:: hello katerina");
+    ford.expect_line("in books ford says:: hello katerina");
+    katerina.send("hi ford, how are the books?");
+    ford.expect_line("in books katerina says:: hi ford, how are the books?");
+
+    ford.send("!w distrib");
+    ford.expect_line("writing to distrib");
+    ford.send("anyone here?");
+    ford.expect_line("in distrib ford says:: anyone here?");
+
+    ford.send("!lm");
+    ford.expect_line("usage: !lm GROUP  (list the members of GROUP)");
+    ford.send("!frobnicate");
+    ford.expect_line("unknown command !frobnicate; !h lists the commands");
+    ford.send("!w chess");
+    ford.expect_line("not a member of chess: join it first (!j chess)");
+    ford.send("!h");
+    ford.expect_line("  !lm GROUP    list the members of GROUP");
+
+    ford.send("!e books");
+    ford.expect_line("left books");
+    katerina.expect_line("* ford left books");
+    ford.send("!q");
+    assert!(
+        ford.wait(Duration::from_secs(10)).success(),
+        "{:#?}",
+        ford.seen
+    );
+
+    // End of input quits as cleanly as !q: the tracker is told.
+    katerina.close_stdin();
+    assert!(katerina.wait(Duration::from_secs(10)).success());
+    let reply = report_client(tracker.addr, json!({"Type": 1, "Content": {}}));
+    assert_eq!(
+        reply,
+        json!({"Success": true, "Content": []}),
+        "every member left"
+    );
+}
+
+/// The report's client: one connection per request, indented JSON, one read.
+fn report_client(addr: SocketAddr, request: Value) -> Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(serde_json::to_string_pretty(&request).unwrap().as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    serde_json::from_slice(&buf[..n]).unwrap()
+}
+
+/// A datagram with exactly the report's eight keys.
+fn old_datagram(
+    kind: u8,
+    group: &str,
+    me: &str,
+    content: &str,
+    addr: SocketAddr,
+    counter: u64,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "Type": kind, "Group": group, "Username": me, "Content": content,
+        "SrcIp": addr.ip().to_string(), "SrcPort": addr.port(), "Counter": counter, "Origin": me,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_client_speaking_only_the_reports_protocol_chats_with_our_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&[]);
+    let lines: Vec<String> = (0..5).map(|i| format!("new {i}")).collect();
+    let file = lines_file(dir.path(), "new.txt", &lines);
+    let log = dir.path().join("new.tsv");
+    let mut ours = Process::spawn(
+        "peer",
+        &[
+            "127.0.0.1:0".into(),
+            "new".into(),
+            tracker.addr.to_string(),
+            "-t".into(),
+            file.display().to_string(),
+            "--members".into(),
+            "2".into(),
+            "--expect".into(),
+            "9".into(),
+            "--deliveries".into(),
+            log.display().to_string(),
+        ],
+    );
+
+    // The old client: registers and joins with one connection per request.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let me = udp.local_addr().unwrap();
+    let reg = report_client(
+        tracker.addr,
+        json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": me.port(), "Username": "old"}}),
+    );
+    assert_eq!(reg["Success"], true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let members = loop {
+        let joined = report_client(
+            tracker.addr,
+            json!({"Type": 2, "Content": {"Username": "old", "Group": "test"}}),
+        );
+        let members = joined["Content"].as_array().unwrap().clone();
+        if members.iter().any(|m| m["Username"] == "new") {
+            break members;
+        }
+        assert!(Instant::now() < deadline, "our peer never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let new_addr: SocketAddr = members
+        .iter()
+        .find(|m| m["Username"] == "new")
+        .map(|m| {
+            format!("{}:{}", m["Ip"].as_str().unwrap(), m["Port"])
+                .parse()
+                .unwrap()
+        })
+        .unwrap();
+    udp.send_to(&old_datagram(1, "test", "old", "", me, 0), new_addr)
+        .unwrap();
+    // Its one counter spans all its groups, so its counters here have gaps.
+    for (i, counter) in [7u64, 8, 10, 11].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(20));
+        udp.send_to(
+            &old_datagram(2, "test", "old", &format!("old {i}"), me, counter),
+            new_addr,
+        )
+        .unwrap();
+    }
+
+    // It reads datagrams with recv(4096) and understands only the eight keys and Types 1-3.
+    let mut from_new = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while from_new.len() < 5 && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        let Ok((n, from)) = udp.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(from, new_addr);
+        let d: Value = serde_json::from_slice(&buf[..n]).unwrap();
+        for key in [
+            "Type", "Group", "Username", "Content", "SrcIp", "SrcPort", "Counter", "Origin",
+        ] {
+            assert!(d.get(key).is_some(), "datagram without {key}: {d}");
+        }
+        let kind = d["Type"].as_u64().unwrap();
+        assert!(
+            (1..=3).contains(&kind),
+            "an old peer was sent Type {kind}: {d}"
+        );
+        if kind == 2 {
+            from_new.push((
+                d["Counter"].as_u64().unwrap(),
+                d["Content"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let expected: Vec<(u64, String)> = (0..5).map(|i| (i + 1, format!("new {i}"))).collect();
+    assert_eq!(
+        from_new, expected,
+        "our peer's messages reach the old client in order"
+    );
+
+    assert!(
+        ours.wait(Duration::from_secs(20)).success(),
+        "{:#?}",
+        ours.seen
+    );
+    let got: Vec<(String, String)> = deliveries(&log)
+        .into_iter()
+        .map(|d| (d.author, d.text))
+        .filter(|(a, _)| a == "old")
+        .collect();
+    let expected: Vec<(String, String)> =
+        (0..4).map(|i| ("old".into(), format!("old {i}"))).collect();
+    assert_eq!(
+        got, expected,
+        "the old client's messages are delivered, in order, despite its counter gaps"
+    );
+}
+
+#[test]
+fn a_late_joiner_delivers_what_was_sent_after_it_joined_in_order_and_does_not_stall() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&[]);
+    let lines: Vec<String> = (0..600).map(|i| format!("busy {i}")).collect();
+    let file = lines_file(dir.path(), "busy.txt", &lines);
+    let mut busy = Process::spawn(
+        "peer",
+        &[
+            "127.0.0.1:0".into(),
+            "busy".into(),
+            tracker.addr.to_string(),
+            "-t".into(),
+            file.display().to_string(),
+            "--rate".into(),
+            "400".into(),
+            "--expect".into(),
+            "600".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let mut late = interactive("late", tracker.addr, false);
+    late.expect(|l| l.starts_with("registered as late"), "registered");
+    late.send("!j test");
+    late.expect_line("joined test; writing to test");
+    assert!(
+        busy.wait(Duration::from_secs(30)).success(),
+        "{:#?}",
+        busy.seen
+    );
+    late.expect_line("* busy left test");
+    late.send("!q");
+    assert!(late.wait(Duration::from_secs(10)).success());
+
+    let got: Vec<u64> = late
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("in test busy says:: busy "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        !got.is_empty(),
+        "the late joiner delivered nothing: {:#?}",
+        late.seen
+    );
+    let first = got[0];
+    assert!(first > 0, "it joined late, yet delivered from the start");
+    let expected: Vec<u64> = (first..600).collect();
+    assert_eq!(
+        got, expected,
+        "from its start on: every message, in order, up to the last"
+    );
+}

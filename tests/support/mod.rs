@@ -1,0 +1,235 @@
+//! Running the real binaries in end-to-end tests: each process is killed when its handle
+//! is dropped, so a failing test leaves nothing behind.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// A daemon's binary, built by `cargo test --workspace` beside this test's executable (the
+/// tracker, peer and sequencer packages have integration tests, so Cargo builds their
+/// binaries before any test runs).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the end-to-end tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose standard output is read line by line on a helper thread.
+pub struct Process {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+    prompt: Option<String>,
+}
+
+impl Process {
+    pub fn spawn(name: &str, args: &[String]) -> Self {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+            prompt: None,
+        }
+    }
+
+    /// Strips the interactive prompt `[name]> ` wherever it starts a line.
+    pub fn with_prompt(mut self, username: &str) -> Self {
+        self.prompt = Some(format!("[{username}]> "));
+        self
+    }
+
+    fn clean(&self, mut line: String) -> String {
+        if let Some(p) = &self.prompt {
+            while let Some(rest) = line.strip_prefix(p.as_str()) {
+                line = rest.to_owned();
+            }
+        }
+        line
+    }
+
+    /// The next line of output within `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                let line = self.clean(line);
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for a line equal to `expected` (other lines may come first); fails with
+    /// everything seen if it does not come within 10 s.
+    pub fn expect_line(&mut self, expected: &str) {
+        self.expect(|l| l == expected, expected);
+    }
+
+    /// Waits for a line satisfying `pred`.
+    pub fn expect(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next_line(left) {
+                Some(line) if pred(&line) => return line,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        panic!("expected {what:?}; saw {:#?}", self.seen);
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes standard input (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for the process to exit, at most `timeout`; reads the rest of its output.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while self.next_line(Duration::from_millis(200)).is_some() {}
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}; its output: {:#?}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT.
+    pub fn interrupt(&self) {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A daemon that prints `... listening on ADDR ...` first.
+pub struct Daemon {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+fn daemon(name: &str, args: Vec<String>) -> Daemon {
+    let mut process = Process::spawn(name, &args);
+    let banner = process
+        .next_line(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{name} printed nothing"));
+    let addr = banner
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.trim_end_matches([';', ',']).parse().ok())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"));
+    Daemon { process, addr }
+}
+
+pub fn tracker(extra: &[&str]) -> Daemon {
+    let mut args = vec!["127.0.0.1:0".to_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    daemon("tracker", args)
+}
+
+pub fn sequencer() -> Daemon {
+    daemon("sequencer", vec!["127.0.0.1:0".into()])
+}
+
+/// A tracker with a sequencer, for total order.
+pub fn tracker_with_sequencer() -> (Daemon, Daemon) {
+    let seq = sequencer();
+    let tracker = tracker(&["--seq-addr", &seq.addr.to_string()]);
+    (tracker, seq)
+}
+
+/// An interactive peer.
+pub fn interactive(username: &str, tracker: SocketAddr, total: bool) -> Process {
+    let mut args = vec![
+        "127.0.0.1:0".to_owned(),
+        username.to_owned(),
+        tracker.to_string(),
+    ];
+    if total {
+        args.push("-s".into());
+    }
+    Process::spawn("peer", &args).with_prompt(username)
+}
+
+/// Writes `lines` to a file in `dir`.
+pub fn lines_file(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// One delivery as a script peer logged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub group: String,
+    pub author: String,
+    pub counter: u64,
+    pub text: String,
+}
+
+pub fn deliveries(path: &Path) -> Vec<Delivery> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, '\t');
+            Delivery {
+                group: f.next().unwrap().to_owned(),
+                author: f.next().unwrap().to_owned(),
+                counter: f.next().unwrap().parse().unwrap(),
+                text: f.next().unwrap_or_default().to_owned(),
+            }
+        })
+        .collect()
+}

@@ -12,7 +12,10 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Process, deliveries, interactive, lines_file, tracker, tracker_with_sequencer};
+use support::{
+    Process, deliveries, free_port, interactive, lines_file, tracker, tracker_at,
+    tracker_with_sequencer,
+};
 
 const PEERS: usize = 5;
 const MESSAGES: usize = 200;
@@ -367,4 +370,56 @@ fn a_late_joiner_delivers_what_was_sent_after_it_joined_in_order_and_does_not_st
         got, expected,
         "from its start on: every message, in order, up to the last"
     );
+}
+
+#[test]
+fn messaging_survives_the_trackers_death_and_peers_rejoin_when_it_returns() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut first = tracker_at(&addr, &[]);
+    let mut ford = interactive("ford", first.addr, false);
+    let mut kat = interactive("kat", first.addr, false);
+    ford.expect(|l| l.starts_with("registered as ford"), "registered");
+    kat.expect(|l| l.starts_with("registered as kat"), "registered");
+    ford.send("!j books");
+    ford.expect_line("joined books; writing to books");
+    kat.send("!j books");
+    kat.expect_line("joined books; writing to books");
+    ford.expect_line("* kat joined books");
+
+    first.process.child.kill().unwrap();
+    first.process.child.wait().unwrap();
+    ford.expect(|l| l.starts_with("lost the tracker"), "the loss noticed");
+    ford.send("the tracker is gone, but we are not");
+    kat.expect_line("in books ford says:: the tracker is gone, but we are not");
+    kat.send("indeed");
+    ford.expect_line("in books kat says:: indeed");
+
+    let second = tracker_at(&addr, &[]);
+    ford.expect_line("the tracker is back; registered and rejoined our groups");
+    kat.expect_line("the tracker is back; registered and rejoined our groups");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = report_client(
+            second.addr,
+            json!({"Type": 4, "Content": {"Group": "books"}}),
+        );
+        let mut names: Vec<String> = reply["Content"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["Username"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if names == ["ford", "kat"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new tracker knows {names:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ford.send("!q");
+    kat.send("!q");
+    assert!(ford.wait(Duration::from_secs(10)).success());
+    assert!(kat.wait(Duration::from_secs(10)).success());
 }

@@ -173,7 +173,12 @@ fn daemon(name: &str, args: Vec<String>) -> Daemon {
 }
 
 pub fn tracker(extra: &[&str]) -> Daemon {
-    let mut args = vec!["127.0.0.1:0".to_owned()];
+    tracker_at("127.0.0.1:0", extra)
+}
+
+/// A tracker on a given address (to restart one where the peers expect it).
+pub fn tracker_at(addr: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec![addr.to_owned()];
     args.extend(extra.iter().map(|s| s.to_string()));
     daemon("tracker", args)
 }
@@ -232,4 +237,15 @@ pub fn deliveries(path: &Path) -> Vec<Delivery> {
             }
         })
         .collect()
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

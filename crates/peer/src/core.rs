@@ -835,3 +835,281 @@ impl PeerCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Member;
+
+    const TRACKER: &str = "127.0.0.1:5000";
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn core(name: &str, port: u16, mode: Mode) -> PeerCore {
+        PeerCore::new(CoreConfig {
+            username: name.into(),
+            addr: addr(port),
+            tracker: TRACKER.parse().expect("addr"),
+            mode,
+            ordering: ordering::Config::default(),
+        })
+    }
+
+    fn member(name: &str, port: u16) -> Member {
+        Member {
+            ip: "127.0.0.1".into(),
+            port,
+            username: name.into(),
+            uid: name.into(),
+        }
+    }
+
+    /// Runs the cores against each other until no datagram is left in flight; returns the
+    /// deliveries and events of each, and the datagrams each sent.
+    struct Net {
+        cores: Vec<PeerCore>,
+        delivered: Vec<Vec<(String, String)>>,
+        events: Vec<Vec<Event>>,
+        sent: Vec<Vec<(SocketAddr, Datagram)>>,
+    }
+
+    impl Net {
+        fn new(cores: Vec<PeerCore>) -> Self {
+            let n = cores.len();
+            Self {
+                cores,
+                delivered: vec![Vec::new(); n],
+                events: vec![Vec::new(); n],
+                sent: vec![Vec::new(); n],
+            }
+        }
+
+        fn settle(&mut self, now: Instant) {
+            loop {
+                let mut moved = false;
+                for i in 0..self.cores.len() {
+                    let from = self.cores[i].addr;
+                    while let Some(out) = self.cores[i].poll_output() {
+                        moved = true;
+                        match out {
+                            Output::Transmit { to, bytes } => {
+                                self.sent[i].push((to, Datagram::decode(&bytes).expect("valid")));
+                                if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
+                                    self.cores[j].handle_datagram(now, from, &bytes);
+                                }
+                            }
+                            Output::Deliver(m) => {
+                                self.delivered[i].push((m.author.to_string(), m.text))
+                            }
+                            Output::Event(e) => self.events[i].push(e),
+                        }
+                    }
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_members_handshake_and_deliver_fifo_including_to_themselves() {
+        let t = Instant::now();
+        let mut net = Net::new(vec![
+            core("ford", 6001, Mode::Fifo),
+            core("kat", 6002, Mode::Fifo),
+        ]);
+        net.cores[0].join(t, "books", &[member("ford", 6001)]);
+        net.settle(t);
+        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        net.settle(t);
+        assert_eq!(net.cores[0].members_heard("books"), 1);
+        assert_eq!(net.cores[1].members_heard("books"), 1);
+        assert_eq!(
+            net.events[0],
+            [Event::Joined {
+                group: "books".into(),
+                member: "kat".into()
+            }]
+        );
+        for text in ["one", "two"] {
+            net.cores[0].send(t, "books", text, 1).expect("joined");
+        }
+        net.cores[1].send(t, "books", "three", 1).expect("joined");
+        net.settle(t);
+        // FIFO orders each sender's messages; how the senders interleave is free.
+        for (i, delivered) in net.delivered.iter().enumerate() {
+            let of = |author: &str| -> Vec<&str> {
+                delivered
+                    .iter()
+                    .filter(|(a, _)| a == author)
+                    .map(|(_, t)| t.as_str())
+                    .collect()
+            };
+            assert_eq!(of("ford"), ["one", "two"], "member {i}");
+            assert_eq!(of("kat"), ["three"], "member {i}");
+            assert_eq!(delivered.len(), 3, "member {i}: each message once");
+        }
+    }
+
+    #[test]
+    fn datagrams_from_the_wrong_address_are_dropped_and_counted() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        while ford.poll_output().is_some() {}
+        let mut forged = Datagram::new(
+            DatagramType::Application,
+            "books",
+            "kat",
+            "I am kat, honest",
+            addr(6002),
+            1,
+            "kat",
+        );
+        forged.start = Some(1);
+        let bytes = forged.encode(4096).expect("fits");
+        ford.handle_datagram(t, addr(7777), &bytes);
+        // A Hello whose claimed address is not where it came from.
+        forged.kind = DatagramType::Hello;
+        ford.handle_datagram(t, addr(7777), &forged.encode(4096).expect("fits"));
+        // A Bye on kat's behalf from anyone but the tracker.
+        forged.kind = DatagramType::Bye;
+        ford.handle_datagram(t, addr(7777), &forged.encode(4096).expect("fits"));
+        ford.handle_datagram(t, addr(6001), b"{not json");
+        let traffic = ford.traffic();
+        assert_eq!((traffic.spoofed, traffic.malformed), (3, 1));
+        assert!(
+            ford.poll_output().is_none(),
+            "nothing delivered, nothing changed"
+        );
+        assert_eq!(ford.members_heard("books"), 0);
+    }
+
+    #[test]
+    fn only_the_tracker_may_say_bye_for_another_member() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        while ford.poll_output().is_some() {}
+        let bye = Datagram::new(DatagramType::Bye, "books", "kat", "", addr(6002), 0, "kat");
+        ford.handle_datagram(
+            t,
+            TRACKER.parse().expect("addr"),
+            &bye.encode(4096).expect("fits"),
+        );
+        assert_eq!(
+            ford.poll_output(),
+            Some(Output::Event(Event::Evicted {
+                group: "books".into(),
+                member: "kat".into()
+            }))
+        );
+        // kat is gone: its datagrams are no longer believed.
+        let app = Datagram::new(
+            DatagramType::Application,
+            "books",
+            "kat",
+            "x",
+            addr(6002),
+            1,
+            "kat",
+        );
+        ford.handle_datagram(t, addr(6002), &app.encode(4096).expect("fits"));
+        assert_eq!(ford.traffic().unknown, 1);
+    }
+
+    #[test]
+    fn old_peers_get_only_the_reports_datagram_types() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.join(t, "books", &[member("ford", 6001)]);
+        while ford.poll_output().is_some() {}
+        // An old peer's Hello: no Proto, so no HelloAck and no newer Types for it.
+        let hello = Datagram::new(
+            DatagramType::Hello,
+            "books",
+            "old",
+            "",
+            addr(6009),
+            0,
+            "old",
+        );
+        ford.handle_datagram(t, addr(6009), &hello.encode(4096).expect("fits"));
+        for i in 0..3 {
+            ford.send(t, "books", &format!("m{i}"), 1).expect("joined");
+        }
+        let mut later = t;
+        for _ in 0..20 {
+            later += Duration::from_millis(50);
+            ford.handle_timeout(later);
+        }
+        let mut kinds = Vec::new();
+        while let Some(out) = ford.poll_output() {
+            if let Output::Transmit { to, bytes } = out {
+                assert_eq!(to, addr(6009));
+                kinds.push(Datagram::decode(&bytes).expect("valid").kind);
+            }
+        }
+        assert_eq!(kinds, [DatagramType::Application; 3]);
+    }
+
+    #[test]
+    fn a_message_too_long_for_old_peers_is_refused_with_a_clear_error() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        assert_eq!(
+            ford.send(t, "books", "hi", 1),
+            Err(Error::NotJoined {
+                group: "books".into()
+            })
+        );
+        ford.join(t, "books", &[member("ford", 6001)]);
+        let long = "x".repeat(5000);
+        assert!(matches!(
+            ford.send(t, "books", &long, 1),
+            Err(Error::TooLong { max: 4096, .. })
+        ));
+        assert_eq!(ford.ordering_counters().sent, 0);
+    }
+
+    #[test]
+    fn a_repeated_hello_gets_the_same_start_as_the_first() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.join(t, "books", &[member("ford", 6001)]);
+        let mut hello = Datagram::new(
+            DatagramType::Hello,
+            "books",
+            "kat",
+            "",
+            addr(6002),
+            1,
+            "kat",
+        );
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.start = Some(1);
+        let bytes = hello.encode(4096).expect("fits");
+        ford.handle_datagram(t, addr(6002), &bytes);
+        for i in 0..5 {
+            ford.send(t, "books", &format!("m{i}"), 1).expect("joined");
+        }
+        ford.handle_datagram(t, addr(6002), &bytes);
+        let acks: Vec<Option<u64>> = std::iter::from_fn(|| ford.poll_output())
+            .filter_map(|o| match o {
+                Output::Transmit { bytes, .. } => {
+                    let d = Datagram::decode(&bytes).expect("valid");
+                    (d.kind == DatagramType::HelloAck).then_some(d.start)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acks,
+            [Some(1), Some(1)],
+            "kat already receives from counter 1"
+        );
+    }
+}

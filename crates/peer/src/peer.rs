@@ -138,6 +138,7 @@ struct Measure {
     sent: u64,
     delivered: u64,
     first_send: Option<Instant>,
+    first_delivery: Option<Instant>,
     last_delivery: Option<Instant>,
     latencies: Vec<u64>,
 }
@@ -164,6 +165,8 @@ pub struct Peer {
     quitting: Option<Quitting>,
     nacks_seen: (u64, Instant),
     tty: bool,
+    /// On a terminal: whether the prompt is the last thing on the screen.
+    prompt_shown: std::cell::Cell<bool>,
     report: Option<Report>,
     buf: Box<[u8]>,
 }
@@ -229,6 +232,7 @@ impl Peer {
             quitting: None,
             nacks_seen: (0, now),
             tty: io::stdout().is_terminal(),
+            prompt_shown: std::cell::Cell::new(false),
             report: None,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
         })
@@ -263,7 +267,7 @@ impl Peer {
                 self.core.handle_timeout(now);
             }
             self.heartbeat_if_due(now);
-            self.script_step(now, out)?;
+            self.script_step(now)?;
             self.handle_link_events(now, out)?;
             self.drain_core(now, out)?;
             self.flush_outbox();
@@ -407,7 +411,9 @@ impl Peer {
             return Ok(());
         }
         if self.tty {
+            // Clear the prompt line, print, and put the prompt back under the new line.
             write!(out, "\r\x1b[K{line}\n{}", self.prompt())?;
+            self.prompt_shown.set(true);
         } else {
             writeln!(out, "{line}")?;
         }
@@ -419,9 +425,10 @@ impl Peer {
     }
 
     fn show_prompt(&self, out: &mut dyn Write) -> io::Result<()> {
-        if self.options.script.is_none() && self.quitting.is_none() {
+        if self.options.script.is_none() && self.quitting.is_none() && !self.prompt_shown.get() {
             write!(out, "{}", self.prompt())?;
             out.flush()?;
+            self.prompt_shown.set(self.tty);
         }
         Ok(())
     }
@@ -702,6 +709,7 @@ impl Peer {
 
     fn deliver(&mut self, now: Instant, m: Message, out: &mut dyn Write) -> Result<(), PeerError> {
         self.measure.delivered += 1;
+        self.measure.first_delivery.get_or_insert(now);
         self.measure.last_delivery = Some(now);
         if let Some(sent) = m.sent_at_us {
             self.measure.latencies.push(now_us().saturating_sub(sent));
@@ -716,7 +724,7 @@ impl Peer {
         Ok(())
     }
 
-    fn script_step(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+    fn script_step(&mut self, now: Instant) -> Result<(), PeerError> {
         let Some(script) = self.options.script.clone() else {
             return Ok(());
         };
@@ -786,7 +794,6 @@ impl Peer {
                     self.report = Some(report);
                     self.phase = Phase::Done;
                     self.begin_quit(now);
-                    let _ = out;
                 }
             }
         }
@@ -803,7 +810,12 @@ impl Peer {
     }
 
     fn build_report(&mut self, script: &Script, expected: u64) -> Report {
-        let duration = match (self.measure.first_send, self.measure.last_delivery) {
+        // From the first send, or for a member that only receives, the first delivery.
+        let start = [self.measure.first_send, self.measure.first_delivery]
+            .into_iter()
+            .flatten()
+            .min();
+        let duration = match (start, self.measure.last_delivery) {
             (Some(a), Some(b)) if b > a => b - a,
             _ => Duration::ZERO,
         };
@@ -877,7 +889,7 @@ impl Peer {
             return false;
         };
         let (acked, deadline) = (q.acked, q.deadline);
-        (acked || now >= deadline) && (self.quiet(now) || now >= deadline)
+        now >= deadline || (acked && self.quiet(now))
     }
 }
 

@@ -1,0 +1,250 @@
+//! The report's two experiments on a local system: Experiment 1 (five peers, each sending
+//! its own file at once) and Experiment 2 (one sender, groups of 2, 4, 8 and 16 peers), in
+//! FIFO and in total order.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::system::System;
+
+/// Delivery order of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// FIFO.
+    Fifo,
+    /// FIFO and total, through the sequencer.
+    Total,
+}
+
+impl Order {
+    /// The name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Fifo => "FIFO",
+            Order::Total => "total",
+        }
+    }
+}
+
+/// One group, its members running scripts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// 1 or 2.
+    pub experiment: u8,
+    /// Delivery order.
+    pub order: Order,
+    /// Members of the group.
+    pub peers: usize,
+    /// How many of them send.
+    pub senders: usize,
+    /// Messages each sender sends.
+    pub messages: usize,
+    /// Length of each message's text, in bytes.
+    pub payload: usize,
+    /// Messages per second per sender (`None`: as fast as it can).
+    pub rate: Option<f64>,
+}
+
+/// The figures of one run, over all its peers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Every peer delivered every message.
+    pub complete: bool,
+    /// Deliveries over all peers.
+    pub delivered: u64,
+    /// Deliveries expected over all peers.
+    pub expected: u64,
+    /// The lowest delivered-per-second of any peer (the slowest receiver sets the pace).
+    pub slowest_throughput: f64,
+    /// The median of the peers' median one-way latencies (µs).
+    pub latency_p50_us: u64,
+    /// The highest of the peers' 99th-percentile latencies (µs).
+    pub latency_p99_us: u64,
+    /// Datagrams sent by the peers per message sent (the sequencer's are not counted).
+    pub datagrams_per_message: f64,
+    /// Messages to the tracker, all peers together.
+    pub tracker_messages: u64,
+    /// Retransmission requests, all peers together.
+    pub nacks: u64,
+    /// Wall-clock time of the run, start of the system to the last peer's end (ms).
+    pub wall_ms: f64,
+}
+
+/// A run: its plan, every peer's measurements, and the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// What was run.
+    pub plan: Plan,
+    /// Each peer's measurements, as it printed them.
+    pub peers: Vec<Value>,
+    /// The figures over all peers.
+    pub summary: Summary,
+}
+
+fn number(v: &Value, path: &[&str]) -> f64 {
+    let mut v = v;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Runs one plan on a fresh system.
+pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, String> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let system = System::start(bin)?;
+    let expected = (plan.senders * plan.messages) as u64;
+    let mut running = Vec::new();
+    for i in 0..plan.peers {
+        let name = format!("p{i:02}");
+        let lines: Vec<String> = if i < plan.senders {
+            (0..plan.messages)
+                .map(|k| {
+                    let head = format!("{name} {k} ");
+                    let pad = plan.payload.saturating_sub(head.len());
+                    head + &"x".repeat(pad)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let file = dir.path().join(format!("{name}.txt"));
+        std::fs::write(&file, lines.join("\n")).map_err(|e| e.to_string())?;
+        let mut args = vec![
+            "-t".to_owned(),
+            file.display().to_string(),
+            "--members".into(),
+            plan.peers.to_string(),
+            "--expect".into(),
+            expected.to_string(),
+            "--timeout-ms".into(),
+            "60000".into(),
+        ];
+        if let Some(rate) = plan.rate {
+            args.extend(["--rate".into(), rate.to_string()]);
+        }
+        if plan.order == Order::Total {
+            args.push("-s".into());
+        }
+        running.push(system.script_peer(&name, &args)?);
+    }
+    let mut peers = Vec::new();
+    for peer in running {
+        peers.push(peer.finish(Duration::from_secs(120), stop)?);
+    }
+    drop(system);
+    let mut p50s: Vec<u64> = peers
+        .iter()
+        .map(|p| number(p, &["latency", "p50_us"]) as u64)
+        .collect();
+    p50s.sort_unstable();
+    let sent: f64 = peers.iter().map(|p| number(p, &["sent"])).sum();
+    let datagrams: f64 = peers.iter().map(|p| number(p, &["datagrams_sent"])).sum();
+    let summary = Summary {
+        complete: peers.iter().all(|p| p["complete"] == true),
+        delivered: peers.iter().map(|p| number(p, &["delivered"]) as u64).sum(),
+        expected: expected * plan.peers as u64,
+        slowest_throughput: peers
+            .iter()
+            .map(|p| number(p, &["delivered_per_second"]))
+            .fold(f64::INFINITY, f64::min),
+        latency_p50_us: p50s.get(p50s.len() / 2).copied().unwrap_or(0),
+        latency_p99_us: peers
+            .iter()
+            .map(|p| number(p, &["latency", "p99_us"]) as u64)
+            .max()
+            .unwrap_or(0),
+        datagrams_per_message: if sent > 0.0 { datagrams / sent } else { 0.0 },
+        tracker_messages: peers
+            .iter()
+            .map(|p| number(p, &["tracker_messages_sent"]) as u64)
+            .sum(),
+        nacks: peers
+            .iter()
+            .map(|p| number(p, &["recovery", "nacks_sent"]) as u64)
+            .sum(),
+        wall_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    Ok(Run {
+        plan: plan.clone(),
+        peers,
+        summary,
+    })
+}
+
+/// The per-peer table of one run.
+pub fn peer_table(run: &Run) -> String {
+    let mut out = format!(
+        "  {:<5} {:>5} {:>9} {:>10} {:>12} {:>10} {:>9} {:>9} {:>10} {:>8}\n",
+        "peer",
+        "sent",
+        "delivered",
+        "time ms",
+        "delivered/s",
+        "mean µs",
+        "p50 µs",
+        "p99 µs",
+        "datagrams",
+        "per msg"
+    );
+    for p in &run.peers {
+        out += &format!(
+            "  {:<5} {:>5} {:>9} {:>10.1} {:>12.0} {:>10.0} {:>9} {:>9} {:>10} {:>8.2}\n",
+            p["username"].as_str().unwrap_or("?"),
+            number(p, &["sent"]),
+            number(p, &["delivered"]),
+            number(p, &["duration_ms"]),
+            number(p, &["delivered_per_second"]),
+            number(p, &["latency", "mean_us"]),
+            number(p, &["latency", "p50_us"]),
+            number(p, &["latency", "p99_us"]),
+            number(p, &["datagrams_sent"]),
+            number(p, &["datagrams_per_message"]),
+        );
+    }
+    let s = &run.summary;
+    out += &format!(
+        "  all: {} of {} deliveries{}; slowest receiver {:.0} delivered/s; latency p50 {} µs, p99 {} µs; \
+         {:.2} datagrams per message; {} retransmission requests; {} tracker messages\n",
+        s.delivered,
+        s.expected,
+        if s.complete { "" } else { " (INCOMPLETE)" },
+        s.slowest_throughput,
+        s.latency_p50_us,
+        s.latency_p99_us,
+        s.datagrams_per_message,
+        s.nacks,
+        s.tracker_messages
+    );
+    out
+}
+
+/// The table of Experiment 2: one row per group size and order.
+pub fn scaling_table(runs: &[Run]) -> String {
+    let mut out = format!(
+        "  {:>5} {:<6} {:>9} {:>14} {:>9} {:>9} {:>12} {:>9}\n",
+        "peers", "order", "complete", "slowest rcv/s", "p50 µs", "p99 µs", "dgrams/msg", "wall ms"
+    );
+    for r in runs {
+        let s = &r.summary;
+        out += &format!(
+            "  {:>5} {:<6} {:>9} {:>14.0} {:>9} {:>9} {:>12.2} {:>9.0}\n",
+            r.plan.peers,
+            r.plan.order.name(),
+            if s.complete { "yes" } else { "NO" },
+            s.slowest_throughput,
+            s.latency_p50_us,
+            s.latency_p99_us,
+            s.datagrams_per_message,
+            s.wall_ms
+        );
+    }
+    out
+}

@@ -1,0 +1,192 @@
+//! A whole local system of separate processes — tracker, sequencer, peers — started from
+//! the binaries of the same build, and stopped when dropped, whatever happened.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the daemons' binaries are: beside the running executable (one build, one
+/// `target/<profile>` folder).
+pub fn binaries() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .ok_or("no folder for the executable")?
+        .to_path_buf();
+    for name in ["tracker", "sequencer", "peer"] {
+        if !dir.join(name).exists() {
+            return Err(format!(
+                "{} is missing beside {}: build the whole workspace first (cargo build --release)",
+                name,
+                exe.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(bin: &Path, name: &str, args: &[String]) -> Result<Self, String> {
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Reads the first line of standard output and takes its fourth word as the address
+    /// the daemon listens on (`tracker listening on ADDR ...`).
+    fn banner_addr(&mut self) -> Result<SocketAddr, String> {
+        let stdout = self.child.stdout.take().ok_or("no output")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: {e}", self.name))?;
+        // Keep draining the rest so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        line.split_whitespace()
+            .nth(3)
+            .and_then(|a| a.trim_end_matches([';', ',']).parse().ok())
+            .ok_or_else(|| format!("{} did not start: {line:?}", self.name))
+    }
+
+    /// Asks the process to stop (SIGINT) as a user's Ctrl-C would.
+    fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.interrupt();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A tracker and a sequencer, ready for peers.
+pub struct System {
+    bin: PathBuf,
+    /// The tracker's address.
+    pub tracker: SocketAddr,
+    _tracker: Proc,
+    _sequencer: Proc,
+}
+
+impl System {
+    /// Starts a sequencer and a tracker that knows it, on free ports of 127.0.0.1.
+    pub fn start(bin: &Path) -> Result<Self, String> {
+        let mut sequencer =
+            Proc::spawn(&bin.join("sequencer"), "sequencer", &["127.0.0.1:0".into()])?;
+        let seq_addr = sequencer.banner_addr()?;
+        let mut tracker = Proc::spawn(
+            &bin.join("tracker"),
+            "tracker",
+            &[
+                "127.0.0.1:0".into(),
+                "--seq-addr".into(),
+                seq_addr.to_string(),
+            ],
+        )?;
+        let tracker_addr = tracker.banner_addr()?;
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            tracker: tracker_addr,
+            _tracker: tracker,
+            _sequencer: sequencer,
+        })
+    }
+
+    /// Starts a peer in script mode; its measurements come back from [`ScriptPeer::finish`].
+    pub fn script_peer(&self, name: &str, args: &[String]) -> Result<ScriptPeer, String> {
+        let mut all = vec![
+            "127.0.0.1:0".to_owned(),
+            name.to_owned(),
+            self.tracker.to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        all.push("--json".into());
+        Ok(ScriptPeer {
+            proc: Proc::spawn(&self.bin.join("peer"), name, &all)?,
+        })
+    }
+}
+
+/// A peer running a script.
+pub struct ScriptPeer {
+    proc: Proc,
+}
+
+impl ScriptPeer {
+    /// Waits for the peer to end (at most `timeout`, or until `stop` is set) and returns its
+    /// measurements (the JSON object it prints last).
+    pub fn finish(
+        mut self,
+        timeout: Duration,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.proc.child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Err("interrupted".into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not finish within {timeout:?}",
+                    self.proc.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut out = String::new();
+        if let Some(mut stdout) = self.proc.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let mut err = String::new();
+        if let Some(mut stderr) = self.proc.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last).map_err(|_| {
+            format!(
+                "{} ended ({status}) without measurements: {}",
+                self.proc.name,
+                err.trim()
+            )
+        })
+    }
+}

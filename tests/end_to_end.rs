@@ -423,3 +423,64 @@ fn messaging_survives_the_trackers_death_and_peers_rejoin_when_it_returns() {
     assert!(ford.wait(Duration::from_secs(10)).success());
     assert!(kat.wait(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn peers_with_clocks_far_apart_measure_latency_on_the_synchronized_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&[]);
+    let lines: Vec<String> = (0..50).map(|i| format!("tick {i}")).collect();
+    let file = lines_file(dir.path(), "ticks.txt", &lines);
+    let mut peers: Vec<Process> = [("ahead", "400", "0"), ("behind", "-300", "150")]
+        .into_iter()
+        .map(|(name, offset, drift)| {
+            Process::spawn(
+                "peer",
+                &[
+                    "127.0.0.1:0".into(),
+                    name.into(),
+                    tracker.addr.to_string(),
+                    "-t".into(),
+                    file.display().to_string(),
+                    "--members".into(),
+                    "2".into(),
+                    "--json".into(),
+                    "--clock-offset-ms".into(),
+                    offset.into(),
+                    "--clock-drift-ppm".into(),
+                    drift.into(),
+                ],
+            )
+        })
+        .collect();
+    let reports: Vec<Value> = peers
+        .iter_mut()
+        .map(|p| {
+            assert!(p.wait(Duration::from_secs(30)).success(), "{:#?}", p.seen);
+            serde_json::from_str(p.seen.last().unwrap()).unwrap()
+        })
+        .collect();
+    // Each learned its true offset (the tracker runs on the real clock) within its bound.
+    for (report, truth_us) in reports.iter().zip([-400_000i64, 300_000]) {
+        assert_eq!(report["clock_synced"], true, "{report}");
+        let offset = report["clock_offset_us"].as_i64().unwrap();
+        let bound = report["clock_bound_us"].as_i64().unwrap();
+        assert!((offset - truth_us).abs() <= bound + 1, "{report}");
+    }
+    // A latency read between two synchronized clocks is off by at most the sum of their
+    // bounds; the true one-way latency on loopback lies between 0 and a few milliseconds.
+    // Unsynchronized, the clocks are 700 ms apart and latencies would be ±700 ms.
+    let bounds: i64 = reports
+        .iter()
+        .map(|r| r["clock_bound_us"].as_i64().unwrap())
+        .sum();
+    for r in &reports {
+        let min = r["latency"]["min_us"].as_i64().unwrap();
+        let max = r["latency"]["max_us"].as_i64().unwrap();
+        assert!(
+            min >= -bounds - 1,
+            "a latency below zero by more than the bounds ({bounds} µs): {r}"
+        );
+        assert!(max <= 50_000 + bounds, "a latency of {max} µs: {r}");
+        assert_eq!(r["latency"]["samples"], 100);
+    }
+}

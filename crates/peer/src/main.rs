@@ -68,6 +68,25 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     deliveries: Option<PathBuf>,
 
+    /// Pretend this host's clock is this many milliseconds ahead (negative: behind), to see
+    /// clock synchronization with the tracker at work on one machine.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    clock_offset_ms: f64,
+
+    /// Pretend this host's clock gains this many microseconds per second.
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    clock_drift_ppm: f64,
+
     /// More detail on standard error (-v: membership and tracker events; -vv: every dropped
     /// datagram); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -101,6 +120,8 @@ fn run(args: Args) -> Result<bool, String> {
         mode: if args.total { Mode::Total } else { Mode::Fifo },
         ordering: ordering::Config::default(),
         script,
+        clock_offset_ms: args.clock_offset_ms,
+        clock_drift_ppm: args.clock_drift_ppm,
     })
     .map_err(|e| format!("cannot bind {addr}: {e}"))?;
     let stop = peer.shutdown_handle();

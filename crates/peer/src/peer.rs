@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,6 +29,14 @@ const READ_BATCH: usize = 512;
 
 /// How long a quitting peer keeps answering retransmission requests once they stop coming.
 const LINGER: Duration = Duration::from_millis(300);
+
+/// Clock synchronization with the tracker (NTP on its UDP port): a burst of requests at
+/// start and every `SYNC_PERIOD`; the answer with the smallest delay of each burst wins.
+const SYNC_BURST: u32 = 5;
+const SYNC_SPACING: Duration = Duration::from_millis(20);
+const SYNC_PERIOD: Duration = Duration::from_secs(10);
+/// How long a script waits for a first synchronization before it sends unsynchronized.
+const SYNC_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Why a peer stopped with an error.
 #[derive(Debug, Error)]
@@ -75,6 +83,10 @@ pub struct PeerOptions {
     pub ordering: ordering::Config,
     /// Script mode, or interactive when `None`.
     pub script: Option<Script>,
+    /// Pretend this process's clock is this many milliseconds ahead of the real one.
+    pub clock_offset_ms: f64,
+    /// Pretend this process's clock gains this many microseconds per second.
+    pub clock_drift_ppm: f64,
 }
 
 /// Stops a running [`Peer`] cleanly (the tracker is told, the groups get Bye).
@@ -140,7 +152,9 @@ struct Measure {
     first_send: Option<Instant>,
     first_delivery: Option<Instant>,
     last_delivery: Option<Instant>,
-    latencies: Vec<u64>,
+    /// Per delivery: the send time it carried (µs, synchronized clock of its sender) and
+    /// our clock's reading on arrival.
+    arrivals: Vec<(i64, clock::Nanos)>,
 }
 
 /// A member of the group messenger.
@@ -169,13 +183,19 @@ pub struct Peer {
     prompt_shown: std::cell::Cell<bool>,
     report: Option<Report>,
     buf: Box<[u8]>,
+    /// This process's clock (simulated skew, if asked for) and its estimated offset from
+    /// the tracker's: the synchronized clock is their sum.
+    local: clock::SkewedClock,
+    sync: Option<clock::Estimate>,
+    sync_burst: Option<clock::Estimate>,
+    sync_outstanding: VecDeque<clock::Nanos>,
+    sync_left: u32,
+    next_sync: Option<Instant>,
+    registered_at: Option<Instant>,
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
+fn real_now() -> clock::Nanos {
+    clock::Nanos::from_system(SystemTime::now())
 }
 
 fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -207,6 +227,7 @@ impl Peer {
             mode: options.mode,
             ordering: options.ordering.clone(),
         });
+        let options_skew = (options.clock_offset_ms, options.clock_drift_ppm);
         let deliveries = match options.script.as_ref().and_then(|s| s.deliveries.as_ref()) {
             Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
             None => None,
@@ -235,6 +256,17 @@ impl Peer {
             prompt_shown: std::cell::Cell::new(false),
             report: None,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
+            local: clock::SkewedClock::new(
+                (options_skew.0 * 1e6) as i64,
+                options_skew.1,
+                real_now(),
+            ),
+            sync: None,
+            sync_burst: None,
+            sync_outstanding: VecDeque::new(),
+            sync_left: 0,
+            next_sync: None,
+            registered_at: None,
         })
     }
 
@@ -267,6 +299,7 @@ impl Peer {
                 self.core.handle_timeout(now);
             }
             self.heartbeat_if_due(now);
+            self.sync_if_due(now);
             self.script_step(now)?;
             self.handle_link_events(now, out)?;
             self.drain_core(now, out)?;
@@ -341,6 +374,7 @@ impl Peer {
             self.core.poll_timeout(),
             self.link.poll_timeout(),
             self.next_heartbeat,
+            self.next_sync,
             script,
             quitting,
         ]
@@ -349,10 +383,90 @@ impl Peer {
         .min()
     }
 
+    /// This process's clock now (with its simulated skew, if any).
+    fn local_now(&self) -> clock::Nanos {
+        self.local.read(real_now())
+    }
+
+    /// The synchronized clock in microseconds since the epoch: what messages are stamped
+    /// with and latencies are measured by.
+    fn synced_now_us(&self) -> i64 {
+        let local = self.local_now();
+        self.sync.map_or(local, |e| e.apply(local)).as_micros()
+    }
+
+    /// Sends the next NTP request of a burst to the tracker when it is due.
+    fn sync_if_due(&mut self, now: Instant) {
+        if self.next_sync.is_none_or(|at| at > now) {
+            return;
+        }
+        if self.sync_left == 0 {
+            self.sync_left = SYNC_BURST;
+            self.sync_burst = None;
+        }
+        let sent = self.local_now();
+        let request = clock::ntp::request(sent);
+        self.sync_outstanding.push_back(sent);
+        if self.sync_outstanding.len() > 2 * SYNC_BURST as usize {
+            self.sync_outstanding.pop_front();
+        }
+        let tracker = self.options.tracker;
+        self.send_datagram(tracker, Arc::from(&request[..]));
+        self.heartbeats_sent += 1;
+        self.sync_left -= 1;
+        self.next_sync = Some(
+            now + if self.sync_left == 0 {
+                SYNC_PERIOD
+            } else {
+                SYNC_SPACING
+            },
+        );
+    }
+
+    /// An NTP answer from the tracker: keeps the burst's best estimate.
+    fn handle_sync_answer(&mut self, bytes: &[u8]) {
+        let received = self.local_now();
+        let Ok(packet) = clock::ntp::Packet::decode(bytes) else {
+            return;
+        };
+        let Some(i) = self
+            .sync_outstanding
+            .iter()
+            .position(|t| clock::ntp::NtpTime::from_nanos(*t) == packet.origin)
+        else {
+            return;
+        };
+        let Some(sent) = self.sync_outstanding.remove(i) else {
+            return;
+        };
+        match clock::ntp::estimate(bytes, sent, received) {
+            Ok(e) => {
+                if self.sync_burst.is_none_or(|b| e.rtt_ns < b.rtt_ns) {
+                    self.sync_burst = Some(e);
+                    self.sync = Some(e);
+                    log::debug!(
+                        "clock: the tracker is {} ahead (± {})",
+                        clock::human(e.offset_ns),
+                        clock::human(e.bound_ns)
+                    );
+                }
+            }
+            Err(e) => log::debug!("clock: unusable NTP answer: {e}"),
+        }
+    }
+
     fn read_udp(&mut self, now: Instant) {
         self.udp_pending = false;
         for _ in 0..READ_BATCH {
             match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from))
+                    if from == self.options.tracker
+                        && n >= clock::ntp::PACKET_LEN
+                        && self.buf[0] & 7 == clock::ntp::MODE_SERVER =>
+                {
+                    let answer = self.buf[..n].to_vec();
+                    self.handle_sync_answer(&answer);
+                }
                 Ok((n, from)) => self.core.handle_datagram(now, from, &self.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -523,7 +637,10 @@ impl Peer {
                     "no group selected: join one with !j GROUP, or pick one with !w GROUP",
                 )?,
                 Some(group) => {
-                    if let Err(e) = self.core.send(now, &group, &text, now_us()) {
+                    if let Err(e) =
+                        self.core
+                            .send(now, &group, &text, self.synced_now_us().max(0) as u64)
+                    {
                         self.say(out, &format!("error: {e}"))?;
                     }
                 }
@@ -586,6 +703,8 @@ impl Peer {
                     self.heartbeat = Duration::from_millis(ms.max(10));
                 }
                 self.next_heartbeat = Some(now + self.heartbeat);
+                self.next_sync.get_or_insert(now);
+                self.registered_at.get_or_insert(now);
                 if self.registered {
                     // The tracker came back: join our groups again.
                     for group in self.core.groups() {
@@ -711,8 +830,10 @@ impl Peer {
         self.measure.delivered += 1;
         self.measure.first_delivery.get_or_insert(now);
         self.measure.last_delivery = Some(now);
-        if let Some(sent) = m.sent_at_us {
-            self.measure.latencies.push(now_us().saturating_sub(sent));
+        if let (Some(sent), Some(_)) = (m.sent_at_us, &self.options.script) {
+            // Kept as our clock's reading: latencies are computed at the end, with the best
+            // synchronization, also for messages that arrived before the first one.
+            self.measure.arrivals.push((sent as i64, self.local_now()));
         }
         if let Some(file) = self.deliveries.as_mut() {
             writeln!(file, "{}\t{}\t{}\t{}", m.group, m.author, m.counter, m.text)?;
@@ -737,7 +858,11 @@ impl Peer {
                 let heard = self.core.members_heard(&script.group) + 1 >= script.members;
                 let ordered =
                     self.options.mode == Mode::Fifo || self.core.sequencer_ready(&script.group);
-                if heard && ordered {
+                let synced = self.sync.is_some()
+                    || self
+                        .registered_at
+                        .is_some_and(|at| now - at > SYNC_PATIENCE);
+                if heard && ordered && synced {
                     log::debug!("all {} members are here: sending", script.members);
                     self.measure.first_send = Some(now);
                     self.phase = Phase::Sending {
@@ -757,7 +882,7 @@ impl Peer {
                 if now >= next_at {
                     if let Some(line) = script.lines.get(next) {
                         self.core
-                            .send(now, &script.group, line, now_us())
+                            .send(now, &script.group, line, self.synced_now_us().max(0) as u64)
                             .map_err(|e| {
                                 PeerError::Io(io::Error::new(
                                     io::ErrorKind::InvalidInput,
@@ -821,6 +946,18 @@ impl Peer {
         };
         let traffic = self.core.traffic();
         let order = self.core.ordering_counters();
+        // Signed: a clock badly out of step shows as a negative latency, not as zero.
+        let mut latencies: Vec<i64> = self
+            .measure
+            .arrivals
+            .iter()
+            .map(|(sent, arrived)| {
+                self.sync
+                    .map_or(*arrived, |e| e.apply(*arrived))
+                    .as_micros()
+                    - sent
+            })
+            .collect();
         let datagrams = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
         Report {
             username: self.options.username.clone(),
@@ -839,7 +976,7 @@ impl Peer {
             } else {
                 self.measure.delivered as f64 / duration.as_secs_f64()
             },
-            latency: Latency::of(&mut self.measure.latencies),
+            latency: Latency::of(&mut latencies),
             datagrams_sent: datagrams,
             app_datagrams_sent: traffic.app_datagrams_sent,
             control_datagrams_sent: traffic.control_datagrams_sent,
@@ -849,6 +986,9 @@ impl Peer {
             } else {
                 datagrams as f64 / self.measure.sent as f64
             },
+            clock_synced: self.sync.is_some(),
+            clock_offset_us: self.sync.map_or(0, |e| e.offset_ns / 1000),
+            clock_bound_us: self.sync.map_or(0, |e| (e.bound_ns + 999) / 1000),
             recovery: Recovery {
                 nacks_sent: order.nacks_sent,
                 retransmissions_sent: order.retransmissions_sent,

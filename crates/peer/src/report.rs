@@ -11,17 +11,19 @@ pub struct Latency {
     pub samples: usize,
     /// Mean.
     pub mean_us: f64,
+    /// Smallest (negative only if the clocks are out of step by more than the latency).
+    pub min_us: i64,
     /// Median.
-    pub p50_us: u64,
+    pub p50_us: i64,
     /// 99th percentile.
-    pub p99_us: u64,
+    pub p99_us: i64,
     /// Largest.
-    pub max_us: u64,
+    pub max_us: i64,
 }
 
 impl Latency {
     /// The figures of `samples` (µs); sorts them.
-    pub fn of(samples: &mut [u64]) -> Self {
+    pub fn of(samples: &mut [i64]) -> Self {
         if samples.is_empty() {
             return Self::default();
         }
@@ -29,7 +31,8 @@ impl Latency {
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
         Self {
             samples: samples.len(),
-            mean_us: samples.iter().sum::<u64>() as f64 / samples.len() as f64,
+            min_us: samples[0],
+            mean_us: samples.iter().sum::<i64>() as f64 / samples.len() as f64,
             p50_us: at(0.50),
             p99_us: at(0.99),
             max_us: *samples.last().unwrap_or(&0),
@@ -86,6 +89,13 @@ pub struct Report {
     pub tracker_messages_sent: u64,
     /// Datagrams sent per message sent.
     pub datagrams_per_message: f64,
+    /// Whether the peer's clock was synchronized with the tracker's (NTP).
+    pub clock_synced: bool,
+    /// The tracker's clock minus ours, as estimated (µs).
+    pub clock_offset_us: i64,
+    /// The bound of that estimate (µs): latencies are exact within the sum of the bounds
+    /// of sender and receiver.
+    pub clock_bound_us: i64,
     /// Loss repair.
     pub recovery: Recovery,
 }
@@ -146,6 +156,18 @@ impl fmt::Display for Report {
             f,
             "tracker messages sent",
             self.tracker_messages_sent.to_string(),
+        )?;
+        row(
+            f,
+            "clock",
+            if self.clock_synced {
+                format!(
+                    "synchronized with the tracker: offset {} µs ± {} µs",
+                    self.clock_offset_us, self.clock_bound_us
+                )
+            } else {
+                "not synchronized (latencies use this host's own clock)".to_owned()
+            },
         )?;
         row(
             f,

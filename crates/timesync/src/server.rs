@@ -28,7 +28,6 @@ impl TimeServer {
     pub fn start(addr: SocketAddr, clock: LocalClock, stratum: u8) -> io::Result<Self> {
         let (tcp, udp) = bind_both(addr)?;
         let addr = tcp.local_addr()?;
-        tcp.set_nonblocking(true)?;
         udp.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let served: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -37,19 +36,16 @@ impl TimeServer {
         {
             let (stop, clock, served) = (stop.clone(), clock.clone(), served.clone());
             threads.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match tcp.accept() {
-                        Ok((mut conn, _)) => {
-                            // The time is read as late as possible: right before it is sent.
-                            let text = seed::format(clock.now(), offset);
-                            let _ = conn.write_all(text.as_bytes());
-                            served[0].fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_micros(200));
-                        }
-                        Err(e) => log::debug!("accept: {e}"),
+                // A blocking accept answers at once (a polling one would read the clock late
+                // and bias every estimate); `drop` wakes it with a connection of its own.
+                while let Ok((mut conn, _)) = tcp.accept() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
                     }
+                    // The time is read as late as possible: right before it is sent.
+                    let text = seed::format(clock.now(), offset);
+                    let _ = conn.write_all(text.as_bytes());
+                    served[0].fetch_add(1, Ordering::Relaxed);
                 }
             }));
         }
@@ -89,6 +85,7 @@ impl TimeServer {
 impl Drop for TimeServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -27,11 +27,16 @@ const FIRST_CONNECTION: usize = 3;
 /// members will learn of the eviction from the tracker's member lists).
 const OUTBOX_LIMIT: usize = 100_000;
 
-/// While heartbeats keep arriving, the UDP socket is read in batches this far apart instead
-/// of waking the loop for every datagram: with thousands of members that is the difference
-/// between thousands of wake-ups a second and a hundred. A heartbeat waits at most this
-/// long, against an interval of a second. An idle socket wakes the loop at once again.
+/// Under load, the UDP socket is read in batches this far apart instead of waking the loop
+/// for every datagram: with thousands of members that is the difference between thousands
+/// of wake-ups a second and a hundred. A heartbeat waits at most this long, against an
+/// interval of a second. An idle socket wakes the loop at once again.
 const HEARTBEAT_BATCH: Duration = Duration::from_millis(10);
+
+/// Datagrams per [`LOAD_WINDOW`] above which the socket is read in batches. Below it every
+/// datagram is read at once, so the time the tracker serves (NTP) is answered promptly.
+const LOAD_THRESHOLD: u32 = 100;
+const LOAD_WINDOW: Duration = Duration::from_millis(100);
 
 /// Stops a running [`Tracker`] from another thread (or a signal handler).
 #[derive(Debug, Clone)]
@@ -66,6 +71,8 @@ pub struct Tracker {
     udp_interest: Option<Interest>,
     /// While heartbeats are read in batches: when the next batch is due.
     next_udp_read: Option<Instant>,
+    /// Datagrams read in the current load window, and when it began.
+    udp_load: (u32, Instant),
     stats: Arc<Stats>,
     /// Scratch space for every read (datagrams and connections), allocated once.
     buf: Box<[u8]>,
@@ -109,6 +116,7 @@ impl Tracker {
             outbox: VecDeque::new(),
             udp_interest: Some(Interest::READABLE),
             next_udp_read: None,
+            udp_load: (0, Instant::now()),
             stats: Arc::new(Stats::default()),
             buf: vec![0; 64 * 1024].into_boxed_slice(),
         })
@@ -294,12 +302,17 @@ impl Tracker {
         }
     }
 
-    /// Reads every waiting datagram. If there were any, more are likely: the socket leaves
-    /// epoll and is read again after [`HEARTBEAT_BATCH`]; if there were none, it waits in
-    /// epoll for the next one.
+    /// Reads every waiting datagram. Under load (more than [`LOAD_THRESHOLD`] datagrams in a
+    /// [`LOAD_WINDOW`]) more are likely: the socket leaves epoll and is read again after
+    /// [`HEARTBEAT_BATCH`]; otherwise, or once a read finds nothing, it waits in epoll.
     fn read_udp_batch(&mut self, now: Instant) {
-        let received = self.read_udp(now);
-        self.next_udp_read = (received > 0).then(|| now + HEARTBEAT_BATCH);
+        let received = self.read_udp(now) as u32;
+        if now - self.udp_load.1 >= LOAD_WINDOW {
+            self.udp_load = (0, now);
+        }
+        self.udp_load.0 += received;
+        let loaded = self.udp_load.0 > LOAD_THRESHOLD;
+        self.next_udp_read = (received > 0 && loaded).then(|| now + HEARTBEAT_BATCH);
     }
 
     /// Reads datagrams until the socket is empty; returns how many.
@@ -317,6 +330,11 @@ impl Tracker {
                 }
             };
             received += 1;
+            if clock::ntp::is_request(&self.buf[..len]) {
+                // The tracker is the messenger's time server: NTP on the heartbeat port.
+                self.answer_ntp(from, len);
+                continue;
+            }
             let reply =
                 match Envelope::decode_limited(&self.buf[..len], self.config.max_request_len) {
                     Ok(envelope) => {
@@ -333,6 +351,26 @@ impl Tracker {
                     "dropped a datagram from {from}: {}",
                     reply.text().unwrap_or_default()
                 );
+            }
+        }
+    }
+
+    /// Answers an NTP client request (RFC 5905) with the system clock.
+    fn answer_ntp(&mut self, from: SocketAddr, len: usize) {
+        let received = clock::Nanos::from_system(SystemTime::now());
+        match clock::ntp::answer(
+            &self.buf[..len],
+            received,
+            clock::Nanos::from_system(SystemTime::now()),
+            1,
+        ) {
+            Ok(answer) => {
+                bump(&self.stats.ntp_answers);
+                self.outbox.push_back((from, Arc::from(&answer[..])));
+            }
+            Err(e) => {
+                bump(&self.stats.datagrams_dropped);
+                log::debug!("bad NTP request from {from}: {e}");
             }
         }
     }
@@ -378,6 +416,7 @@ impl Tracker {
                     if self.outbox.len() >= OUTBOX_LIMIT {
                         self.outbox.pop_front();
                     }
+                    bump(&self.stats.byes_sent);
                     self.outbox.push_back((to, bytes.clone()));
                 }
             }
@@ -388,7 +427,6 @@ impl Tracker {
         while let Some((to, bytes)) = self.outbox.front() {
             match self.udp.send_to(bytes, *to) {
                 Ok(_) => {
-                    bump(&self.stats.byes_sent);
                     self.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -15,6 +15,7 @@ pub struct Stats {
     pub(crate) connections_timed_out: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) byes_sent: AtomicU64,
+    pub(crate) ntp_answers: AtomicU64,
 }
 
 /// A copy of the totals at one moment.
@@ -40,6 +41,8 @@ pub struct StatsSnapshot {
     pub evictions: u64,
     /// Bye datagrams sent on behalf of evicted members.
     pub byes_sent: u64,
+    /// NTP requests answered (the tracker serves time).
+    pub ntp_answers: u64,
 }
 
 macro_rules! counters {
@@ -62,7 +65,8 @@ counters!(
     connections_refused,
     connections_timed_out,
     evictions,
-    byes_sent
+    byes_sent,
+    ntp_answers
 );
 
 /// Adds one to a counter.

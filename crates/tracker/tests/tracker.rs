@@ -565,3 +565,24 @@ fn connections_beyond_the_limit_are_refused_with_a_reason() {
     assert_eq!(t.stats.snapshot().connections_refused, 1);
     drop(held);
 }
+
+#[test]
+fn the_tracker_serves_time_by_ntp_on_its_udp_port() {
+    let t = Running::default();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let sent = clock::Nanos::from_system(std::time::SystemTime::now());
+    udp.send_to(&clock::ntp::request(sent), t.addr).unwrap();
+    let mut buf = [0u8; 128];
+    let (n, from) = udp.recv_from(&mut buf).unwrap();
+    let received = clock::Nanos::from_system(std::time::SystemTime::now());
+    assert_eq!(from, t.addr);
+    let estimate = clock::ntp::estimate(&buf[..n], sent, received).unwrap();
+    // Same machine, same clock: the offset is within the bound of zero.
+    assert!(
+        estimate.offset_ns.abs() <= estimate.bound_ns + 1_000,
+        "{estimate:?}"
+    );
+    assert_eq!(t.stats.snapshot().ntp_answers, 1);
+    assert_eq!(t.stats.snapshot().datagrams_dropped, 0);
+}

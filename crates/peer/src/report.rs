@@ -190,13 +190,13 @@ mod tests {
 
     #[test]
     fn percentiles_of_a_known_set() {
-        let mut samples: Vec<u64> = (1..=100).rev().collect();
+        let mut samples: Vec<i64> = (-1..=98).rev().collect();
         let l = Latency::of(&mut samples);
         assert_eq!(
-            (l.samples, l.p50_us, l.p99_us, l.max_us),
-            (100, 51, 99, 100)
+            (l.samples, l.min_us, l.p50_us, l.p99_us, l.max_us),
+            (100, -1, 49, 97, 98)
         );
-        assert!((l.mean_us - 50.5).abs() < 1e-9);
+        assert!((l.mean_us - 48.5).abs() < 1e-9);
         assert_eq!(Latency::of(&mut []), Latency::default());
     }
 }

@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
+mod shutdown;
+pub use shutdown::Shutdown;
+
 /// Why an address argument was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Error {

@@ -6,12 +6,11 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use proto::{Envelope, PROTOCOL_VERSION, Reply, Request};
 use thiserror::Error;
 
@@ -90,19 +89,7 @@ pub struct PeerOptions {
 }
 
 /// Stops a running [`Peer`] cleanly (the tracker is told, the groups get Bye).
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl Shutdown {
-    /// Asks the peer to quit.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-    }
-}
+pub use cli::Shutdown;
 
 #[derive(Debug)]
 enum Purpose {
@@ -162,8 +149,7 @@ pub struct Peer {
     options: PeerOptions,
     poll: Poll,
     udp: UdpSocket,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    stop: Shutdown,
     link: TrackerLink<Purpose>,
     core: PeerCore,
     outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
@@ -218,7 +204,7 @@ impl Peer {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Shutdown::new(poll.registry(), WAKER)?;
         let now = Instant::now();
         let core = PeerCore::new(CoreConfig {
             username: options.username.clone(),
@@ -237,8 +223,7 @@ impl Peer {
             options: PeerOptions { addr, ..options },
             poll,
             udp,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            stop,
             core,
             outbox: VecDeque::new(),
             udp_pending: false,
@@ -277,17 +262,14 @@ impl Peer {
 
     /// A handle that makes the peer quit cleanly.
     pub fn shutdown_handle(&self) -> Shutdown {
-        Shutdown {
-            stop: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        self.stop.clone()
     }
 
     /// Runs until the user quits (interactive) or the script is done; returns the script's
     /// measurements, if any. Output for the user goes to `out`.
     pub fn run(&mut self, out: &mut dyn Write) -> Result<Option<Report>, PeerError> {
         let input = if self.options.script.is_none() {
-            Some(spawn_stdin_reader(self.waker.clone()))
+            Some(spawn_stdin_reader(self.stop.clone()))
         } else {
             None
         };
@@ -304,7 +286,7 @@ impl Peer {
             self.handle_link_events(now, out)?;
             self.drain_core(now, out)?;
             self.flush_outbox();
-            if self.stop.load(Ordering::SeqCst) && self.quitting.is_none() {
+            if self.stop.requested() && self.quitting.is_none() {
                 self.begin_quit(now);
                 self.drain_core(now, out)?;
                 self.flush_outbox();
@@ -1035,7 +1017,7 @@ impl Peer {
 
 /// Reads standard input on a helper thread (it blocks, the loop must not), handing each
 /// line to the loop and waking it; `None` means end of input.
-fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
+fn spawn_stdin_reader(event_loop: Shutdown) -> Receiver<Option<String>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let stdin = io::stdin();
@@ -1044,10 +1026,10 @@ fn spawn_stdin_reader(waker: Arc<Waker>) -> Receiver<Option<String>> {
             if tx.send(Some(line)).is_err() {
                 return;
             }
-            let _ = waker.wake();
+            event_loop.wake();
         }
         let _ = tx.send(None);
-        let _ = waker.wake();
+        event_loop.wake();
     });
     rx
 }

@@ -5,11 +5,10 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use peer::{LinkEvent, SEQUENCER, TrackerLink};
 use proto::{Envelope, PROTOCOL_VERSION, Request};
 
@@ -21,27 +20,14 @@ const TRACKER: Token = Token(2);
 const READ_BATCH: usize = 512;
 
 /// Stops a running [`SequencerServer`].
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl Shutdown {
-    /// Asks the sequencer to stop.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-    }
-}
+pub use cli::Shutdown;
 
 /// The sequencer daemon.
 pub struct SequencerServer {
     poll: Poll,
     udp: UdpSocket,
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    stop: Shutdown,
     node: SequencerNode,
     link: Option<TrackerLink<()>>,
     heartbeat: Duration,
@@ -70,14 +56,13 @@ impl SequencerServer {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Shutdown::new(poll.registry(), WAKER)?;
         let now = Instant::now();
         Ok(Self {
             poll,
             udp,
             addr,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            stop,
             node: SequencerNode::new(addr, tracker, config),
             link: tracker.map(|t| TrackerLink::new(t, TRACKER, now)),
             heartbeat: Duration::from_secs(1),
@@ -95,10 +80,7 @@ impl SequencerServer {
 
     /// A handle that stops the sequencer.
     pub fn shutdown_handle(&self) -> Shutdown {
-        Shutdown {
-            stop: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        self.stop.clone()
     }
 
     /// The protocol core (for its counters).
@@ -109,7 +91,7 @@ impl SequencerServer {
     /// Serves until [`Shutdown::shutdown`].
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.requested() {
             let now = Instant::now();
             if self.node.poll_timeout().is_some_and(|at| at <= now) {
                 self.node.handle_timeout(now);

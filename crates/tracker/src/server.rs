@@ -6,11 +6,10 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 use proto::{Datagram, DatagramType, Envelope, LEGACY_DATAGRAM_LEN, Reply};
 
 use crate::config::TrackerConfig;
@@ -39,19 +38,7 @@ const LOAD_THRESHOLD: u32 = 100;
 const LOAD_WINDOW: Duration = Duration::from_millis(100);
 
 /// Stops a running [`Tracker`] from another thread (or a signal handler).
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl Shutdown {
-    /// Asks the tracker to stop; [`Tracker::run`] returns soon after.
-    pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-    }
-}
+pub use cli::Shutdown;
 
 /// The tracker daemon: bind it, then [`run`](Self::run) it until [`Shutdown::shutdown`].
 #[derive(Debug)]
@@ -61,8 +48,7 @@ pub struct Tracker {
     listener: TcpListener,
     udp: UdpSocket,
     local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    stop: Shutdown,
     registry: Registry,
     connections: HashMap<Token, Connection>,
     next_token: usize,
@@ -91,7 +77,7 @@ impl Tracker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Shutdown::new(poll.registry(), WAKER)?;
         // Ids stay unique across restarts: they begin with the start time.
         let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -108,8 +94,7 @@ impl Tracker {
             listener,
             udp,
             local_addr,
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
+            stop,
             registry,
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
@@ -129,10 +114,7 @@ impl Tracker {
 
     /// A handle that stops the tracker.
     pub fn shutdown_handle(&self) -> Shutdown {
-        Shutdown {
-            stop: self.stop.clone(),
-            waker: self.waker.clone(),
-        }
+        self.stop.clone()
     }
 
     /// The tracker's running totals, readable while it runs.
@@ -151,7 +133,7 @@ impl Tracker {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut next_sweep = Instant::now() + self.sweep_interval();
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stop.requested() {
             let wake = self
                 .next_udp_read
                 .map_or(next_sweep, |at| at.min(next_sweep));

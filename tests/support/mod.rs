@@ -36,7 +36,12 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, args: &[String]) -> Self {
-        let mut child = Command::new(bin(name))
+        Self::spawn_program(bin(name), args)
+    }
+
+    /// Any program (by path or name on PATH), with its output read as for the daemons.
+    pub fn spawn_program(program: impl AsRef<std::ffi::OsStr>, args: &[String]) -> Self {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -58,7 +58,7 @@ impl Default for Config {
             nack_interval: Duration::from_millis(15),
             nack_attempts: 60,
             legacy_holdback: Duration::from_millis(5),
-            handshake_timeout: Duration::from_millis(300),
+            handshake_timeout: Duration::from_millis(1200),
             digest_interval: Duration::from_millis(10),
             digest_max_interval: Duration::from_millis(500),
             digest_repeats: 10,

@@ -964,7 +964,13 @@ mod tests {
         let mut h = Harness::new(Start::Handshake);
         h.msg(0, 9);
         h.msg(0, 8);
-        h.tick(300);
+        h.tick(1199);
+        assert_eq!(
+            h.drain().0,
+            Vec::<u64>::new(),
+            "still waiting for the start point"
+        );
+        h.tick(1200);
         assert_eq!(h.drain().0, [8, 9]);
         let status = h.rx.stream(G, S).expect("exists");
         assert!(!status.recovering && status.started);

@@ -19,9 +19,11 @@ use crate::membership::{MemberInfo, Members};
 pub const SEQUENCER: &str = "sequencer";
 
 /// How long to wait for a member's answer to our Hello before asking again, and how many
-/// times to ask; after that the ordering core's handshake timeout treats it as an old peer.
-const HELLO_RETRY: Duration = Duration::from_millis(80);
-const HELLO_ATTEMPTS: u32 = 3;
+/// times to ask (about a second: even at 30 % loss each way, twenty tries all fail about
+/// once in a million); after that the ordering core's handshake timeout treats it as an old
+/// peer, which never answers.
+const HELLO_RETRY: Duration = Duration::from_millis(50);
+const HELLO_ATTEMPTS: u32 = 20;
 
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,8 +236,8 @@ impl PeerCore {
         self.groups.contains_key(group)
     }
 
-    /// Other members of `group` that have answered (Hello, HelloAck or any datagram): the
-    /// ones whose streams are set up both ways.
+    /// Other members of `group` whose Hello or HelloAck has arrived: the ones whose streams
+    /// are set up both ways.
     pub fn members_heard(&self, group: &str) -> usize {
         self.groups.get(group).map_or(0, |g| {
             g.members
@@ -444,12 +446,6 @@ impl PeerCore {
             }
             return;
         }
-        if let Some(m) = state.members.get_mut(&d.username)
-            && !m.heard
-        {
-            log::debug!("heard {} in {} (a {:?})", d.username, d.group, d.kind);
-            m.heard = true;
-        }
         match d.kind {
             DatagramType::Hello => self.on_hello(now, from, d),
             DatagramType::HelloAck => self.on_hello_ack(now, d),
@@ -512,7 +508,14 @@ impl PeerCore {
                 member: name.to_owned(),
             }));
         }
-        if d.proto.is_some() {
+        // In total order we answer only once the sequencer has welcomed us: an answer makes
+        // the other member count us in, and it must not start sending before our place in
+        // the sequence is fixed. `greet_peers` greets it then.
+        let welcomed = self
+            .groups
+            .get(group)
+            .is_some_and(|s| s.peers_greeted || self.mode == Mode::Fifo);
+        if d.proto.is_some() && welcomed {
             let ack = self.control(DatagramType::HelloAck, group, our_start, None);
             self.transmit(from, ack, false);
         }
@@ -527,6 +530,10 @@ impl PeerCore {
             .and_then(|s| s.members.get_mut(name))
         {
             m.proto = d.proto.or(m.proto);
+            if !m.heard {
+                log::debug!("handshake with {name} in {group} done (its HelloAck)");
+            }
+            m.heard = true;
         }
         let Some(start) = d.start else { return };
         match (self.mode, name == SEQUENCER) {
@@ -553,7 +560,8 @@ impl PeerCore {
         let targets: Vec<(SocketAddr, Option<u64>)> = state
             .members
             .iter()
-            .filter(|(name, m)| name.as_str() != SEQUENCER && !m.heard)
+            // Members whose Hello came before our welcome were not answered: greet them too.
+            .filter(|(name, _)| name.as_str() != SEQUENCER)
             .map(|(_, m)| (m.addr, m.our_start))
             .collect();
         for (to, our_start) in targets {

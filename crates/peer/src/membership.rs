@@ -14,7 +14,9 @@ pub struct MemberInfo {
     /// The start point it announced in its last Hello (to tell a repeated Hello from a
     /// rejoin).
     pub start: Option<u64>,
-    /// Whether we have heard from it since we joined (Hello, HelloAck, or any datagram).
+    /// Whether its Hello or HelloAck has arrived: the handshake is done, we know where its
+    /// stream starts. (Any other datagram does not count: a member whose answer to our Hello
+    /// was lost is asked again until it answers.)
     pub heard: bool,
     /// The start of our stream we told it (in our Hello or HelloAck). A repeated Hello gets
     /// the same answer: a later one would make it skip messages we already sent it.

@@ -178,6 +178,9 @@ pub struct Peer {
     sync_left: u32,
     next_sync: Option<Instant>,
     registered_at: Option<Instant>,
+    /// When the first burst's last answer is due: a script stamps nothing before, so every
+    /// message carries the best estimate of that burst.
+    first_burst_done: Option<Instant>,
 }
 
 fn real_now() -> clock::Nanos {
@@ -252,6 +255,7 @@ impl Peer {
             sync_left: 0,
             next_sync: None,
             registered_at: None,
+            first_burst_done: None,
         })
     }
 
@@ -396,6 +400,9 @@ impl Peer {
         self.send_datagram(tracker, Arc::from(&request[..]));
         self.heartbeats_sent += 1;
         self.sync_left -= 1;
+        if self.sync_left == 0 {
+            self.first_burst_done.get_or_insert(now + SYNC_SPACING);
+        }
         self.next_sync = Some(
             now + if self.sync_left == 0 {
                 SYNC_PERIOD
@@ -840,7 +847,8 @@ impl Peer {
                 let heard = self.core.members_heard(&script.group) + 1 >= script.members;
                 let ordered =
                     self.options.mode == Mode::Fifo || self.core.sequencer_ready(&script.group);
-                let synced = self.sync.is_some()
+                let synced = (self.sync.is_some()
+                    && self.first_burst_done.is_some_and(|at| now >= at))
                     || self
                         .registered_at
                         .is_some_and(|at| now - at > SYNC_PATIENCE);

@@ -484,3 +484,161 @@ fn peers_with_clocks_far_apart_measure_latency_on_the_synchronized_clock() {
         assert_eq!(r["latency"]["samples"], 100);
     }
 }
+
+#[test]
+fn a_peer_killed_mid_stream_is_evicted_and_the_other_streams_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&["--heartbeat-ms", "200"]);
+    let script = |name: &str, lines: usize, extra: &[&str]| {
+        let text: Vec<String> = (0..lines).map(|i| format!("{name} {i}")).collect();
+        let file = lines_file(dir.path(), &format!("{name}.txt"), &text);
+        let mut args = vec![
+            "127.0.0.1:0".to_owned(),
+            name.to_owned(),
+            tracker.addr.to_string(),
+            "-t".into(),
+            file.display().to_string(),
+            "--members".into(),
+            "4".into(),
+            "--json".into(),
+            "--deliveries".into(),
+            dir.path().join(format!("{name}.tsv")).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::spawn("peer", &args)
+    };
+    // The victim sends nothing; the others stream 600 messages each over two seconds.
+    let mut victim = script("victim", 0, &["--expect", "1800"]);
+    let mut senders: Vec<Process> = (0..3)
+        .map(|i| {
+            script(
+                &format!("s{i}"),
+                600,
+                &["--rate", "300", "--expect", "1800"],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    for (i, s) in senders.iter_mut().enumerate() {
+        assert!(
+            s.wait(Duration::from_secs(30)).success(),
+            "s{i}: {:#?}",
+            s.seen
+        );
+        let report: Value = serde_json::from_str(s.seen.last().unwrap()).unwrap();
+        assert_eq!(
+            report["evicted"],
+            json!(["victim"]),
+            "s{i} was told: {report}"
+        );
+        let got = deliveries(&dir.path().join(format!("s{i}.tsv")));
+        assert_eq!(got.len(), 1800, "s{i} delivered {}", got.len());
+        let mut per_author: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for d in &got {
+            per_author.entry(&d.author).or_default().push(&d.text);
+        }
+        for (author, texts) in per_author {
+            let expected: Vec<String> = (0..600).map(|k| format!("{author} {k}")).collect();
+            assert_eq!(
+                texts, expected,
+                "s{i}: {author}'s stream incomplete or out of order"
+            );
+        }
+    }
+    let members = report_client(
+        tracker.addr,
+        json!({"Type": 4, "Content": {"Group": "test"}}),
+    );
+    assert_eq!(
+        members,
+        json!({"Success": false, "Content": []}),
+        "everyone left or was evicted"
+    );
+}
+
+#[test]
+fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&[]);
+    let mut peers: Vec<Process> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let lines: Vec<String> = (0..200).map(|i| format!("{name} {i}")).collect();
+            let file = lines_file(dir.path(), &format!("{name}.txt"), &lines);
+            Process::spawn(
+                "peer",
+                &[
+                    "127.0.0.1:0".into(),
+                    (*name).into(),
+                    tracker.addr.to_string(),
+                    "-t".into(),
+                    file.display().to_string(),
+                    "--members".into(),
+                    "2".into(),
+                    "--rate".into(),
+                    "200".into(),
+                    "--json".into(),
+                ],
+            )
+        })
+        .collect();
+    // Find a's address at the tracker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let a: SocketAddr = loop {
+        let reply = report_client(
+            tracker.addr,
+            json!({"Type": 4, "Content": {"Group": "test"}}),
+        );
+        if let Some(m) = reply["Content"]
+            .as_array()
+            .and_then(|l| l.iter().find(|m| m["Username"] == "a"))
+        {
+            break format!("{}:{}", m["Ip"].as_str().unwrap(), m["Port"])
+                .parse()
+                .unwrap();
+        }
+        assert!(Instant::now() < deadline, "a never joined");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let hostile = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = hostile.local_addr().unwrap();
+    let good =
+        |name: &str, group: &str, counter: u64| old_datagram(2, group, name, "forged", me, counter);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"{\"Type\": 2, \"Group\": ".to_vec()),
+        ("malformed", b"\x00\x01\x02 not json at all".to_vec()),
+        ("malformed", vec![b'{'; 65_000]),
+        ("malformed", br#"{"Type":"2","Group":"test","Username":"b","Content":"x","SrcIp":"127.0.0.1","SrcPort":1,"Counter":1,"Origin":"b"}"#.to_vec()),
+        ("malformed", br#"{"Type":99,"Group":"test","Username":"b","Content":"x","SrcIp":"127.0.0.1","SrcPort":1,"Counter":1,"Origin":"b"}"#.to_vec()),
+        ("unknown", good("b", "no-such-group", 1)),
+        ("unknown", good("stranger", "test", 1)),
+        ("spoofed", good("b", "test", 5)),
+        ("spoofed", good("b", "test", u64::MAX / 2)),
+    ];
+    let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+    for (class, bytes) in &cases {
+        hostile.send_to(bytes, a).unwrap();
+        *expected.entry(class).or_default() += 1;
+    }
+    let a_report = {
+        let p = &mut peers[0];
+        assert!(p.wait(Duration::from_secs(30)).success(), "{:#?}", p.seen);
+        let r: Value = serde_json::from_str(p.seen.last().unwrap()).unwrap();
+        r
+    };
+    assert!(peers[1].wait(Duration::from_secs(30)).success());
+    assert_eq!(
+        a_report["delivered"], 400,
+        "correct traffic kept flowing: {a_report}"
+    );
+    for (class, n) in expected {
+        let counted = a_report["dropped"][class].as_u64().unwrap();
+        assert!(
+            counted >= n,
+            "{class}: sent {n}, counted {counted}: {a_report}"
+        );
+    }
+}

@@ -215,7 +215,12 @@ pub fn interactive(username: &str, tracker: SocketAddr, total: bool) -> Process 
 /// Writes `lines` to a file in `dir`.
 pub fn lines_file(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let text = if lines.is_empty() {
+        String::new()
+    } else {
+        lines.join("\n") + "\n"
+    };
+    std::fs::write(&path, text).unwrap();
     path
 }
 

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
 use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
-use crate::report::{Latency, Recovery, Report};
+use crate::report::{Dropped, Latency, Recovery, Report};
 use crate::tracker_link::{LinkEvent, TrackerLink};
 
 const UDP: Token = Token(0);
@@ -142,6 +142,8 @@ struct Measure {
     /// Per delivery: the send time it carried (µs, synchronized clock of its sender) and
     /// our clock's reading on arrival.
     arrivals: Vec<(i64, clock::Nanos)>,
+    /// Members the tracker evicted while we ran.
+    evicted: Vec<String>,
 }
 
 /// A member of the group messenger.
@@ -804,6 +806,7 @@ impl Peer {
                         Event::Joined { group, member } => format!("* {member} joined {group}"),
                         Event::Left { group, member } => format!("* {member} left {group}"),
                         Event::Evicted { group, member } => {
+                            self.measure.evicted.push(member.clone());
                             format!("* {member} was evicted from {group} (it stopped answering)")
                         }
                     };
@@ -976,6 +979,14 @@ impl Peer {
             } else {
                 datagrams as f64 / self.measure.sent as f64
             },
+            dropped: Dropped {
+                malformed: traffic.malformed,
+                spoofed: traffic.spoofed,
+                unknown: traffic.unknown,
+                other_mode: traffic.other_mode,
+                beyond_window: order.beyond_window,
+            },
+            evicted: self.measure.evicted.clone(),
             clock_synced: self.sync.is_some(),
             clock_offset_us: self.sync.map_or(0, |e| e.offset_ns / 1000),
             clock_bound_us: self.sync.map_or(0, |e| (e.bound_ns + 999) / 1000),

@@ -55,6 +55,21 @@ pub struct Recovery {
     pub duplicates: u64,
 }
 
+/// Datagrams a peer dropped, by reason (each is also logged with `-vv`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    /// Not a valid datagram (bad JSON, wrong types, oversized, unknown Type).
+    pub malformed: u64,
+    /// Claimed a member's name but came from another address.
+    pub spoofed: u64,
+    /// From an unknown member, or for a group not joined.
+    pub unknown: u64,
+    /// A stream this mode does not deliver.
+    pub other_mode: u64,
+    /// Counters beyond the holdback window.
+    pub beyond_window: u64,
+}
+
 /// One peer's measurements of a script run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -89,6 +104,10 @@ pub struct Report {
     pub tracker_messages_sent: u64,
     /// Datagrams sent per message sent.
     pub datagrams_per_message: f64,
+    /// Datagrams dropped, by reason.
+    pub dropped: Dropped,
+    /// Members the tracker evicted while this peer ran (it stopped sending to them).
+    pub evicted: Vec<String>,
     /// Whether the peer's clock was synchronized with the tracker's (NTP).
     pub clock_synced: bool,
     /// The tracker's clock minus ours, as estimated (µs).

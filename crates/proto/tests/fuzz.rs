@@ -77,11 +77,8 @@ proptest! {
         let mut f = JsonFramer::new(256);
         for chunk in chunks {
             f.push(&chunk);
-            loop {
-                match f.next_frame() {
-                    Ok(Some(frame)) => prop_assert!(frame.len() <= 256),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(frame)) = f.next_frame() {
+                prop_assert!(frame.len() <= 256);
             }
             prop_assert!(f.pending() <= 256 + 200, "{} bytes held", f.pending());
         }

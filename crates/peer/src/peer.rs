@@ -29,6 +29,9 @@ const READ_BATCH: usize = 512;
 /// How long a quitting peer keeps answering retransmission requests once they stop coming.
 const LINGER: Duration = Duration::from_millis(300);
 
+/// Most latency samples a script keeps (see `Measure::arrivals`).
+const MAX_LATENCY_SAMPLES: usize = 20_000;
+
 /// Clock synchronization with the tracker (NTP on its UDP port): a burst of requests at
 /// start and every `SYNC_PERIOD`; the answer with the smallest delay of each burst wins.
 const SYNC_BURST: u32 = 5;
@@ -94,6 +97,8 @@ pub use cli::Shutdown;
 #[derive(Debug)]
 enum Purpose {
     Register,
+    /// A heartbeat over the tracker connection, which keeps it from being closed as idle.
+    KeepAlive,
     Join(String),
     Rejoin(String),
     ListGroups,
@@ -139,9 +144,13 @@ struct Measure {
     first_send: Option<Instant>,
     first_delivery: Option<Instant>,
     last_delivery: Option<Instant>,
-    /// Per delivery: the send time it carried (µs, synchronized clock of its sender) and
-    /// our clock's reading on arrival.
+    /// Per sampled delivery: the send time it carried (µs, synchronized clock of its sender)
+    /// and our clock's reading on arrival. Every `stride`-th delivery is kept, and the stride
+    /// doubles whenever [`MAX_LATENCY_SAMPLES`] are held: memory stays bounded however long
+    /// a script runs, and the percentiles stay those of an even sample.
     arrivals: Vec<(i64, clock::Nanos)>,
+    stride: u64,
+    timed: u64,
     /// Members the tracker evicted while we ran.
     evicted: Vec<String>,
 }
@@ -508,6 +517,16 @@ impl Peer {
         self.send_datagram(tracker, Arc::from(beat));
         self.heartbeats_sent += 1;
         self.next_heartbeat = Some(now + self.heartbeat);
+        // Heartbeats go by UDP; the tracker connection would look idle and be closed (the
+        // tracker's default is 30 s), so every tenth also goes over it.
+        if self.heartbeats_sent % 10 == 0 && self.link.is_up() {
+            let request = Request::Heartbeat {
+                username: self.options.username.clone(),
+            };
+            if self.link.request(request, Purpose::KeepAlive).is_ok() {
+                self.heartbeats_sent += 1;
+            }
+        }
     }
 
     /// Prints a line for the user, keeping the prompt tidy on a terminal.
@@ -671,7 +690,10 @@ impl Peer {
                     Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_) => {
                         self.say(out, "error: the tracker did not answer (connection lost)")?;
                     }
-                    Purpose::Register | Purpose::Rejoin(_) | Purpose::Exit(_) => {}
+                    Purpose::Register
+                    | Purpose::KeepAlive
+                    | Purpose::Rejoin(_)
+                    | Purpose::Exit(_) => {}
                 },
                 LinkEvent::Reply(purpose, reply) => self.handle_reply(now, purpose, reply, out)?,
             }
@@ -792,6 +814,7 @@ impl Peer {
                     q.acked = true;
                 }
             }
+            Purpose::KeepAlive => {}
         }
         Ok(())
     }
@@ -825,7 +848,18 @@ impl Peer {
         if let (Some(sent), Some(_)) = (m.sent_at_us, &self.options.script) {
             // Kept as our clock's reading: latencies are computed at the end, with the best
             // synchronization, also for messages that arrived before the first one.
-            self.measure.arrivals.push((sent as i64, self.local_now()));
+            let measure = &mut self.measure;
+            measure.timed += 1;
+            if measure.timed % measure.stride.max(1) == 0 {
+                measure
+                    .arrivals
+                    .push((sent as i64, self.local.read(real_now())));
+                if measure.arrivals.len() >= MAX_LATENCY_SAMPLES {
+                    let kept: Vec<_> = measure.arrivals.iter().copied().step_by(2).collect();
+                    measure.arrivals = kept;
+                    measure.stride = measure.stride.max(1) * 2;
+                }
+            }
         }
         if let Some(file) = self.deliveries.as_mut() {
             writeln!(file, "{}\t{}\t{}\t{}", m.group, m.author, m.counter, m.text)?;

@@ -8,12 +8,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Process, bin, deliveries, lines_file};
+use support::{Process, bin, check_deliveries, lines_file};
 
 const PEERS: usize = 5;
 const TRACKER: &str = "127.0.0.1:5000";
@@ -195,34 +194,8 @@ fn lossy_group(
         reports.push(report);
     }
     let elapsed = started.elapsed();
-    let mut first = None;
-    for p in 0..PEERS {
-        let got = deliveries(&dir.path().join(format!("p{p}.tsv")));
-        assert_eq!(got.len(), PEERS * messages, "peer {p} at {percent} %");
-        let mut seen = HashSet::new();
-        let mut per_author: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for d in &got {
-            assert!(
-                seen.insert(&d.text),
-                "peer {p} delivered {:?} twice",
-                d.text
-            );
-            per_author.entry(&d.author).or_default().push(&d.text);
-        }
-        for (author, texts) in per_author {
-            let expected: Vec<String> = (0..messages).map(|i| format!("{author} {i}")).collect();
-            assert_eq!(
-                texts, expected,
-                "peer {p}: {author}'s messages out of order at {percent} %"
-            );
-        }
-        if total {
-            match &first {
-                None => first = Some(got),
-                Some(f) => assert!(*f == got, "peer {p} delivered another order at {percent} %"),
-            }
-        }
-    }
+    let names: Vec<String> = (0..PEERS).map(|p| format!("p{p}")).collect();
+    check_deliveries(dir.path(), &names, &names, messages, total);
     let sum = |path: &[&str]| -> u64 {
         reports
             .iter()

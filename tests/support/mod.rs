@@ -259,3 +259,53 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Checks what each of `peers` delivered (their `--deliveries` logs `NAME.tsv` in `dir`):
+/// every message of every author in `authors` — texts `AUTHOR 0` to `AUTHOR messages-1` —
+/// exactly once and in its author's order; in total order also one identical sequence.
+pub fn check_deliveries(
+    dir: &Path,
+    peers: &[String],
+    authors: &[String],
+    messages: usize,
+    total: bool,
+) {
+    let mut first: Option<Vec<Delivery>> = None;
+    for peer in peers {
+        let got = deliveries(&dir.join(format!("{peer}.tsv")));
+        assert_eq!(
+            got.len(),
+            authors.len() * messages,
+            "{peer} delivered {}",
+            got.len()
+        );
+        let mut seen = std::collections::HashSet::new();
+        let mut per_author: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for d in &got {
+            assert!(seen.insert(&d.text), "{peer} delivered {:?} twice", d.text);
+            per_author.entry(&d.author).or_default().push(&d.text);
+        }
+        for author in authors {
+            let expected: Vec<String> = (0..messages).map(|i| format!("{author} {i}")).collect();
+            let texts = per_author.remove(author.as_str()).unwrap_or_default();
+            assert_eq!(
+                texts, expected,
+                "{peer}: {author}'s messages missing or out of order"
+            );
+        }
+        assert!(
+            per_author.is_empty(),
+            "{peer} delivered from unknown authors"
+        );
+        if total {
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert!(
+                    *f == got,
+                    "{peer} delivered another order than {}",
+                    peers[0]
+                ),
+            }
+        }
+    }
+}

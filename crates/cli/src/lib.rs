@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
+mod outbox;
 mod shutdown;
+pub use outbox::Outbox;
 pub use shutdown::Shutdown;
 
 /// Why an address argument was refused.

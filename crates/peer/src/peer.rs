@@ -163,7 +163,7 @@ pub struct Peer {
     stop: Shutdown,
     link: TrackerLink<Purpose>,
     core: PeerCore,
-    outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    outbox: cli::Outbox,
     udp_pending: bool,
     registered: bool,
     heartbeat: Duration,
@@ -239,7 +239,7 @@ impl Peer {
             udp,
             stop,
             core,
-            outbox: VecDeque::new(),
+            outbox: cli::Outbox::new(),
             udp_pending: false,
             registered: false,
             heartbeat: Duration::from_secs(1),
@@ -478,28 +478,11 @@ impl Peer {
     }
 
     fn send_datagram(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
-        if self.outbox.is_empty() {
-            match self.udp.send_to(&bytes, to) {
-                Ok(_) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    log::debug!("cannot send to {to}: {e}");
-                    return;
-                }
-            }
-        }
-        self.outbox.push_back((to, bytes));
+        self.outbox.send(&self.udp, to, bytes);
     }
 
     fn flush_outbox(&mut self) {
-        while let Some((to, bytes)) = self.outbox.front() {
-            match self.udp.send_to(bytes, *to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => log::debug!("cannot send to {to}: {e}"),
-            }
-            self.outbox.pop_front();
-        }
+        self.outbox.flush(&self.udp);
     }
 
     fn heartbeat_if_due(&mut self, now: Instant) {

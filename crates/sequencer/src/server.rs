@@ -1,7 +1,6 @@
 //! The sequencer daemon's event loop: one mio `Poll` over its UDP socket, the tracker link
 //! (registration and heartbeats, like any member) and timers, around [`SequencerNode`].
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ pub struct SequencerServer {
     link: Option<TrackerLink<()>>,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
-    outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    outbox: cli::Outbox,
     udp_pending: bool,
     buf: Box<[u8]>,
 }
@@ -67,7 +66,7 @@ impl SequencerServer {
             link: tracker.map(|t| TrackerLink::new(t, TRACKER, now)),
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
-            outbox: VecDeque::new(),
+            outbox: cli::Outbox::new(),
             udp_pending: false,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
         })
@@ -152,16 +151,9 @@ impl SequencerServer {
 
     fn transmit(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
-            self.outbox.push_back((t.to, t.bytes));
+            self.outbox.send(&self.udp, t.to, t.bytes);
         }
-        while let Some((to, bytes)) = self.outbox.front() {
-            match self.udp.send_to(bytes, *to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => log::debug!("cannot send to {to}: {e}"),
-            }
-            self.outbox.pop_front();
-        }
+        self.outbox.flush(&self.udp);
     }
 
     fn tracker_work(&mut self, now: Instant) {
@@ -208,7 +200,7 @@ impl SequencerServer {
                 proto: Some(PROTOCOL_VERSION),
             }
             .encode();
-            self.outbox.push_back((link.addr(), Arc::from(beat)));
+            self.outbox.send(&self.udp, link.addr(), Arc::from(beat));
             self.next_heartbeat = Some(now + self.heartbeat);
         }
     }

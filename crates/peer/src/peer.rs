@@ -168,7 +168,10 @@ pub struct Peer {
     registered: bool,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
+    /// Messages to the tracker (heartbeats, keep-alives, clock queries), for the report.
     heartbeats_sent: u64,
+    /// UDP heartbeats alone: every tenth is also sent over the tracker connection.
+    udp_heartbeats: u64,
     selected: Option<String>,
     phase: Phase,
     measure: Measure,
@@ -245,6 +248,7 @@ impl Peer {
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
             heartbeats_sent: 0,
+            udp_heartbeats: 0,
             selected: None,
             phase: Phase::Starting,
             measure: Measure::default(),
@@ -499,10 +503,11 @@ impl Peer {
         let tracker = self.options.tracker;
         self.send_datagram(tracker, Arc::from(beat));
         self.heartbeats_sent += 1;
+        self.udp_heartbeats += 1;
         self.next_heartbeat = Some(now + self.heartbeat);
         // Heartbeats go by UDP; the tracker connection would look idle and be closed (the
         // tracker's default is 30 s), so every tenth also goes over it.
-        if self.heartbeats_sent % 10 == 0 && self.link.is_up() {
+        if self.udp_heartbeats % 10 == 0 && self.link.is_up() {
             let request = Request::Heartbeat {
                 username: self.options.username.clone(),
             };

@@ -12,8 +12,10 @@ use thiserror::Error;
 
 mod outbox;
 mod shutdown;
+mod udp;
 pub use outbox::Outbox;
 pub use shutdown::Shutdown;
+pub use udp::bind_udp;
 
 /// Why an address argument was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -201,21 +201,10 @@ fn real_now() -> clock::Nanos {
     clock::Nanos::from_system(SystemTime::now())
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Large buffers absorb bursts; the kernel may grant less.
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(4 << 20);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
 impl Peer {
     /// Binds the UDP socket; the tracker is contacted once [`run`](Self::run) starts.
     pub fn bind(options: PeerOptions) -> Result<Self, PeerError> {
-        let std_udp = bind_udp(options.addr)?;
+        let std_udp = cli::bind_udp(options.addr, 8 << 20, 4 << 20)?;
         let addr = std_udp.local_addr()?;
         let mut udp = UdpSocket::from_std(std_udp);
         let poll = Poll::new()?;

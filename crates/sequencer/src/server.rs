@@ -43,13 +43,7 @@ impl SequencerServer {
         tracker: Option<SocketAddr>,
         config: ordering::Config,
     ) -> io::Result<Self> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        let _ = socket.set_send_buffer_size(8 << 20);
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        let std_udp: std::net::UdpSocket = socket.into();
+        let std_udp = cli::bind_udp(addr, 8 << 20, 8 << 20)?;
         let addr = std_udp.local_addr()?;
         let mut udp = UdpSocket::from_std(std_udp);
         let poll = Poll::new()?;

@@ -448,21 +448,11 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::TcpListener, std::net::U
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        match bind_udp(SocketAddr::new(addr.ip(), port)) {
+        match cli::bind_udp(SocketAddr::new(addr.ip(), port), 4 << 20, 0) {
             Ok(udp) => return Ok((listener, udp)),
             Err(e) if addr.port() == 0 => last_error = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
-}
-
-fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Room for bursts of heartbeats from many members; the kernel may grant less.
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
 }

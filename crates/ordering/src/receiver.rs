@@ -398,9 +398,13 @@ impl<T> Stream<T> {
         let window_end = self.next + ctx.config.window;
         for range in ranges {
             let first = (*range.start()).max(self.next);
+            // A hostile start of 0 leaves nothing known below it: nothing to skip.
+            let Some(known_last) = self.known_end.max(first).checked_sub(1) else {
+                continue;
+            };
             let last = (*range.end())
-                .min(window_end - 1)
-                .min(self.known_end.max(first) - 1);
+                .min(window_end.saturating_sub(1))
+                .min(known_last);
             if first > last {
                 continue;
             }
@@ -904,6 +908,17 @@ mod tests {
         h.msg(2, 3);
         assert_eq!(h.drain().0, [3, 4]);
         assert_eq!(h.rx.counters().gaps_skipped, 2);
+    }
+
+    #[test]
+    fn unavailable_counters_of_a_stream_starting_at_zero_do_not_underflow() {
+        // Found by fuzzing the peer core: a hostile Hello can set a start of 0.
+        let mut h = Harness::new(Start::At(0));
+        h.rx.handle_unavailable(h.at(1), G, S, &[0..=0, 0..=5])
+            .expect("known");
+        assert_eq!(h.rx.counters().gaps_skipped, 0, "nothing known to skip");
+        h.msg(2, 0);
+        assert_eq!(h.drain().0, [0]);
     }
 
     #[test]

@@ -153,12 +153,49 @@ impl<T: Clone> FifoSender<T> {
         requester: &str,
         ranges: &[RangeInclusive<u64>],
     ) -> Result<(), Error> {
+        self.retransmit(
+            group,
+            requester,
+            ranges,
+            self.config.max_retransmit_per_nack,
+        )
+    }
+
+    /// Sends `to` again every message of `group` from counter `first` on (a new sequencer
+    /// taking over our stream from there), and "unavailable" for the part no longer
+    /// buffered. Unlike a request, not capped: the whole rest of the stream is owed.
+    pub fn resend_from(
+        &mut self,
+        now: Instant,
+        group: &str,
+        to: &str,
+        first: u64,
+    ) -> Result<(), Error> {
+        self.retransmit(group, to, &[first..=u64::MAX], u64::MAX)?;
+        if let Some(stream) = self.groups.get_mut(group) {
+            // Announce the highest counter again, in case the last resent message is lost.
+            stream.last_send = Some(now);
+            stream.digests_left = self.config.digest_repeats;
+            if let Some(at) = stream.digest_due(&self.config) {
+                self.timers
+                    .schedule(&mut stream.scheduled, at, || stream.group.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn retransmit(
+        &mut self,
+        group: &str,
+        requester: &str,
+        ranges: &[RangeInclusive<u64>],
+        mut budget: u64,
+    ) -> Result<(), Error> {
         let stream = self.groups.get(group).ok_or_else(|| Error::UnknownGroup {
             group: group.to_owned(),
         })?;
         let oldest = stream.next - stream.buffer.len() as u64;
         let to: Arc<str> = Arc::from(requester);
-        let mut budget = self.config.max_retransmit_per_nack;
         let mut unavailable = Vec::new();
         for range in ranges {
             let first = *range.start();
@@ -283,6 +320,50 @@ mod tests {
             [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]
         );
         assert_eq!(tx.close("a"), Some(2), "the final counter for the Bye");
+    }
+
+    #[test]
+    fn resends_the_whole_rest_of_a_stream_beyond_the_request_cap_then_announces_it() {
+        let t0 = Instant::now();
+        let config = Config {
+            retransmit_buffer: 4,
+            max_retransmit_per_nack: 1,
+            ..Config::default()
+        };
+        let mut tx = FifoSender::new(config);
+        tx.open("g");
+        for p in 1..=6 {
+            tx.send(t0, "g", p).expect("open");
+        }
+        drain(&mut tx);
+        tx.resend_from(t0, "g", "sequencer", 2).expect("open");
+        let out = drain(&mut tx);
+        let resent: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Retransmit { counter, .. } => Some(*counter),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resent,
+            [3, 4, 5, 6],
+            "everything buffered, despite the cap of 1"
+        );
+        assert!(out.contains(&Output::Unavailable {
+            to: "sequencer".into(),
+            group: "g".into(),
+            ranges: vec![2..=2]
+        }));
+        let at = tx.poll_timeout().expect("a digest is due");
+        tx.handle_timeout(at);
+        assert!(
+            drain(&mut tx).contains(&Output::Digest {
+                group: "g".into(),
+                highest: 6
+            }),
+            "the new owner learns where the stream ends"
+        );
     }
 
     #[test]

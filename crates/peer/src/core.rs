@@ -25,6 +25,10 @@ pub const SEQUENCER: &str = "sequencer";
 const HELLO_RETRY: Duration = Duration::from_millis(50);
 const HELLO_ATTEMPTS: u32 = 20;
 
+/// While the sequencer of a group is lost, how often to greet its address in case a new one
+/// listens there (a new sequencer collects Hellos for `sequencer::TAKEOVER_WINDOW`, 500 ms).
+const SEQUENCER_PROBE: Duration = Duration::from_millis(100);
+
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -72,6 +76,21 @@ pub enum Event {
         group: String,
         /// The member.
         member: String,
+    },
+    /// Total order is unavailable in the group: its sequencer is gone. Nothing is delivered
+    /// out of order meanwhile; messages sent are kept and sequenced when one returns.
+    SequencerLost {
+        /// The group.
+        group: String,
+        /// Why we think so.
+        reason: String,
+    },
+    /// A sequencer (a new one, or the old one after a false alarm) orders the group again.
+    SequencerBack {
+        /// The group.
+        group: String,
+        /// Whether it is a new sequencer, which took over after what members delivered.
+        new: bool,
     },
 }
 
@@ -130,6 +149,13 @@ pub struct Traffic {
     /// Dropped: a stream this mode does not deliver (the sequencer's in FIFO mode, the
     /// authors' own multicasts in total order).
     pub other_mode: u64,
+    /// Total order: sequenced messages not delivered because we had delivered them from an
+    /// earlier sequencer.
+    pub already_delivered: u64,
+    /// Total order: times a group's sequencer was lost.
+    pub sequencer_losses: u64,
+    /// Total order: times a new sequencer took a group over.
+    pub sequencer_takeovers: u64,
 }
 
 /// What [`PeerCore::new`] needs.
@@ -150,6 +176,8 @@ pub struct CoreConfig {
 #[derive(Debug, Clone)]
 struct Received {
     origin: Arc<str>,
+    /// The author's counter, when the sequencer says (`OriginCounter`).
+    origin_counter: Option<u64>,
     text: String,
     sent_at_us: Option<u64>,
 }
@@ -163,6 +191,16 @@ struct GroupState {
     /// us, so that a member who hears our Hello knows the sequencer includes us: otherwise it
     /// could start sending before our place in the sequence is fixed.
     peers_greeted: bool,
+    /// Total order: the epoch of the sequencer we deliver from (its HelloAck's).
+    sequencer_epoch: Option<u64>,
+    /// Total order: the sequencer is lost; when to greet its address next.
+    sequencer_probe_at: Option<Instant>,
+    /// Total order: each author's highest counter delivered, told to a new sequencer.
+    delivered: HashMap<Arc<str>, u64>,
+    /// Total order, after a takeover: per author, the counter up to which what the new
+    /// sequencer sends was delivered already (from the old one). An entry goes at the first
+    /// message beyond it.
+    skip_through: HashMap<Arc<str>, u64>,
 }
 
 /// One member's protocol state across all its groups.
@@ -219,6 +257,11 @@ impl PeerCore {
     /// This member's name.
     pub fn username(&self) -> &str {
         &self.me
+    }
+
+    /// This member's UDP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The delivery order.
@@ -398,6 +441,7 @@ impl PeerCore {
                 counter,
                 Received {
                     origin: me.clone(),
+                    origin_counter: Some(counter),
                     text: text.to_owned(),
                     sent_at_us: Some(sent_at_us),
                 },
@@ -424,7 +468,11 @@ impl PeerCore {
             return;
         };
         if d.kind == DatagramType::Bye && from == self.tracker && d.username != *self.me {
-            self.on_evicted(&d.group, &d.username);
+            if self.mode == Mode::Total && d.username == SEQUENCER {
+                self.sequencer_lost(now, &d.group, "the tracker evicted it");
+            } else {
+                self.on_evicted(&d.group, &d.username);
+            }
             self.pump(now);
             return;
         }
@@ -447,6 +495,7 @@ impl PeerCore {
             return;
         }
         match d.kind {
+            DatagramType::Hello if d.username == SEQUENCER => self.on_sequencer_hello(now, d),
             DatagramType::Hello => self.on_hello(now, from, d),
             DatagramType::HelloAck => self.on_hello_ack(now, d),
             DatagramType::Application => self.on_application(now, d),
@@ -503,6 +552,10 @@ impl PeerCore {
             }
         }
         if rejoined {
+            if let Some(state) = self.groups.get_mut(group) {
+                // Its counters start again: what we skipped of its old stream is moot.
+                state.skip_through.remove(name);
+            }
             self.outputs.push_back(Output::Event(Event::Joined {
                 group: group.to_owned(),
                 member: name.to_owned(),
@@ -538,7 +591,7 @@ impl PeerCore {
         let Some(start) = d.start else { return };
         match (self.mode, name == SEQUENCER) {
             (Mode::Total, true) => {
-                let _ = self.total.set_start(now, group, start);
+                self.on_sequencer_ack(now, group, start, &d);
                 self.greet_peers(group);
             }
             (Mode::Fifo, false) => {
@@ -546,6 +599,126 @@ impl PeerCore {
             }
             _ => {}
         }
+    }
+
+    /// The sequencer's HelloAck: where its sequence starts for us. From a sequencer of
+    /// another epoch than the one we delivered from, it took the group over: its sequence
+    /// replaces the old one, and our messages it lacks go to it again.
+    fn on_sequencer_ack(&mut self, now: Instant, group: &str, start: u64, d: &Datagram) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        let was_lost = state.sequencer_probe_at.take().is_some();
+        let new = match (state.sequencer_epoch, d.epoch) {
+            (Some(old), Some(epoch)) => old != epoch,
+            _ => false,
+        };
+        if d.epoch.is_some() {
+            state.sequencer_epoch = d.epoch;
+        }
+        if !new {
+            let _ = self.total.set_start(now, group, start);
+            if was_lost {
+                log::info!("the sequencer of {group} answers again: total order resumes");
+                self.outputs.push_back(Output::Event(Event::SequencerBack {
+                    group: group.to_owned(),
+                    new: false,
+                }));
+            }
+            return;
+        }
+        // Nothing held from the old sequence can be delivered any more: the new one
+        // sequences again whatever no member delivered.
+        state.skip_through = state.delivered.clone();
+        self.total.leave(group);
+        self.total.join(now, group, Start::At(start));
+        self.traffic.sequencer_takeovers += 1;
+        if let Some(resume) = d.resume {
+            let _ = self.tx.resend_from(now, group, SEQUENCER, resume);
+        }
+        log::info!(
+            "a new sequencer took {group} over: its sequence starts at {start} for us, our messages resume from {:?}",
+            d.resume
+        );
+        self.outputs.push_back(Output::Event(Event::SequencerBack {
+            group: group.to_owned(),
+            new: true,
+        }));
+    }
+
+    /// A Hello from a sequencer: one of another epoch than ours prompts us to greet it.
+    fn on_sequencer_hello(&mut self, now: Instant, d: Datagram) {
+        let Some(state) = self.groups.get(&d.group) else {
+            return;
+        };
+        if self.mode != Mode::Total
+            || d.epoch.is_none()
+            || state.sequencer_epoch.is_none()
+            || d.epoch == state.sequencer_epoch
+        {
+            return;
+        }
+        self.sequencer_lost(now, &d.group, "a new sequencer listens in its place");
+        self.probe_sequencer(now, &d.group);
+    }
+
+    /// Total order in `group` is unavailable until a sequencer answers.
+    fn sequencer_lost(&mut self, now: Instant, group: &str, reason: &str) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        if state.sequencer_probe_at.is_some() {
+            return;
+        }
+        state.sequencer_probe_at = Some(now + SEQUENCER_PROBE);
+        self.traffic.sequencer_losses += 1;
+        log::info!(
+            "total order unavailable in {group}: lost the sequencer ({reason}); nothing is delivered out of order, messages wait for a sequencer"
+        );
+        self.outputs.push_back(Output::Event(Event::SequencerLost {
+            group: group.to_owned(),
+            reason: reason.to_owned(),
+        }));
+    }
+
+    /// Greets the sequencer's address while it is lost: our old epoch, what we delivered of
+    /// each author, and where our own stream must resume.
+    fn probe_sequencer(&mut self, now: Instant, group: &str) {
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        let Some(seq) = state.members.get(SEQUENCER) else {
+            return;
+        };
+        state.sequencer_probe_at = Some(now + SEQUENCER_PROBE);
+        let to = seq.addr;
+        let start = state
+            .delivered
+            .get(&*self.me)
+            .map(|c| c + 1)
+            .or(seq.our_start)
+            .unwrap_or(1);
+        let mut hello = Datagram::new(
+            DatagramType::Hello,
+            group,
+            &*self.me,
+            "",
+            self.addr,
+            start,
+            &*self.me,
+        );
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.start = Some(start);
+        hello.epoch = state.sequencer_epoch;
+        hello.final_counter = self.tx.next_counter(group).map(|n| n.saturating_sub(1));
+        hello.frontier = state
+            .delivered
+            .iter()
+            .take(proto::MAX_FRONTIER)
+            .map(|(author, c)| (author.to_string(), *c))
+            .collect();
+        let bytes = self.encode(&hello);
+        self.transmit(to, bytes, false);
     }
 
     /// Sends our Hello to the members other than the sequencer, once.
@@ -584,6 +757,7 @@ impl PeerCore {
                 }
                 .as_str(),
             ),
+            origin_counter: d.origin_counter,
             text: d.content,
             sent_at_us: d.sent_at_us,
         };
@@ -604,8 +778,13 @@ impl PeerCore {
     }
 
     fn on_bye(&mut self, now: Instant, d: Datagram) {
+        if self.mode == Mode::Total && d.username == SEQUENCER {
+            self.sequencer_lost(now, &d.group, "it said Bye");
+            return;
+        }
         if let Some(state) = self.groups.get_mut(&d.group) {
             state.members.remove(&d.username);
+            state.skip_through.remove(d.username.as_str());
         }
         if self.mode == Mode::Fifo {
             let _ = self
@@ -625,6 +804,7 @@ impl PeerCore {
         if state.members.remove(member).is_none() {
             return;
         }
+        state.skip_through.remove(member);
         let _ = self.fifo.handle_evicted(group, member);
         self.outputs.push_back(Output::Event(Event::Evicted {
             group: group.to_owned(),
@@ -693,6 +873,15 @@ impl PeerCore {
         for group in give_up_on_sequencer {
             self.greet_peers(&group);
         }
+        let probes: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.sequencer_probe_at.is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for group in probes {
+            self.probe_sequencer(now, &group);
+        }
         for (group, to, our_start) in resend {
             // The same start as the first Hello: the member may have recorded it already.
             let start = our_start
@@ -718,6 +907,7 @@ impl PeerCore {
         ]
         .into_iter()
         .chain(self.groups.values().map(|g| g.hello_retry_at))
+        .chain(self.groups.values().map(|g| g.sequencer_probe_at))
         .flatten()
         .min()
     }
@@ -779,6 +969,27 @@ impl PeerCore {
             .collect()
     }
 
+    /// Total order: records that `m` is delivered in `group`; false if it was delivered
+    /// already, from a sequencer before a takeover.
+    fn first_delivery(&mut self, group: &str, m: &Received) -> bool {
+        let (Some(state), Some(counter)) = (self.groups.get_mut(group), m.origin_counter) else {
+            return true;
+        };
+        if let Some(&through) = state.skip_through.get(&m.origin) {
+            if counter <= through {
+                return false;
+            }
+            state.skip_through.remove(&m.origin);
+        }
+        match state.delivered.get_mut(&m.origin) {
+            Some(c) => *c = counter,
+            None => {
+                state.delivered.insert(m.origin.clone(), counter);
+            }
+        }
+        true
+    }
+
     /// Turns what the ordering cores want into datagrams and deliveries.
     fn pump(&mut self, _now: Instant) {
         while let Some(out) = self.tx.poll_output() {
@@ -823,13 +1034,19 @@ impl PeerCore {
             };
             let Some(out) = out else { break };
             match out {
-                Order::Deliver(d) => self.outputs.push_back(Output::Deliver(Message {
-                    group: d.group,
-                    author: d.payload.origin,
-                    counter: d.counter,
-                    text: d.payload.text,
-                    sent_at_us: d.payload.sent_at_us,
-                })),
+                Order::Deliver(d) => {
+                    if self.mode == Mode::Total && !self.first_delivery(&d.group, &d.payload) {
+                        self.traffic.already_delivered += 1;
+                        continue;
+                    }
+                    self.outputs.push_back(Output::Deliver(Message {
+                        group: d.group,
+                        author: d.payload.origin,
+                        counter: d.counter,
+                        text: d.payload.text,
+                        sent_at_us: d.payload.sent_at_us,
+                    }));
+                }
                 Order::Nack { to, group, ranges } => {
                     if let Some(addr) = self.newer_member(&group, &to) {
                         let first = ranges.first().map_or(0, |r| *r.start());

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
 use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
-use crate::report::{Dropped, Latency, Recovery, Report};
+use crate::report::{Dropped, Failover, Latency, Recovery, Report};
 use crate::tracker_link::{LinkEvent, TrackerLink};
 
 const UDP: Token = Token(0);
@@ -809,6 +809,29 @@ impl Peer {
                             self.measure.evicted.push(member.clone());
                             format!("* {member} was evicted from {group} (it stopped answering)")
                         }
+                        Event::SequencerLost { group, reason } => {
+                            let line = format!(
+                                "* total order unavailable in {group}: lost the sequencer ({reason}); \
+                                 messages wait, nothing is delivered out of order"
+                            );
+                            if self.options.script.is_some() {
+                                eprintln!("{}: {line}", self.options.username);
+                            }
+                            line
+                        }
+                        Event::SequencerBack { group, new } => {
+                            let line = if new {
+                                format!("* total order in {group} resumes with a new sequencer")
+                            } else {
+                                format!(
+                                    "* total order in {group} resumes (the sequencer answers again)"
+                                )
+                            };
+                            if self.options.script.is_some() {
+                                eprintln!("{}: {line}", self.options.username);
+                            }
+                            line
+                        }
                     };
                     log::info!("{line}");
                     self.say(out, &line)?;
@@ -1007,6 +1030,11 @@ impl Peer {
                 gaps_recovered: order.gaps_recovered,
                 gaps_skipped: order.gaps_skipped,
                 duplicates: order.duplicates,
+            },
+            failover: Failover {
+                sequencer_losses: traffic.sequencer_losses,
+                takeovers: traffic.sequencer_takeovers,
+                already_delivered: traffic.already_delivered,
             },
         }
     }

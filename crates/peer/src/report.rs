@@ -55,6 +55,18 @@ pub struct Recovery {
     pub duplicates: u64,
 }
 
+/// What happened to the group's sequencer (total order).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Failover {
+    /// Times the sequencer was lost (total order unavailable until one answered).
+    pub sequencer_losses: u64,
+    /// Times a new sequencer took the group over.
+    pub takeovers: u64,
+    /// Messages the new sequencer sent that had been delivered from the old one (not
+    /// delivered twice).
+    pub already_delivered: u64,
+}
+
 /// Datagrams a peer dropped, by reason (each is also logged with `-vv`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Dropped {
@@ -117,6 +129,8 @@ pub struct Report {
     pub clock_bound_us: i64,
     /// Loss repair.
     pub recovery: Recovery,
+    /// Sequencer losses and takeovers.
+    pub failover: Failover,
 }
 
 impl fmt::Display for Report {
@@ -199,7 +213,20 @@ impl fmt::Display for Report {
                 self.recovery.gaps_skipped,
                 self.recovery.duplicates
             ),
-        )
+        )?;
+        if self.failover.sequencer_losses > 0 || self.failover.takeovers > 0 {
+            row(
+                f,
+                "sequencer failover",
+                format!(
+                    "lost {} time(s), {} takeover(s), {} already delivered",
+                    self.failover.sequencer_losses,
+                    self.failover.takeovers,
+                    self.failover.already_delivered
+                ),
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Group datagrams (UDP): Hello, Application, Bye of the report's protocol, and the newer
 //! Types used only between peers that announced support for them.
 
+use std::collections::BTreeMap;
+
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -16,6 +18,9 @@ pub const LEGACY_DATAGRAM_LEN: usize = 4096;
 /// Most counter ranges one [`DatagramType::Nack`] or [`DatagramType::Unavailable`] may carry;
 /// bounds the work one datagram can ask of its receiver.
 pub const MAX_RANGES: usize = 64;
+
+/// Most authors one `Frontier` may name; bounds the state one Hello can make a sequencer keep.
+pub const MAX_FRONTIER: usize = 1024;
 
 /// Version of the newer protocol announced in the `Proto` key of Hello and HelloAck.
 /// A peer that never announced it speaks only the report's protocol.
@@ -175,6 +180,32 @@ pub struct Datagram {
     /// message was first sent, for one-way latency.
     #[serde(rename = "SentAt", default, skip_serializing_if = "Option::is_none")]
     pub sent_at_us: Option<u64>,
+    /// `OriginCounter`: in the sequencer's copy of a message, the author's own counter for
+    /// it, so members know how far each author's stream has been delivered (what a new
+    /// sequencer must resume from after a crash).
+    #[serde(
+        rename = "OriginCounter",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub origin_counter: Option<u64>,
+    /// `Epoch`: which incarnation of the sequencer a Hello or HelloAck concerns. From the
+    /// sequencer, its own (new at every start); from a member greeting a sequencer, the one
+    /// it delivered from before, which marks the Hello as a request to resume.
+    #[serde(rename = "Epoch", default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// `Resume`: in a sequencer's HelloAck, the first counter of the member's own stream the
+    /// sequencer still needs; the member sends it again from there.
+    #[serde(rename = "Resume", default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<u64>,
+    /// `Frontier`: in a member's Hello to a new sequencer, each author's highest counter the
+    /// member has delivered in total order.
+    #[serde(
+        rename = "Frontier",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub frontier: BTreeMap<String, u64>,
 }
 
 impl Datagram {
@@ -202,6 +233,10 @@ impl Datagram {
             final_counter: None,
             ranges: Vec::new(),
             sent_at_us: None,
+            origin_counter: None,
+            epoch: None,
+            resume: None,
+            frontier: BTreeMap::new(),
         }
     }
 
@@ -225,6 +260,14 @@ impl Datagram {
                 detail: format!(
                     "{} counter ranges, at most {MAX_RANGES} allowed",
                     self.ranges.len()
+                ),
+            });
+        }
+        if self.frontier.len() > MAX_FRONTIER {
+            return Err(Error::Invalid {
+                detail: format!(
+                    "a frontier of {} authors, at most {MAX_FRONTIER} allowed",
+                    self.frontier.len()
                 ),
             });
         }
@@ -294,6 +337,29 @@ mod tests {
         d.sent_at_us = Some(1_700_000_000_000_000);
         let bytes = d.encode(MAX_DATAGRAM_LEN).expect("fits");
         assert_eq!(Datagram::decode(&bytes), Ok(d));
+    }
+
+    #[test]
+    fn round_trips_the_keys_of_sequencer_recovery_and_bounds_the_frontier() {
+        let mut d = app(3);
+        d.kind = DatagramType::Hello;
+        d.epoch = Some(42);
+        d.resume = Some(7);
+        d.origin_counter = Some(9);
+        d.frontier = [("ford".to_owned(), 5), ("zaphod".to_owned(), 2)].into();
+        let bytes = d.encode(MAX_DATAGRAM_LEN).expect("fits");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(
+            text.contains(r#""Frontier":{"ford":5,"zaphod":2}"#),
+            "{text}"
+        );
+        assert_eq!(Datagram::decode(&bytes), Ok(d.clone()));
+        d.frontier = (0..=MAX_FRONTIER).map(|i| (format!("m{i}"), 1)).collect();
+        let bytes = d.encode(MAX_DATAGRAM_LEN).expect("fits");
+        assert!(matches!(
+            Datagram::decode(&bytes),
+            Err(Error::Invalid { .. })
+        ));
     }
 
     #[test]

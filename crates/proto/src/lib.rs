@@ -29,8 +29,8 @@ mod framing;
 
 pub use control::{Envelope, MAX_REQUEST_LEN, Member, Reply, Request};
 pub use datagram::{
-    CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, MAX_DATAGRAM_LEN, MAX_RANGES,
-    PROTOCOL_VERSION,
+    CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, MAX_DATAGRAM_LEN, MAX_FRONTIER,
+    MAX_RANGES, PROTOCOL_VERSION,
 };
 pub use error::Error;
 pub use framing::JsonFramer;

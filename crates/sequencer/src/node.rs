@@ -3,11 +3,11 @@
 //! where the sequence starts, and the translation between datagrams and the ordering core's
 //! [`Sequencer`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use peer::{MemberInfo, Members, SEQUENCER};
@@ -46,13 +46,53 @@ pub struct Transmit {
     pub bytes: Arc<[u8]>,
 }
 
+/// How long a new sequencer collects the Hellos of a group's members, who delivered from a
+/// sequencer before it, before it fixes where each author's stream resumes. Members greet a
+/// lost sequencer every 100 ms, so every live member is heard well within it.
+pub const TAKEOVER_WINDOW: Duration = Duration::from_millis(500);
+
+/// At most one prompt to greet us per address this often, and this many addresses
+/// remembered: bounds what stray datagrams can make the sequencer send.
+const PROMPT_INTERVAL: Duration = Duration::from_millis(100);
+const PROMPTS_REMEMBERED: usize = 4096;
+
+/// One member's Hello waiting for a takeover window to close.
+#[derive(Debug, Clone)]
+struct Greeting {
+    from: SocketAddr,
+    proto: Option<u32>,
+    start: Option<u64>,
+    frontier: BTreeMap<String, u64>,
+    /// The highest counter it ever sent (`Final` of a resuming Hello): a frontier of
+    /// another member beyond it is stale (it rejoined since).
+    highest: Option<u64>,
+    resuming: bool,
+}
+
+/// A group this sequencer took over from an earlier one.
+#[derive(Debug, Default)]
+struct Takeover {
+    /// Closes the collection of Hellos, while they are still being collected.
+    closes_at: Option<Instant>,
+    /// Hellos collected so far, by member.
+    greetings: BTreeMap<String, Greeting>,
+    /// Each author's highest counter delivered by any member that greeted us: its stream
+    /// resumes after it (what some member delivered is never sequenced again).
+    delivered: HashMap<String, u64>,
+    /// The `Resume` each member was told (a repeated Hello gets the same).
+    resumes: HashMap<String, u64>,
+}
+
 /// The sequencer of every group.
 #[derive(Debug)]
 pub struct SequencerNode {
     addr: SocketAddr,
     tracker: Option<SocketAddr>,
+    epoch: u64,
     seq: Sequencer<Submitted>,
     groups: HashMap<String, Members>,
+    takeovers: HashMap<String, Takeover>,
+    prompted: HashMap<SocketAddr, Instant>,
     outputs: VecDeque<Transmit>,
     traffic: NodeTraffic,
 }
@@ -63,16 +103,31 @@ fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
 
 impl SequencerNode {
     /// A sequencer receiving at `addr`; Byes on another member's behalf are believed only
-    /// from `tracker`.
-    pub fn new(addr: SocketAddr, tracker: Option<SocketAddr>, config: ordering::Config) -> Self {
+    /// from `tracker`. `epoch` names this incarnation and must differ from any earlier
+    /// sequencer's of the same groups (the start time in microseconds does): members that
+    /// delivered from an earlier one see it change and resume with this one.
+    pub fn new(
+        addr: SocketAddr,
+        tracker: Option<SocketAddr>,
+        config: ordering::Config,
+        epoch: u64,
+    ) -> Self {
         Self {
             addr,
             tracker,
+            epoch,
             seq: Sequencer::new(config),
             groups: HashMap::new(),
+            takeovers: HashMap::new(),
+            prompted: HashMap::new(),
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
         }
+    }
+
+    /// This incarnation's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Datagram totals.
@@ -134,6 +189,9 @@ impl SequencerNode {
                     "dropped a datagram from {:?}, who never said Hello",
                     d.username
                 );
+                // Likely a member of an earlier sequencer that has not noticed the change:
+                // our Hello tells it to greet us and resume.
+                self.prompt(now, from, &d.group);
             }
             return;
         }
@@ -168,11 +226,89 @@ impl SequencerNode {
 
     fn on_hello(&mut self, now: Instant, from: SocketAddr, d: &Datagram) {
         let (group, author) = (d.group.as_str(), d.username.as_str());
+        if d.epoch == Some(self.epoch)
+            && self
+                .groups
+                .get(group)
+                .is_some_and(|m| m.is_at(author, from))
+        {
+            // It thought we were gone (the tracker suspected us); we were not: same answer
+            // as before, its stream goes on untouched.
+            self.acknowledge(from, group, author);
+            return;
+        }
+        let greeting = Greeting {
+            from,
+            proto: d.proto,
+            start: d.start,
+            frontier: d.frontier.clone(),
+            highest: d.final_counter,
+            resuming: d.epoch.is_some_and(|e| e != self.epoch),
+        };
+        if greeting.resuming && self.seq.next_sequence(group).is_none() {
+            // The first we hear of this group is a member of an earlier sequencer: collect
+            // every member's Hello before deciding where each author resumes.
+            let takeover = self.takeovers.entry(group.to_owned()).or_default();
+            if takeover.greetings.is_empty() {
+                log::info!(
+                    "taking over {group} from an earlier sequencer: collecting its members' Hellos for {TAKEOVER_WINDOW:?}"
+                );
+                takeover.closes_at = Some(now + TAKEOVER_WINDOW);
+            }
+            takeover.greetings.insert(author.to_owned(), greeting);
+            return;
+        }
+        if let Some(takeover) = self
+            .takeovers
+            .get_mut(group)
+            .filter(|t| t.closes_at.is_some())
+        {
+            takeover.greetings.insert(author.to_owned(), greeting);
+            return;
+        }
+        self.admit(now, group, author, &greeting);
+    }
+
+    /// Ends the takeover windows due at `now`: every author's stream resumes after the
+    /// highest counter any member delivered, and every member collected is admitted.
+    fn close_takeovers(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .takeovers
+            .iter()
+            .filter(|(_, t)| t.closes_at.is_some_and(|at| at <= now))
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            let Some(takeover) = self.takeovers.get_mut(&group) else {
+                continue;
+            };
+            takeover.closes_at = None;
+            let greetings = std::mem::take(&mut takeover.greetings);
+            for g in greetings.values() {
+                for (author, &counter) in &g.frontier {
+                    let best = takeover.delivered.entry(author.clone()).or_insert(0);
+                    *best = (*best).max(counter);
+                }
+            }
+            log::info!(
+                "took over {group}: {} member(s), resuming {} author stream(s) after what they delivered",
+                greetings.len(),
+                takeover.delivered.len()
+            );
+            for (author, greeting) in &greetings {
+                self.admit(now, &group, author, greeting);
+            }
+        }
+    }
+
+    /// Makes `author` a member of `group` and answers its Hello.
+    fn admit(&mut self, now: Instant, group: &str, author: &str, greeting: &Greeting) {
         let next = self.seq.open_group(group);
         let members = self.groups.entry(group.to_owned()).or_default();
+        let from = greeting.from;
         let previous = members
             .get(author)
-            .filter(|m| m.addr == from && m.start == d.start)
+            .filter(|m| m.addr == from && m.start == greeting.start)
             .cloned();
         let repeated = previous.is_some();
         // A repeated Hello (its first answer was lost or slow) gets the same start as the
@@ -182,50 +318,112 @@ impl SequencerNode {
             author,
             MemberInfo {
                 addr: from,
-                proto: d.proto,
-                start: d.start,
+                proto: greeting.proto,
+                start: greeting.start,
                 heard: true,
                 our_start: Some(start_told),
             },
         );
         log::debug!(
             "Hello from {author} in {group} (its start {:?}): told the sequence starts at {start_told}{}",
-            d.start,
+            greeting.start,
             if repeated { ", again" } else { "" }
         );
         if !repeated {
-            let start = match (d.proto, d.start) {
+            let start = match (greeting.proto, greeting.start) {
+                (Some(_), Some(s)) if greeting.resuming => {
+                    // Whatever any member delivered of this author is not sequenced again.
+                    let takeover = self.takeovers.entry(group.to_owned()).or_default();
+                    let after_delivered = takeover
+                        .delivered
+                        .get(author)
+                        .map(|&d| greeting.highest.map_or(d, |h| d.min(h)))
+                        .map_or(s, |d| d.saturating_add(1));
+                    let resume = s.max(after_delivered);
+                    takeover.resumes.insert(author.to_owned(), resume);
+                    log::info!("{author} resumes in {group} from its message {resume}");
+                    Start::At(resume)
+                }
                 (Some(_), Some(s)) => Start::At(s),
                 _ => Start::Legacy,
             };
             log::info!("{author} joined {group}");
             self.seq.add_author(now, group, author, start);
         }
-        if d.proto.is_some() {
-            let mut ack = Datagram::new(
-                DatagramType::HelloAck,
-                group,
-                SEQUENCER,
-                "",
-                self.addr,
-                start_told,
-                SEQUENCER,
-            );
-            ack.proto = Some(PROTOCOL_VERSION);
-            ack.start = Some(start_told);
-            self.send(from, encode(&ack));
+        self.acknowledge(from, group, author);
+    }
+
+    /// Sends `author` our HelloAck: where the sequence starts for it, our epoch, and where
+    /// its own stream resumes if it came from an earlier sequencer.
+    fn acknowledge(&mut self, to: SocketAddr, group: &str, author: &str) {
+        let Some(member) = self.groups.get(group).and_then(|m| m.get(author)) else {
+            return;
+        };
+        if member.proto.is_none() {
+            return;
         }
+        let start_told = member.our_start.unwrap_or(1);
+        let mut ack = Datagram::new(
+            DatagramType::HelloAck,
+            group,
+            SEQUENCER,
+            "",
+            self.addr,
+            start_told,
+            SEQUENCER,
+        );
+        ack.proto = Some(PROTOCOL_VERSION);
+        ack.start = Some(start_told);
+        ack.epoch = Some(self.epoch);
+        ack.resume = self
+            .takeovers
+            .get(group)
+            .and_then(|t| t.resumes.get(author).copied());
+        self.send(to, encode(&ack));
+    }
+
+    /// Asks whoever sent us a datagram of `group` without greeting us first to greet us
+    /// (at most once per [`PROMPT_INTERVAL`] per address).
+    fn prompt(&mut self, now: Instant, to: SocketAddr, group: &str) {
+        if self
+            .prompted
+            .get(&to)
+            .is_some_and(|&at| now.saturating_duration_since(at) < PROMPT_INTERVAL)
+        {
+            return;
+        }
+        if self.prompted.len() >= PROMPTS_REMEMBERED {
+            self.prompted.clear();
+        }
+        self.prompted.insert(to, now);
+        let mut hello = Datagram::new(
+            DatagramType::Hello,
+            group,
+            SEQUENCER,
+            "",
+            self.addr,
+            0,
+            SEQUENCER,
+        );
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.epoch = Some(self.epoch);
+        self.send(to, encode(&hello));
     }
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.close_takeovers(now);
         self.seq.handle_timeout(now);
         self.pump(now);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.seq.poll_timeout()
+        self.takeovers
+            .values()
+            .filter_map(|t| t.closes_at)
+            .chain(self.seq.poll_timeout())
+            .min()
     }
 
     /// The next datagram to send, if any.
@@ -264,6 +462,7 @@ impl SequencerNode {
             &*s.origin,
         );
         d.sent_at_us = s.payload.sent_at_us;
+        d.origin_counter = Some(s.origin_counter);
         encode(&d)
     }
 

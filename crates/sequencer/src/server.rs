@@ -18,6 +18,14 @@ const WAKER: Token = Token(1);
 const TRACKER: Token = Token(2);
 const READ_BATCH: usize = 512;
 
+/// A new epoch for a sequencer starting now: microseconds since the Unix epoch, different
+/// for every start of a sequencer in practice.
+fn epoch_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 /// Stops a running [`SequencerServer`].
 pub use cli::Shutdown;
 
@@ -56,7 +64,7 @@ impl SequencerServer {
             udp,
             addr,
             stop,
-            node: SequencerNode::new(addr, tracker, config),
+            node: SequencerNode::new(addr, tracker, config, epoch_now()),
             link: tracker.map(|t| TrackerLink::new(t, TRACKER, now)),
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,

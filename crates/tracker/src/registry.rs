@@ -371,14 +371,21 @@ impl Registry {
         let Some(record) = self.remove(username) else {
             return;
         };
+        // The sequencer is in every group without joining any: all of them are told.
+        let groups_of_record: Vec<String> =
+            if username == SEQUENCER_NAME && self.sequencer.is_some() {
+                self.groups.keys().cloned().collect()
+            } else {
+                record.groups.iter().cloned().collect()
+            };
         // A group the eviction emptied is gone, but the sequencer still holds its state.
-        let groups = record
-            .groups
+        let groups = groups_of_record
             .iter()
             .map(|g| {
-                let remaining = self
+                let mut remaining = self
                     .members_of(g)
                     .unwrap_or_else(|| self.sequencer.iter().cloned().collect());
+                remaining.retain(|m| m.username != username);
                 (g.clone(), remaining)
             })
             .collect();
@@ -638,6 +645,44 @@ mod tests {
         assert_eq!(remaining, ["katerina", "sequencer"]);
         assert!(r.poll_eviction().is_none());
         assert!(!r.is_member("ford"));
+    }
+
+    #[test]
+    fn an_evicted_sequencer_is_announced_to_every_group_but_itself() {
+        let (mut r, t) = registry();
+        register(&mut r, t, "ford", 5001, Some(2));
+        register(&mut r, t, "katerina", 5002, Some(2));
+        join(&mut r, t, "ford", "books");
+        join(&mut r, t, "katerina", "films");
+        let port = r.sequencer.as_ref().expect("configured").port;
+        assert!(register(&mut r, t, "sequencer", port, Some(2)).success);
+        for name in ["ford", "katerina"] {
+            let hb = r.handle(
+                t + Duration::from_millis(1500),
+                Request::Heartbeat {
+                    username: name.into(),
+                },
+                None,
+                Via::Tcp,
+            );
+            assert!(hb.success);
+        }
+        r.sweep(t + Duration::from_millis(2001));
+        let eviction = r.poll_eviction().expect("the silent sequencer is evicted");
+        assert_eq!(eviction.member.username, "sequencer");
+        let told: Vec<(String, Vec<String>)> = eviction
+            .groups
+            .iter()
+            .map(|(g, ms)| (g.clone(), ms.iter().map(|m| m.username.clone()).collect()))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                ("books".to_owned(), vec!["ford".to_owned()]),
+                ("films".to_owned(), vec!["katerina".to_owned()])
+            ],
+            "every group, though the sequencer joined none; not the sequencer itself"
+        );
     }
 
     #[test]

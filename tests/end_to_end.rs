@@ -604,3 +604,92 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
         );
     }
 }
+
+#[test]
+fn total_order_waits_out_a_sequencer_crash_and_resumes_with_its_successor() {
+    // The tracker evicts the dead sequencer (within 400 ms) and tells the members.
+    sequencer_crash(Duration::from_millis(1000));
+}
+
+#[test]
+fn a_sequencer_restarted_before_the_tracker_noticed_is_taken_for_a_new_one() {
+    // No eviction: the members learn of the new sequencer from its answer to their
+    // messages, which it does not know.
+    sequencer_crash(Duration::ZERO);
+}
+
+/// Three members stream in total order; mid-stream the sequencer is SIGKILLed and a new one
+/// starts at its address after `downtime`.
+fn sequencer_crash(downtime: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let seq_addr = format!("127.0.0.1:{}", free_port());
+    let tracker = tracker(&["--seq-addr", &seq_addr, "--heartbeat-ms", "200"]);
+    let start_sequencer = || {
+        Process::spawn(
+            "sequencer",
+            &[
+                seq_addr.clone(),
+                "--tracker".into(),
+                tracker.addr.to_string(),
+            ],
+        )
+    };
+    let mut sequencer = start_sequencer();
+    sequencer.expect(|l| l.contains("listening"), "the sequencer's banner");
+    let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+    let mut peers: Vec<Process> = names
+        .iter()
+        .map(|name| {
+            let text: Vec<String> = (0..600).map(|i| format!("{name} {i}")).collect();
+            let file = lines_file(dir.path(), &format!("{name}.txt"), &text);
+            let args: Vec<String> = [
+                "127.0.0.1:0",
+                name,
+                &tracker.addr.to_string(),
+                "-s",
+                "-t",
+                &file.display().to_string(),
+                "--members",
+                "3",
+                "--rate",
+                "300",
+                "--expect",
+                "1800",
+                "--json",
+                "--deliveries",
+                &dir.path().join(format!("{name}.tsv")).display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            Process::spawn("peer", &args)
+        })
+        .collect();
+    // Mid-stream (the streams take two seconds).
+    std::thread::sleep(Duration::from_millis(1000));
+    sequencer.child.kill().unwrap();
+    sequencer.child.wait().unwrap();
+    std::thread::sleep(downtime);
+    let mut successor = start_sequencer();
+    successor.expect(|l| l.contains("listening"), "the successor's banner");
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert!(
+            p.wait(Duration::from_secs(30)).success(),
+            "s{i}: {:#?}",
+            p.seen
+        );
+        let report: Value = serde_json::from_str(p.seen.last().unwrap()).unwrap();
+        assert_eq!(
+            (
+                &report["failover"]["sequencer_losses"],
+                &report["failover"]["takeovers"]
+            ),
+            (&json!(1), &json!(1)),
+            "s{i} saw the sequencer go and its successor take over: {report}"
+        );
+    }
+    // Every message exactly once, in its author's order, in one sequence at every member.
+    check_deliveries(dir.path(), &names, &names, 600, true);
+    successor.interrupt();
+    assert!(successor.wait(Duration::from_secs(5)).success());
+}

@@ -507,6 +507,15 @@ impl Peer {
     }
 
     /// Prints a line for the user, keeping the prompt tidy on a terminal.
+    /// In script mode, where standard output is the report, one line of news about the
+    /// group on standard error, written at once.
+    fn tell_stderr(&self, line: &str) {
+        if self.options.script.is_some() {
+            let text = format!("{}: {line}\n", self.options.username);
+            let _ = io::stderr().write_all(text.as_bytes());
+        }
+    }
+
     fn say(&self, out: &mut dyn Write, line: &str) -> io::Result<()> {
         if self.options.script.is_some() {
             return Ok(());
@@ -814,9 +823,7 @@ impl Peer {
                                 "* total order unavailable in {group}: lost the sequencer ({reason}); \
                                  messages wait, nothing is delivered out of order"
                             );
-                            if self.options.script.is_some() {
-                                eprintln!("{}: {line}", self.options.username);
-                            }
+                            self.tell_stderr(&line);
                             line
                         }
                         Event::SequencerBack { group, new } => {
@@ -827,9 +834,7 @@ impl Peer {
                                     "* total order in {group} resumes (the sequencer answers again)"
                                 )
                             };
-                            if self.options.script.is_some() {
-                                eprintln!("{}: {line}", self.options.username);
-                            }
+                            self.tell_stderr(&line);
                             line
                         }
                     };

@@ -608,19 +608,30 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
 #[test]
 fn total_order_waits_out_a_sequencer_crash_and_resumes_with_its_successor() {
     // The tracker evicts the dead sequencer (within 400 ms) and tells the members.
-    sequencer_crash(Duration::from_millis(1000));
+    sequencer_outage(Outage::Restart(Duration::from_millis(1000)));
+}
+
+#[test]
+fn a_sequencer_frozen_past_its_eviction_is_found_alive_and_total_order_goes_on() {
+    sequencer_outage(Outage::Freeze(Duration::from_millis(800)));
+}
+
+enum Outage {
+    /// SIGKILL, and a new sequencer at the same address after this long.
+    Restart(Duration),
+    /// SIGSTOP for this long, then SIGCONT.
+    Freeze(Duration),
 }
 
 #[test]
 fn a_sequencer_restarted_before_the_tracker_noticed_is_taken_for_a_new_one() {
     // No eviction: the members learn of the new sequencer from its answer to their
     // messages, which it does not know.
-    sequencer_crash(Duration::ZERO);
+    sequencer_outage(Outage::Restart(Duration::ZERO));
 }
 
-/// Three members stream in total order; mid-stream the sequencer is SIGKILLed and a new one
-/// starts at its address after `downtime`.
-fn sequencer_crash(downtime: Duration) {
+/// Three members stream in total order; mid-stream the sequencer fails.
+fn sequencer_outage(outage: Outage) {
     let dir = tempfile::tempdir().unwrap();
     let seq_addr = format!("127.0.0.1:{}", free_port());
     let tracker = tracker(&["--seq-addr", &seq_addr, "--heartbeat-ms", "200"]);
@@ -667,11 +678,28 @@ fn sequencer_crash(downtime: Duration) {
         .collect();
     // Mid-stream (the streams take two seconds).
     std::thread::sleep(Duration::from_millis(1000));
-    sequencer.child.kill().unwrap();
-    sequencer.child.wait().unwrap();
-    std::thread::sleep(downtime);
-    let mut successor = start_sequencer();
-    successor.expect(|l| l.contains("listening"), "the successor's banner");
+    let takeovers = match outage {
+        Outage::Restart(downtime) => {
+            sequencer.child.kill().unwrap();
+            sequencer.child.wait().unwrap();
+            std::thread::sleep(downtime);
+            sequencer = start_sequencer();
+            sequencer.expect(|l| l.contains("listening"), "the successor's banner");
+            1
+        }
+        Outage::Freeze(span) => {
+            let pid = sequencer.child.id().to_string();
+            for (signal, pause) in [("-STOP", span), ("-CONT", Duration::ZERO)] {
+                let sent = std::process::Command::new("kill")
+                    .args([signal, &pid])
+                    .status()
+                    .unwrap();
+                assert!(sent.success(), "kill {signal}");
+                std::thread::sleep(pause);
+            }
+            0
+        }
+    };
     for (i, p) in peers.iter_mut().enumerate() {
         assert!(
             p.wait(Duration::from_secs(30)).success(),
@@ -684,12 +712,97 @@ fn sequencer_crash(downtime: Duration) {
                 &report["failover"]["sequencer_losses"],
                 &report["failover"]["takeovers"]
             ),
-            (&json!(1), &json!(1)),
-            "s{i} saw the sequencer go and its successor take over: {report}"
+            (&json!(1), &json!(takeovers)),
+            "s{i} saw the sequencer go and come back: {report}"
         );
     }
     // Every message exactly once, in its author's order, in one sequence at every member.
     check_deliveries(dir.path(), &names, &names, 600, true);
-    successor.interrupt();
-    assert!(successor.wait(Duration::from_secs(5)).success());
+    sequencer.interrupt();
+    assert!(sequencer.wait(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn a_fifo_peer_evicted_while_alive_greets_again_and_nothing_is_lost() {
+    evicted_while_alive(false);
+}
+
+#[test]
+fn a_total_order_peer_evicted_while_alive_greets_again_and_nothing_is_lost() {
+    evicted_while_alive(true);
+}
+
+/// Three members stream; one freezes (SIGSTOP) for four heartbeat intervals, is evicted,
+/// and wakes up: it learns of its eviction, registers and greets again, and the others
+/// (and the sequencer) resume its stream where they had stopped.
+fn evicted_while_alive(total: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let sequencer = total.then(support::sequencer);
+    let mut tracker_args = vec!["--heartbeat-ms".to_owned(), "200".to_owned()];
+    if let Some(seq) = &sequencer {
+        tracker_args.extend(["--seq-addr".to_owned(), seq.addr.to_string()]);
+    }
+    let tracker_args: Vec<&str> = tracker_args.iter().map(String::as_str).collect();
+    let tracker = tracker(&tracker_args);
+    let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+    let mut peers: Vec<Process> = names
+        .iter()
+        .map(|name| {
+            let text: Vec<String> = (0..600).map(|i| format!("{name} {i}")).collect();
+            let file = lines_file(dir.path(), &format!("{name}.txt"), &text);
+            let mut args: Vec<String> = [
+                "127.0.0.1:0",
+                name,
+                &tracker.addr.to_string(),
+                "-t",
+                &file.display().to_string(),
+                "--members",
+                "3",
+                "--rate",
+                "300",
+                "--expect",
+                "1800",
+                "--json",
+                "--deliveries",
+                &dir.path().join(format!("{name}.tsv")).display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if total {
+                args.push("-s".into());
+            }
+            Process::spawn("peer", &args)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = peers[0].child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(800));
+    signal("-CONT");
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert!(
+            p.wait(Duration::from_secs(30)).success(),
+            "s{i}: {:#?}",
+            p.seen
+        );
+        let report: Value = serde_json::from_str(p.seen.last().unwrap()).unwrap();
+        if i == 0 {
+            assert!(
+                report["times_evicted"].as_u64().unwrap() >= 1,
+                "s0 learned of its eviction: {report}"
+            );
+        } else {
+            assert_eq!(report["evicted"], json!(["s0"]), "{report}");
+        }
+    }
+    check_deliveries(dir.path(), &names, &names, 600, total);
 }

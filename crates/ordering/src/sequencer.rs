@@ -67,6 +67,11 @@ impl<T: Clone> Sequencer<T> {
         self.input.add_sender(now, group, author, start);
     }
 
+    /// The position of `author`'s stream in `group`, if known.
+    pub fn author_stream(&self, group: &str, author: &str) -> Option<crate::StreamStatus> {
+        self.input.stream(group, author)
+    }
+
     /// Whether `author`'s stream in `group` is known.
     pub fn has_author(&self, group: &str, author: &str) -> bool {
         self.input.has_sender(group, author)

@@ -29,6 +29,13 @@ const HELLO_ATTEMPTS: u32 = 20;
 /// listens there (a new sequencer collects Hellos for `sequencer::TAKEOVER_WINDOW`, 500 ms).
 const SEQUENCER_PROBE: Duration = Duration::from_millis(100);
 
+/// One eviction of ours is told twice (the tracker's Bye, its refusal of our heartbeat):
+/// within this long, the second is the same eviction.
+const SELF_EVICTION_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// Evicted members remembered per group, in case they come back (see `GroupState::evicted`).
+const EVICTIONS_REMEMBERED: usize = 1024;
+
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -84,6 +91,12 @@ pub enum Event {
         group: String,
         /// Why we think so.
         reason: String,
+    },
+    /// The tracker evicted us (our heartbeats did not reach it in time): the others forgot
+    /// us, so we greet them afresh, our stream starting at our next message.
+    WeWereEvicted {
+        /// The group.
+        group: String,
     },
     /// A sequencer (a new one, or the old one after a false alarm) orders the group again.
     SequencerBack {
@@ -152,6 +165,8 @@ pub struct Traffic {
     /// Total order: sequenced messages not delivered because we had delivered them from an
     /// earlier sequencer.
     pub already_delivered: u64,
+    /// Times the tracker told us it had evicted us from a group (we greeted it afresh).
+    pub times_evicted: u64,
     /// Total order: times a group's sequencer was lost.
     pub sequencer_losses: u64,
     /// Total order: times a new sequencer took a group over.
@@ -201,6 +216,15 @@ struct GroupState {
     /// sequencer sends was delivered already (from the old one). An entry goes at the first
     /// message beyond it.
     skip_through: HashMap<Arc<str>, u64>,
+    /// FIFO: members the tracker evicted, with their address and the first counter of
+    /// theirs we had not delivered: if the same member greets us again from there on (it was
+    /// alive after all), its stream resumes from that counter, so nothing it sent meanwhile
+    /// is lost. Bounded by the group's evictions; cleared when the member returns.
+    evicted: HashMap<String, (SocketAddr, u64)>,
+    /// When we last greeted the group afresh after our own eviction: the tracker's notice
+    /// and its refusal of our heartbeat both tell us, and greeting twice would make the
+    /// others skip what we sent between the two.
+    greeted_after_eviction: Option<Instant>,
 }
 
 /// One member's protocol state across all its groups.
@@ -467,6 +491,11 @@ impl PeerCore {
             log::debug!("dropped a datagram for group {:?}, not joined", d.group);
             return;
         };
+        if d.kind == DatagramType::Bye && from == self.tracker && d.username == *self.me {
+            self.on_self_evicted(now, &d.group);
+            self.pump(now);
+            return;
+        }
         if d.kind == DatagramType::Bye && from == self.tracker && d.username != *self.me {
             if self.mode == Mode::Total && d.username == SEQUENCER {
                 self.sequencer_lost(now, &d.group, "the tracker evicted it");
@@ -540,9 +569,18 @@ impl PeerCore {
                 our_start: Some(our_start),
             },
         );
+        let resumed = self
+            .groups
+            .get_mut(group)
+            .and_then(|s| s.evicted.remove(name))
+            .filter(|(addr, _)| *addr == from)
+            .map(|(_, next)| next);
         if self.mode == Mode::Fifo && name != SEQUENCER {
             let start = match (d.proto, d.start) {
-                (Some(_), Some(s)) => Start::At(s),
+                // A member we evicted, alive after all: a later start is the same stream
+                // going on, and what it sent meanwhile is asked for again. (A restarted or
+                // rejoined member starts lower, from 1.)
+                (Some(_), Some(s)) => Start::At(resumed.map_or(s, |next| s.min(next))),
                 _ => Start::Legacy,
             };
             if rejoined || !self.fifo.has_sender(group, name) {
@@ -660,6 +698,46 @@ impl PeerCore {
         }
         self.sequencer_lost(now, &d.group, "a new sequencer listens in its place");
         self.probe_sequencer(now, &d.group);
+    }
+
+    /// The tracker evicted us from `group` and told its members, who forgot us: greet them
+    /// again with our stream starting at our next message (what they did not deliver of the
+    /// old one they dropped; nothing is delivered twice). Called on the tracker's Bye naming
+    /// us, or by the caller when the tracker no longer knows us.
+    pub fn on_self_evicted(&mut self, now: Instant, group: &str) {
+        let (Some(next), Some(state)) = (self.tx.next_counter(group), self.groups.get_mut(group))
+        else {
+            return;
+        };
+        if state
+            .greeted_after_eviction
+            .is_some_and(|at| now.saturating_duration_since(at) < SELF_EVICTION_DEBOUNCE)
+        {
+            return;
+        }
+        state.greeted_after_eviction = Some(now);
+        let mut greet = Vec::new();
+        for (name, m) in state.members.iter_mut() {
+            m.heard = false;
+            m.our_start = Some(next);
+            let wanted = match self.mode {
+                Mode::Fifo => name != SEQUENCER,
+                Mode::Total => name == SEQUENCER || state.peers_greeted,
+            };
+            if wanted {
+                greet.push(m.addr);
+            }
+        }
+        state.hello_attempts = 1;
+        state.hello_retry_at = Some(now + HELLO_RETRY);
+        self.traffic.times_evicted += 1;
+        let hello = self.control(DatagramType::Hello, group, next, None);
+        for to in greet {
+            self.transmit(to, hello.clone(), false);
+        }
+        self.outputs.push_back(Output::Event(Event::WeWereEvicted {
+            group: group.to_owned(),
+        }));
     }
 
     /// Total order in `group` is unavailable until a sequencer answers.
@@ -801,10 +879,19 @@ impl PeerCore {
         let Some(state) = self.groups.get_mut(group) else {
             return;
         };
-        if state.members.remove(member).is_none() {
+        let removed = state.members.remove(member);
+        if removed.is_none() {
             return;
         }
         state.skip_through.remove(member);
+        if let (Some(stream), Some(info)) = (self.fifo.stream(group, member), removed.as_ref())
+            && stream.started
+            && state.evicted.len() < EVICTIONS_REMEMBERED
+        {
+            state
+                .evicted
+                .insert(member.to_owned(), (info.addr, stream.next));
+        }
         let _ = self.fifo.handle_evicted(group, member);
         self.outputs.push_back(Output::Event(Event::Evicted {
             group: group.to_owned(),

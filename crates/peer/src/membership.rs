@@ -68,6 +68,11 @@ impl Members {
         self.by_name.iter()
     }
 
+    /// Every member, by name, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut MemberInfo)> {
+        self.by_name.iter_mut()
+    }
+
     /// How many members are known.
     pub fn len(&self) -> usize {
         self.by_name.len()

@@ -166,6 +166,9 @@ pub struct Peer {
     outbox: cli::Outbox,
     udp_pending: bool,
     registered: bool,
+    /// When we registered again after the tracker told us it had evicted us, until its
+    /// answer.
+    registering_again: Option<Instant>,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
     /// Messages to the tracker (heartbeats, keep-alives, clock queries), for the report.
@@ -234,6 +237,7 @@ impl Peer {
             outbox: cli::Outbox::new(),
             udp_pending: false,
             registered: false,
+            registering_again: None,
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
             heartbeats_sent: 0,
@@ -507,6 +511,24 @@ impl Peer {
     }
 
     /// Prints a line for the user, keeping the prompt tidy on a terminal.
+    /// Registers with the tracker again (it evicted us), once however many groups tell us;
+    /// its answer rejoins our groups.
+    fn register_again(&mut self, now: Instant) {
+        if self
+            .registering_again
+            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.registering_again = Some(now);
+        let request = Request::Register {
+            ip: self.options.addr.ip().to_string(),
+            port: self.options.addr.port(),
+            username: self.options.username.clone(),
+        };
+        let _ = self.link.request(request, Purpose::Register);
+    }
+
     /// In script mode, where standard output is the report, one line of news about the
     /// group on standard error, written at once.
     fn tell_stderr(&self, line: &str) {
@@ -705,7 +727,8 @@ impl Peer {
                 self.next_sync.get_or_insert(now);
                 self.registered_at.get_or_insert(now);
                 if self.registered {
-                    // The tracker came back: join our groups again.
+                    // The tracker came back, or had evicted us: join our groups again.
+                    let evicted = self.registering_again.take().is_some();
                     for group in self.core.groups() {
                         let request = Request::JoinGroup {
                             username: self.options.username.clone(),
@@ -715,7 +738,11 @@ impl Peer {
                     }
                     self.say(
                         out,
-                        "the tracker is back; registered and rejoined our groups",
+                        if evicted {
+                            "registered again and rejoined our groups"
+                        } else {
+                            "the tracker is back; registered and rejoined our groups"
+                        },
                     )?;
                 } else {
                     self.registered = true;
@@ -800,6 +827,13 @@ impl Peer {
                     q.acked = true;
                 }
             }
+            Purpose::KeepAlive if !reply.success && self.registering_again.is_none() => {
+                // The tracker no longer knows us: it evicted us and its notice was lost.
+                log::info!("the tracker refused our heartbeat: {}", reason());
+                for group in self.core.groups() {
+                    self.core.on_self_evicted(now, &group);
+                }
+            }
             Purpose::KeepAlive => {}
         }
         Ok(())
@@ -822,6 +856,15 @@ impl Peer {
                             let line = format!(
                                 "* total order unavailable in {group}: lost the sequencer ({reason}); \
                                  messages wait, nothing is delivered out of order"
+                            );
+                            self.tell_stderr(&line);
+                            line
+                        }
+                        Event::WeWereEvicted { group } => {
+                            self.register_again(now);
+                            let line = format!(
+                                "* the tracker had evicted us from {group} (our heartbeats did not reach it in time); \
+                                 registering again and greeting the group afresh"
                             );
                             self.tell_stderr(&line);
                             line
@@ -1026,6 +1069,7 @@ impl Peer {
                 beyond_window: order.beyond_window,
             },
             evicted: self.measure.evicted.clone(),
+            times_evicted: traffic.times_evicted,
             clock_synced: self.sync.is_some(),
             clock_offset_us: self.sync.map_or(0, |e| e.offset_ns / 1000),
             clock_bound_us: self.sync.map_or(0, |e| (e.bound_ns + 999) / 1000),

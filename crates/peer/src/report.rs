@@ -120,6 +120,8 @@ pub struct Report {
     pub dropped: Dropped,
     /// Members the tracker evicted while this peer ran (it stopped sending to them).
     pub evicted: Vec<String>,
+    /// Times the tracker evicted this peer itself (it registered and greeted again).
+    pub times_evicted: u64,
     /// Whether the peer's clock was synchronized with the tracker's (NTP).
     pub clock_synced: bool,
     /// The tracker's clock minus ours, as estimated (µs).

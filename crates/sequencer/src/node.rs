@@ -56,6 +56,9 @@ pub const TAKEOVER_WINDOW: Duration = Duration::from_millis(500);
 const PROMPT_INTERVAL: Duration = Duration::from_millis(100);
 const PROMPTS_REMEMBERED: usize = 4096;
 
+/// Evicted authors remembered in case they come back (see `SequencerNode::evicted`).
+const EVICTIONS_REMEMBERED: usize = 4096;
+
 /// One member's Hello waiting for a takeover window to close.
 #[derive(Debug, Clone)]
 struct Greeting {
@@ -93,6 +96,11 @@ pub struct SequencerNode {
     groups: HashMap<String, Members>,
     takeovers: HashMap<String, Takeover>,
     prompted: HashMap<SocketAddr, Instant>,
+    /// Authors the tracker evicted, with their address and the first counter of theirs not
+    /// sequenced: one that greets again from further on (it was alive after all) resumes
+    /// from there, so nothing it sent meanwhile is lost.
+    evicted: HashMap<(String, String), (SocketAddr, u64)>,
+    evicted_self: bool,
     outputs: VecDeque<Transmit>,
     traffic: NodeTraffic,
 }
@@ -120,9 +128,17 @@ impl SequencerNode {
             groups: HashMap::new(),
             takeovers: HashMap::new(),
             prompted: HashMap::new(),
+            evicted: HashMap::new(),
+            evicted_self: false,
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
         }
+    }
+
+    /// Whether the tracker told us it evicted us since the last call: we must register
+    /// again.
+    pub fn take_evicted(&mut self) -> bool {
+        std::mem::take(&mut self.evicted_self)
     }
 
     /// This incarnation's epoch.
@@ -156,11 +172,27 @@ impl SequencerNode {
                 return;
             }
         };
+        if d.kind == DatagramType::Bye && Some(from) == self.tracker && d.username == SEQUENCER {
+            // The tracker took our silence for a crash: register again (the members greet
+            // us, find our epoch unchanged, and go on).
+            log::warn!("the tracker evicted the sequencer; registering again");
+            self.evicted_self = true;
+            return;
+        }
         if d.kind == DatagramType::Bye && Some(from) == self.tracker {
             if let Some(members) = self.groups.get_mut(&d.group)
-                && members.remove(&d.username).is_some()
+                && let Some(info) = members.remove(&d.username)
             {
                 log::info!("{} was evicted from {}", d.username, d.group);
+                if let Some(stream) = self.seq.author_stream(&d.group, &d.username)
+                    && stream.started
+                    && self.evicted.len() < EVICTIONS_REMEMBERED
+                {
+                    self.evicted.insert(
+                        (d.group.clone(), d.username.clone()),
+                        (info.addr, stream.next),
+                    );
+                }
                 let _ = self.seq.handle_evicted(&d.group, &d.username);
             }
             return;
@@ -344,7 +376,15 @@ impl SequencerNode {
                     log::info!("{author} resumes in {group} from its message {resume}");
                     Start::At(resume)
                 }
-                (Some(_), Some(s)) => Start::At(s),
+                (Some(_), Some(s)) => {
+                    // An evicted author alive after all goes on where its stream stopped.
+                    let resumed = self
+                        .evicted
+                        .remove(&(group.to_owned(), author.to_owned()))
+                        .filter(|(addr, _)| *addr == from)
+                        .map_or(s, |(_, next)| s.min(next));
+                    Start::At(resumed)
+                }
                 _ => Start::Legacy,
             };
             log::info!("{author} joined {group}");

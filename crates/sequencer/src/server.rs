@@ -163,6 +163,7 @@ impl SequencerServer {
             return;
         };
         link.handle_timeout(self.poll.registry(), now);
+        let evicted = self.node.take_evicted();
         while let Some(event) = link.poll_event() {
             match event {
                 LinkEvent::Connected => {
@@ -193,6 +194,16 @@ impl SequencerServer {
                 }
                 LinkEvent::Lost(()) => {}
             }
+        }
+        if evicted && link.is_up() {
+            let _ = link.request(
+                Request::Register {
+                    ip: self.addr.ip().to_string(),
+                    port: self.addr.port(),
+                    username: SEQUENCER.into(),
+                },
+                (),
+            );
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
             let beat = Envelope {

@@ -45,6 +45,9 @@ pub struct Eviction {
     pub silent_for: Duration,
     /// The heartbeat interval it was held to.
     pub interval: Duration,
+    /// Whether it speaks the newer protocol (registered with `Proto`): only such a member is
+    /// told of its own eviction, which the report's peers would not understand.
+    pub newer: bool,
     /// Each group it was in, with the members that remain there (the sequencer included).
     pub groups: Vec<(String, Vec<Member>)>,
 }
@@ -64,6 +67,7 @@ struct Record {
     member: Member,
     addr: SocketAddr,
     interval: Duration,
+    newer: bool,
     last_heard: Instant,
     groups: BTreeSet<String>,
 }
@@ -270,6 +274,7 @@ impl Registry {
                 let record = self.members.get_mut(username).expect("just found");
                 record.last_heard = now;
                 record.interval = interval;
+                record.newer = proto.is_some();
                 let uid = record.member.uid.clone();
                 return self.registered(uid, proto);
             }
@@ -291,6 +296,7 @@ impl Registry {
                 member,
                 addr,
                 interval,
+                newer: proto.is_some(),
                 last_heard: now,
                 groups: BTreeSet::new(),
             },
@@ -392,6 +398,7 @@ impl Registry {
         self.evictions.push_back(Eviction {
             silent_for: now.saturating_duration_since(record.last_heard),
             interval: record.interval,
+            newer: record.newer,
             member: record.member,
             groups,
         });

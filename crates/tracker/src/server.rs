@@ -358,7 +358,8 @@ impl Tracker {
     }
 
     /// Logs each eviction with its reason, and queues a Bye on the evicted member's behalf
-    /// to every remaining member of each of its groups.
+    /// to every remaining member of each of its groups, and to the member itself if it speaks
+    /// the newer protocol.
     fn announce_evictions(&mut self) {
         while let Some(eviction) = self.registry.poll_eviction() {
             bump(&self.stats.evictions);
@@ -391,10 +392,13 @@ impl Tracker {
                     continue;
                 };
                 let bytes: Arc<[u8]> = bytes.into();
-                for member in remaining {
-                    let Ok(to) = format!("{}:{}", member.ip, member.port).parse() else {
-                        continue;
-                    };
+                // The evicted member is told too: if it is alive after all (its heartbeats
+                // were lost or late), it learns it must register and greet its groups again.
+                let evicted = eviction.newer.then_some(src);
+                let others = remaining
+                    .iter()
+                    .filter_map(|member| format!("{}:{}", member.ip, member.port).parse().ok());
+                for to in evicted.into_iter().chain(others) {
                     if self.outbox.len() >= OUTBOX_LIMIT {
                         self.outbox.pop_front();
                     }

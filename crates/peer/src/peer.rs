@@ -1015,7 +1015,7 @@ impl Peer {
             .into_iter()
             .flatten()
             .min();
-        let duration = match (start, self.measure.last_delivery) {
+        let mut duration = match (start, self.measure.last_delivery) {
             (Some(a), Some(b)) if b > a => b - a,
             _ => Duration::ZERO,
         };
@@ -1033,6 +1033,14 @@ impl Peer {
                     - sent
             })
             .collect();
+        if self.measure.first_send.is_none()
+            && let Some(&first) = latencies.first()
+        {
+            // A member that only receives measures from when the first message it delivered
+            // was sent (its one-way latency earlier than its delivery), not from that
+            // delivery: a burst delivered at once is not infinitely fast.
+            duration += Duration::from_micros(first.max(0) as u64);
+        }
         let datagrams = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
         Report {
             username: self.options.username.clone(),

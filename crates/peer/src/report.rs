@@ -99,8 +99,8 @@ pub struct Report {
     pub expected: u64,
     /// Whether it delivered all it expected before its time ran out.
     pub complete: bool,
-    /// From its first send (or, if it sent nothing, its first delivery) to its last
-    /// delivery, in milliseconds.
+    /// From its first send (or, if it sent nothing, the sending of the first message it
+    /// delivered, on the synchronized clock) to its last delivery, in milliseconds.
     pub duration_ms: f64,
     /// Deliveries per second over that time.
     pub delivered_per_second: f64,

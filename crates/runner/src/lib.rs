@@ -5,4 +5,5 @@
 #![deny(missing_docs)]
 
 pub mod experiments;
+pub mod plot;
 pub mod system;

@@ -48,9 +48,14 @@ struct Args {
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
 
-    /// Also write every figure, per peer, as JSON to FILE.
+    /// Where to write every figure, per peer, as JSON (default: figures.json in --out).
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
+
+    /// Directory for the JSON and Experiment 2's plots (SVG: throughput and latency
+    /// against the group size).
+    #[arg(long, value_name = "DIR", default_value = "target/experiments")]
+    out: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -124,10 +129,17 @@ fn run(args: Args) -> Result<(), String> {
         print!("{}", experiments::scaling_table(&scaling));
         all.extend(scaling);
     }
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("every figure written to {}", path.display());
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| args.out.join("figures.json"));
+    let text = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?;
+    std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
+    println!("every figure written to {}", json.display());
+    for plot in runner::plot::experiment2(&all, &args.out)? {
+        println!("plot written to {}", plot.display());
     }
     if complete {
         Ok(())

@@ -13,6 +13,8 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
         .args(["--peers", "3", "--peer-counts", "2,3", "--messages", "30"])
         .arg("--json")
         .arg(&json)
+        .arg("--out")
+        .arg(dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -29,6 +31,17 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
         2 + 2 * 2,
         "experiment 1 twice, experiment 2 for two sizes twice"
     );
+    for name in ["experiment2-throughput.svg", "experiment2-latency.svg"] {
+        let svg = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(svg.starts_with("<svg"), "{name}");
+        for label in ["FIFO", "total", "peers in the group"] {
+            assert!(svg.contains(label), "{name} shows {label}");
+        }
+        assert!(
+            svg.matches("<circle").count() >= 4,
+            "{name}: a point per group size and order"
+        );
+    }
     for run in runs {
         assert_eq!(run["summary"]["complete"], true, "{run}");
         let peers = run["plan"]["peers"].as_u64().unwrap();

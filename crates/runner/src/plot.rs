@@ -1,0 +1,199 @@
+//! The plots of Experiment 2: throughput and one-way latency against the size of the group,
+//! for FIFO and total order, as SVG files a browser opens.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::experiments::{Order, Run};
+
+const SIZE: (u32, u32) = (720, 440);
+const FIFO: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const TOTAL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+
+/// One line of a plot: its label, colour, dash, and points (peers, value).
+struct Line {
+    label: String,
+    color: RGBColor,
+    dashed: bool,
+    points: Vec<(f64, f64)>,
+}
+
+fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, f64)> {
+    let mut points: Vec<(f64, f64)> = runs
+        .iter()
+        .filter(|r| r.plan.experiment == 2 && r.plan.order == order)
+        .map(|r| (r.plan.peers as f64, value(r)))
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points
+}
+
+fn color(order: Order) -> RGBColor {
+    match order {
+        Order::Fifo => FIFO,
+        Order::Total => TOTAL,
+    }
+}
+
+/// Draws Experiment 2's runs among `runs` into `dir`: `experiment2-throughput.svg` (the
+/// slowest receiver's deliveries per second) and `experiment2-latency.svg` (p50 and p99,
+/// log scale). Returns the files written; none if no Experiment 2 run is among `runs`.
+pub fn experiment2(runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let orders = [Order::Fifo, Order::Total];
+    if !runs.iter().any(|r| r.plan.experiment == 2) {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let throughput: Vec<Line> = orders
+        .iter()
+        .map(|&o| Line {
+            label: o.name().to_owned(),
+            color: color(o),
+            dashed: false,
+            points: series(runs, o, |r| r.summary.slowest_throughput),
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    let latency: Vec<Line> = orders
+        .iter()
+        .flat_map(|&o| {
+            [
+                Line {
+                    label: format!("{} p50", o.name()),
+                    color: color(o),
+                    dashed: false,
+                    points: series(runs, o, |r| r.summary.latency_p50_us as f64),
+                },
+                Line {
+                    label: format!("{} p99", o.name()),
+                    color: color(o),
+                    dashed: true,
+                    points: series(runs, o, |r| r.summary.latency_p99_us as f64),
+                },
+            ]
+        })
+        .filter(|l| !l.points.is_empty())
+        .collect();
+    let files = [
+        (
+            dir.join("experiment2-throughput.svg"),
+            "Experiment 2: one sender, slowest receiver",
+            "messages delivered per second",
+            throughput,
+            false,
+        ),
+        (
+            dir.join("experiment2-latency.svg"),
+            "Experiment 2: one-way latency",
+            "latency (µs, log scale)",
+            latency,
+            true,
+        ),
+    ];
+    let mut written = Vec::new();
+    for (path, title, y_desc, lines, log) in files {
+        draw(&path, title, y_desc, &lines, log)
+            .map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn draw(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    lines: &[Line],
+    log: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let all = || lines.iter().flat_map(|l| l.points.iter());
+    let x_max = all().map(|p| p.0).fold(2.0, f64::max);
+    let y_max = all().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let y_min = all()
+        .map(|p| p.1)
+        .filter(|v| *v > 0.0)
+        .fold(y_max, f64::min);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    if log {
+        let mut chart = builder.build_cartesian_2d(
+            0f64..x_max + 1.0,
+            ((y_min / 2.0).max(1.0)..y_max).log_scale(),
+        )?;
+        chart
+            .configure_mesh()
+            .x_desc("peers in the group")
+            .y_desc(y_desc)
+            .draw()?;
+        for line in lines {
+            draw_line(&mut chart, line)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    } else {
+        let mut chart = builder.build_cartesian_2d(0f64..x_max + 1.0, 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("peers in the group")
+            .y_desc(y_desc)
+            .draw()?;
+        for line in lines {
+            draw_line(&mut chart, line)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn draw_line<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    line: &Line,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let style = ShapeStyle::from(line.color).stroke_width(2);
+    let color = line.color;
+    if line.dashed {
+        chart
+            .draw_series(DashedLineSeries::new(
+                line.points.iter().copied(),
+                6,
+                4,
+                style,
+            ))
+            .map_err(|e| e.to_string())?
+            .label(&line.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    } else {
+        chart
+            .draw_series(LineSeries::new(line.points.iter().copied(), style))
+            .map_err(|e| e.to_string())?
+            .label(&line.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .draw_series(
+            line.points
+                .iter()
+                .map(|&p| Circle::new(p, 3, ShapeStyle::from(color).filled())),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

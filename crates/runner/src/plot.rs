@@ -129,6 +129,10 @@ fn draw(
         )?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(0xee, 0xee, 0xee))
+            .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("peers in the group")
             .y_desc(y_desc)
             .draw()?;
@@ -144,6 +148,10 @@ fn draw(
         let mut chart = builder.build_cartesian_2d(0f64..x_max + 1.0, 0f64..y_max)?;
         chart
             .configure_mesh()
+            .light_line_style(RGBColor(0xee, 0xee, 0xee))
+            .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("peers in the group")
             .y_desc(y_desc)
             .draw()?;

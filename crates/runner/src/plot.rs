@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::experiments::{Order, Run};
@@ -122,50 +123,48 @@ fn draw(
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70);
+    let x = 0f64..x_max + 1.0;
     if log {
-        let mut chart = builder.build_cartesian_2d(
-            0f64..x_max + 1.0,
-            ((y_min / 2.0).max(1.0)..y_max).log_scale(),
-        )?;
-        chart
-            .configure_mesh()
-            .light_line_style(RGBColor(0xee, 0xee, 0xee))
-            .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("peers in the group")
-            .y_desc(y_desc)
-            .draw()?;
-        for line in lines {
-            draw_line(&mut chart, line)?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let y = ((y_min / 2.0).max(1.0)..y_max).log_scale();
+        let mut chart = builder.build_cartesian_2d(x, y)?;
+        finish(&mut chart, y_desc, lines)?;
     } else {
-        let mut chart = builder.build_cartesian_2d(0f64..x_max + 1.0, 0f64..y_max)?;
-        chart
-            .configure_mesh()
-            .light_line_style(RGBColor(0xee, 0xee, 0xee))
-            .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("peers in the group")
-            .y_desc(y_desc)
-            .draw()?;
-        for line in lines {
-            draw_line(&mut chart, line)?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        let mut chart = builder.build_cartesian_2d(x, 0f64..y_max)?;
+        finish(&mut chart, y_desc, lines)?;
     }
     root.present()?;
     Ok(())
+}
+
+/// The grid, the lines and the legend of a chart.
+fn finish<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    y_desc: &str,
+    lines: &[Line],
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .bold_line_style(RGBColor(0xcc, 0xcc, 0xcc))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_desc("peers in the group")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for line in lines {
+        draw_line(chart, line)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 fn draw_line<'a, X, Y>(

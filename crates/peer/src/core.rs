@@ -33,9 +33,6 @@ const SEQUENCER_PROBE: Duration = Duration::from_millis(100);
 /// within this long, the second is the same eviction.
 const SELF_EVICTION_DEBOUNCE: Duration = Duration::from_secs(2);
 
-/// Evicted members remembered per group, in case they come back (see `GroupState::evicted`).
-const EVICTIONS_REMEMBERED: usize = 1024;
-
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -216,11 +213,6 @@ struct GroupState {
     /// sequencer sends was delivered already (from the old one). An entry goes at the first
     /// message beyond it.
     skip_through: HashMap<Arc<str>, u64>,
-    /// FIFO: members the tracker evicted, with their address and the first counter of
-    /// theirs we had not delivered: if the same member greets us again from there on (it was
-    /// alive after all), its stream resumes from that counter, so nothing it sent meanwhile
-    /// is lost. Bounded by the group's evictions; cleared when the member returns.
-    evicted: HashMap<String, (SocketAddr, u64)>,
     /// When we last greeted the group afresh after our own eviction: the tracker's notice
     /// and its refusal of our heartbeat both tell us, and greeting twice would make the
     /// others skip what we sent between the two.
@@ -569,18 +561,13 @@ impl PeerCore {
                 our_start: Some(our_start),
             },
         );
-        let resumed = self
-            .groups
-            .get_mut(group)
-            .and_then(|s| s.evicted.remove(name))
-            .filter(|(addr, _)| *addr == from)
-            .map(|(_, next)| next);
         if self.mode == Mode::Fifo && name != SEQUENCER {
             let start = match (d.proto, d.start) {
-                // A member we evicted, alive after all: a later start is the same stream
-                // going on, and what it sent meanwhile is asked for again. (A restarted or
-                // rejoined member starts lower, from 1.)
-                (Some(_), Some(s)) => Start::At(resumed.map_or(s, |next| s.min(next))),
+                (Some(_), Some(s)) => Start::At(
+                    self.groups
+                        .get_mut(group)
+                        .map_or(s, |g| g.members.resume_point(name, from, s)),
+                ),
                 _ => Start::Legacy,
             };
             if rejoined || !self.fifo.has_sender(group, name) {
@@ -886,11 +873,10 @@ impl PeerCore {
         state.skip_through.remove(member);
         if let (Some(stream), Some(info)) = (self.fifo.stream(group, member), removed.as_ref())
             && stream.started
-            && state.evicted.len() < EVICTIONS_REMEMBERED
         {
             state
-                .evicted
-                .insert(member.to_owned(), (info.addr, stream.next));
+                .members
+                .remember_eviction(member, info.addr, stream.next);
         }
         let _ = self.fifo.handle_evicted(group, member);
         self.outputs.push_back(Output::Event(Event::Evicted {

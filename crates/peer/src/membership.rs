@@ -40,7 +40,13 @@ impl MemberInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Members {
     by_name: HashMap<String, MemberInfo>,
+    /// Members the tracker evicted: their address and the first counter of theirs not yet
+    /// delivered (see [`resume_point`](Self::resume_point)).
+    evicted: HashMap<String, (SocketAddr, u64)>,
 }
+
+/// Evicted members remembered per group, in case they come back alive.
+const EVICTIONS_REMEMBERED: usize = 1024;
 
 impl Members {
     /// The member called `name`, if known.
@@ -66,6 +72,26 @@ impl Members {
     /// Every member, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &MemberInfo)> {
         self.by_name.iter()
+    }
+
+    /// Remembers that the tracker evicted `name`, at `addr`, when the first counter of its
+    /// stream not delivered was `next` (bounded; the oldest memories are not displaced).
+    pub fn remember_eviction(&mut self, name: &str, addr: SocketAddr, next: u64) {
+        if self.evicted.len() < EVICTIONS_REMEMBERED {
+            self.evicted.insert(name.to_owned(), (addr, next));
+        }
+    }
+
+    /// Where the stream of `name`, greeting us from `from` with start `start`, resumes. A
+    /// member we evicted that greets again from the same address with a later start is the
+    /// same stream going on (it was alive after all): it resumes where we stopped, and what
+    /// it sent meanwhile is asked for again. A restarted or rejoined member starts lower
+    /// (from 1) and keeps its start. Forgets the eviction either way.
+    pub fn resume_point(&mut self, name: &str, from: SocketAddr, start: u64) -> u64 {
+        match self.evicted.remove(name) {
+            Some((addr, next)) if addr == from => start.min(next),
+            _ => start,
+        }
     }
 
     /// Every member, by name, mutably.

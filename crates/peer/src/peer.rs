@@ -521,11 +521,7 @@ impl Peer {
             return;
         }
         self.registering_again = Some(now);
-        let request = Request::Register {
-            ip: self.options.addr.ip().to_string(),
-            port: self.options.addr.port(),
-            username: self.options.username.clone(),
-        };
+        let request = Request::register(self.options.addr, &self.options.username);
         let _ = self.link.request(request, Purpose::Register);
     }
 
@@ -675,11 +671,7 @@ impl Peer {
             match event {
                 LinkEvent::Connected => {
                     log::info!("connected to the tracker at {}", self.link.addr());
-                    let request = Request::Register {
-                        ip: self.options.addr.ip().to_string(),
-                        port: self.options.addr.port(),
-                        username: self.options.username.clone(),
-                    };
+                    let request = Request::register(self.options.addr, &self.options.username);
                     let _ = self.link.request(request, Purpose::Register);
                 }
                 LinkEvent::Disconnected { reason } => {

@@ -181,6 +181,15 @@ fn raw_content<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, Error> 
 }
 
 impl Request {
+    /// Registration of `username` receiving group datagrams at `addr`.
+    pub fn register(addr: std::net::SocketAddr, username: impl Into<String>) -> Self {
+        Self::Register {
+            ip: addr.ip().to_string(),
+            port: addr.port(),
+            username: username.into(),
+        }
+    }
+
     /// The `Type` code of this request.
     pub fn code(&self) -> u8 {
         match self {

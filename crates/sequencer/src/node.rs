@@ -56,9 +56,6 @@ pub const TAKEOVER_WINDOW: Duration = Duration::from_millis(500);
 const PROMPT_INTERVAL: Duration = Duration::from_millis(100);
 const PROMPTS_REMEMBERED: usize = 4096;
 
-/// Evicted authors remembered in case they come back (see `SequencerNode::evicted`).
-const EVICTIONS_REMEMBERED: usize = 4096;
-
 /// One member's Hello waiting for a takeover window to close.
 #[derive(Debug, Clone)]
 struct Greeting {
@@ -96,10 +93,6 @@ pub struct SequencerNode {
     groups: HashMap<String, Members>,
     takeovers: HashMap<String, Takeover>,
     prompted: HashMap<SocketAddr, Instant>,
-    /// Authors the tracker evicted, with their address and the first counter of theirs not
-    /// sequenced: one that greets again from further on (it was alive after all) resumes
-    /// from there, so nothing it sent meanwhile is lost.
-    evicted: HashMap<(String, String), (SocketAddr, u64)>,
     evicted_self: bool,
     outputs: VecDeque<Transmit>,
     traffic: NodeTraffic,
@@ -128,7 +121,6 @@ impl SequencerNode {
             groups: HashMap::new(),
             takeovers: HashMap::new(),
             prompted: HashMap::new(),
-            evicted: HashMap::new(),
             evicted_self: false,
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
@@ -186,12 +178,8 @@ impl SequencerNode {
                 log::info!("{} was evicted from {}", d.username, d.group);
                 if let Some(stream) = self.seq.author_stream(&d.group, &d.username)
                     && stream.started
-                    && self.evicted.len() < EVICTIONS_REMEMBERED
                 {
-                    self.evicted.insert(
-                        (d.group.clone(), d.username.clone()),
-                        (info.addr, stream.next),
-                    );
+                    members.remember_eviction(&d.username, info.addr, stream.next);
                 }
                 let _ = self.seq.handle_evicted(&d.group, &d.username);
             }
@@ -378,12 +366,11 @@ impl SequencerNode {
                 }
                 (Some(_), Some(s)) => {
                     // An evicted author alive after all goes on where its stream stopped.
-                    let resumed = self
-                        .evicted
-                        .remove(&(group.to_owned(), author.to_owned()))
-                        .filter(|(addr, _)| *addr == from)
-                        .map_or(s, |(_, next)| s.min(next));
-                    Start::At(resumed)
+                    Start::At(
+                        self.groups
+                            .get_mut(group)
+                            .map_or(s, |m| m.resume_point(author, from, s)),
+                    )
                 }
                 _ => Start::Legacy,
             };

@@ -163,19 +163,11 @@ impl SequencerServer {
             return;
         };
         link.handle_timeout(self.poll.registry(), now);
-        let evicted = self.node.take_evicted();
+        // Register on every (re)connection, and again when the tracker evicted us.
+        let mut register = self.node.take_evicted() && link.is_up();
         while let Some(event) = link.poll_event() {
             match event {
-                LinkEvent::Connected => {
-                    let _ = link.request(
-                        Request::Register {
-                            ip: self.addr.ip().to_string(),
-                            port: self.addr.port(),
-                            username: SEQUENCER.into(),
-                        },
-                        (),
-                    );
-                }
+                LinkEvent::Connected => register = true,
                 LinkEvent::Reply((), reply) => {
                     if reply.success {
                         if let Some(ms) = reply.heartbeat_ms {
@@ -195,15 +187,8 @@ impl SequencerServer {
                 LinkEvent::Lost(()) => {}
             }
         }
-        if evicted && link.is_up() {
-            let _ = link.request(
-                Request::Register {
-                    ip: self.addr.ip().to_string(),
-                    port: self.addr.port(),
-                    username: SEQUENCER.into(),
-                },
-                (),
-            );
+        if register {
+            let _ = link.request(Request::register(self.addr, SEQUENCER), ());
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
             let beat = Envelope {

@@ -158,6 +158,8 @@ struct Measure {
 /// A member of the group messenger.
 pub struct Peer {
     options: PeerOptions,
+    /// The script of `options`, shared so each step reads it without copying its lines.
+    script: Option<Arc<Script>>,
     poll: Poll,
     udp: UdpSocket,
     stop: Shutdown,
@@ -229,6 +231,7 @@ impl Peer {
         };
         Ok(Self {
             link: TrackerLink::new(options.tracker, TRACKER, now),
+            script: options.script.clone().map(Arc::new),
             options: PeerOptions { addr, ..options },
             poll,
             udp,
@@ -912,7 +915,7 @@ impl Peer {
     }
 
     fn script_step(&mut self, now: Instant) -> Result<(), PeerError> {
-        let Some(script) = self.options.script.clone() else {
+        let Some(script) = self.script.clone() else {
             return Ok(());
         };
         let expected = script

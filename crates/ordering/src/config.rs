@@ -47,6 +47,12 @@ pub struct Config {
     /// Most messages a sender retransmits for one request, so a request cannot make it
     /// flood the network.
     pub max_retransmit_per_nack: u64,
+    /// Flow control: most messages an author may have sent beyond what its slowest member
+    /// acknowledged delivering, so a sender flat out never overruns its receivers' socket
+    /// buffers (0: no flow control). Members acknowledge every quarter of it. It bounds the
+    /// queues, and so the latency, of a flat-out sender; at most `window` and
+    /// `retransmit_buffer`.
+    pub flow_window: u64,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             bye_grace: Duration::from_secs(1),
             max_nack_ranges: 64,
             max_retransmit_per_nack: 1024,
+            flow_window: 256,
         }
     }
 }

@@ -33,6 +33,15 @@ const SEQUENCER_PROBE: Duration = Duration::from_millis(100);
 /// within this long, the second is the same eviction.
 const SELF_EVICTION_DEBOUNCE: Duration = Duration::from_secs(2);
 
+/// Flow control: how long an author whose window is closed waits before asking the members
+/// it waits for how far they are (a Digest, which they answer with an Ack), and again after.
+const FLOW_PROBE: Duration = Duration::from_millis(20);
+
+/// Flow control: a member that acknowledges nothing new for this long while the author waits
+/// for it stops holding the author back until it acknowledges again. It is probably frozen
+/// and about to be evicted; if not, it recovers what it missed by retransmission requests.
+const FLOW_STALL: Duration = Duration::from_secs(1);
+
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -168,6 +177,14 @@ pub struct Traffic {
     pub sequencer_losses: u64,
     /// Total order: times a new sequencer took a group over.
     pub sequencer_takeovers: u64,
+    /// Flow control: acknowledgements sent to authors (included in the control datagrams).
+    pub acks_sent: u64,
+    /// Flow control: acknowledgements received from members.
+    pub acks_received: u64,
+    /// Flow control: times our window closed (we waited for the slowest member).
+    pub window_closed: u64,
+    /// Flow control: Digests sent to ask the members we waited for how far they are.
+    pub flow_probes: u64,
 }
 
 /// What [`PeerCore::new`] needs.
@@ -217,6 +234,24 @@ struct GroupState {
     /// and its refusal of our heartbeat both tell us, and greeting twice would make the
     /// others skip what we sent between the two.
     greeted_after_eviction: Option<Instant>,
+    /// Flow control, as an author: how far each member (and, in total order, we ourselves)
+    /// delivered our stream.
+    acked_by: HashMap<String, Acked>,
+    /// Flow control, as an author: while our window is closed, when to ask again.
+    flow_probe_at: Option<Instant>,
+    /// Flow control, as a member: per author, the highest counter of its stream we
+    /// delivered and the highest we acknowledged.
+    owed: HashMap<Arc<str>, (u64, u64)>,
+}
+
+/// How far one member delivered our stream.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    /// Our highest counter it delivered.
+    through: u64,
+    /// Since when it holds us back without progress (renewed whenever it catches up or
+    /// acknowledges more).
+    since: Instant,
 }
 
 /// One member's protocol state across all its groups.
@@ -232,6 +267,28 @@ pub struct PeerCore {
     groups: HashMap<String, GroupState>,
     outputs: VecDeque<Output>,
     traffic: Traffic,
+    /// See [`ordering::Config::flow_window`].
+    flow_window: u64,
+}
+
+/// Records that `member` delivered our stream through `counter`.
+fn acknowledge(acked_by: &mut HashMap<String, Acked>, member: &str, counter: u64, now: Instant) {
+    match acked_by.get_mut(member) {
+        Some(a) if counter > a.through => {
+            a.through = counter;
+            a.since = now;
+        }
+        Some(_) => {}
+        None => {
+            acked_by.insert(
+                member.to_owned(),
+                Acked {
+                    through: counter,
+                    since: now,
+                },
+            );
+        }
+    }
 }
 
 fn claimed_addr(d: &Datagram) -> Option<SocketAddr> {
@@ -261,6 +318,7 @@ impl PeerCore {
             addr: config.addr,
             tracker: config.tracker,
             mode: config.mode,
+            flow_window: config.ordering.flow_window,
             tx: FifoSender::new(config.ordering.clone()),
             fifo: FifoReceiver::new(config.ordering.clone()),
             total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
@@ -529,8 +587,142 @@ impl PeerCore {
             }
             DatagramType::Digest => self.on_digest(now, d),
             DatagramType::Unavailable => self.on_unavailable(now, d),
+            DatagramType::Ack => self.on_ack(now, d),
         }
         self.pump(now);
+    }
+
+    /// Flow control: whether `group` takes another message of ours now, that is whether
+    /// fewer than [`ordering::Config::flow_window`] of our messages are still undelivered
+    /// at the slowest member (in total order, ourselves included: our own messages come
+    /// back through the sequencer). The report's peers never acknowledge and are not waited
+    /// for, nor is a member that acknowledged nothing for a second. While the window is
+    /// closed the core asks the members it waits for how far they are, every 20 ms.
+    /// [`send`](Self::send) does not check it: a caller sending flat out asks first.
+    pub fn window_open(&mut self, now: Instant, group: &str) -> bool {
+        let open = self.flow_floor(now, group).is_none();
+        if let Some(state) = self.groups.get_mut(group) {
+            if open {
+                state.flow_probe_at = None;
+            } else if state.flow_probe_at.is_none() {
+                state.flow_probe_at = Some(now + FLOW_PROBE);
+                self.traffic.window_closed += 1;
+            }
+        }
+        open
+    }
+
+    /// Flow control: `None` if the window of `group` is open, else our highest counter sent
+    /// and the members (by address) that hold us back.
+    fn flow_floor(&mut self, now: Instant, group: &str) -> Option<(u64, Vec<SocketAddr>)> {
+        if self.flow_window == 0 {
+            return None;
+        }
+        let sent = self.tx.next_counter(group)?.saturating_sub(1);
+        let state = self.groups.get_mut(group)?;
+        let limit = sent.checked_sub(self.flow_window)?;
+        let mut holding = Vec::new();
+        let mut check = |name: &str, addr: SocketAddr, our_start: Option<u64>| {
+            let acked = match state.acked_by.get_mut(name) {
+                Some(a) => a,
+                None => state.acked_by.entry(name.to_owned()).or_insert(Acked {
+                    through: our_start.map_or(sent, |s| s.saturating_sub(1)),
+                    since: now,
+                }),
+            };
+            if acked.through >= sent {
+                acked.since = now;
+            } else if acked.through <= limit
+                && now.saturating_duration_since(acked.since) < FLOW_STALL
+            {
+                holding.push(addr);
+            }
+        };
+        for (name, m) in state.members.iter() {
+            if name != SEQUENCER && m.proto.is_some() && m.heard {
+                check(name, m.addr, m.our_start);
+            }
+        }
+        if self.mode == Mode::Total
+            && let Some(seq) = state.members.get(SEQUENCER)
+        {
+            // Our own messages come back from the sequencer: it is asked when we lag.
+            check(&self.me, seq.addr, seq.our_start);
+        }
+        (!holding.is_empty()).then_some((sent, holding))
+    }
+
+    /// An acknowledgement of our stream from a member.
+    fn on_ack(&mut self, now: Instant, d: Datagram) {
+        if *d.origin != *self.me {
+            return;
+        }
+        self.traffic.acks_received += 1;
+        let sent = self
+            .tx
+            .next_counter(&d.group)
+            .map_or(0, |n| n.saturating_sub(1));
+        if let Some(state) = self.groups.get_mut(&d.group) {
+            acknowledge(&mut state.acked_by, &d.username, d.counter.min(sent), now);
+        }
+    }
+
+    /// Flow control, as a member: we delivered `author`'s `counter` in `group`; every
+    /// quarter of the window, the author hears how far we are.
+    fn delivered_from(&mut self, now: Instant, group: &str, author: &Arc<str>, counter: u64) {
+        if self.flow_window == 0 {
+            return;
+        }
+        let every = (self.flow_window / 4).max(1);
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        if **author == *self.me {
+            if self.mode == Mode::Total {
+                acknowledge(&mut state.acked_by, author, counter, now);
+            }
+            return;
+        }
+        let due = match state.owed.get_mut(author) {
+            Some((delivered, acked)) => {
+                *delivered = (*delivered).max(counter);
+                *delivered >= *acked + every
+            }
+            None => {
+                state.owed.insert(author.clone(), (counter, 0));
+                false
+            }
+        };
+        if due {
+            self.send_ack(group, author);
+        }
+    }
+
+    /// Tells `author` how far we delivered its stream in `group`.
+    fn send_ack(&mut self, group: &str, author: &str) {
+        let Some(addr) = self.newer_member(group, author) else {
+            return;
+        };
+        let Some((delivered, acked)) = self
+            .groups
+            .get_mut(group)
+            .and_then(|s| s.owed.get_mut(author))
+        else {
+            return;
+        };
+        *acked = *delivered;
+        let ack = Datagram::new(
+            DatagramType::Ack,
+            group,
+            &*self.me,
+            "",
+            self.addr,
+            *delivered,
+            author,
+        );
+        let bytes = self.encode(&ack);
+        self.traffic.acks_sent += 1;
+        self.transmit(addr, bytes, false);
     }
 
     fn on_hello(&mut self, now: Instant, from: SocketAddr, d: Datagram) {
@@ -578,8 +770,11 @@ impl PeerCore {
         }
         if rejoined {
             if let Some(state) = self.groups.get_mut(group) {
-                // Its counters start again: what we skipped of its old stream is moot.
+                // Its counters start again: what we skipped of its old stream is moot, and
+                // so are the acknowledgements either way.
                 state.skip_through.remove(name);
+                state.owed.remove(name);
+                state.acked_by.remove(name);
             }
             self.outputs.push_back(Output::Event(Event::Joined {
                 group: group.to_owned(),
@@ -850,6 +1045,8 @@ impl PeerCore {
         if let Some(state) = self.groups.get_mut(&d.group) {
             state.members.remove(&d.username);
             state.skip_through.remove(d.username.as_str());
+            state.owed.remove(d.username.as_str());
+            state.acked_by.remove(d.username.as_str());
         }
         if self.mode == Mode::Fifo {
             let _ = self
@@ -871,6 +1068,8 @@ impl PeerCore {
             return;
         }
         state.skip_through.remove(member);
+        state.owed.remove(member);
+        state.acked_by.remove(member);
         if let (Some(stream), Some(info)) = (self.fifo.stream(group, member), removed.as_ref())
             && stream.started
         {
@@ -886,6 +1085,10 @@ impl PeerCore {
     }
 
     fn on_digest(&mut self, now: Instant, d: Datagram) {
+        if d.username != SEQUENCER && self.flow_window > 0 {
+            // An author asking how far we are (its window is closed), or idle.
+            self.send_ack(&d.group, &d.username);
+        }
         match (self.mode, d.username == SEQUENCER) {
             (Mode::Fifo, false) => {
                 let _ = self
@@ -955,6 +1158,15 @@ impl PeerCore {
         for group in probes {
             self.probe_sequencer(now, &group);
         }
+        let flow: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.flow_probe_at.is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for group in flow {
+            self.probe_flow(now, &group);
+        }
         for (group, to, our_start) in resend {
             // The same start as the first Hello: the member may have recorded it already.
             let start = our_start
@@ -981,8 +1193,29 @@ impl PeerCore {
         .into_iter()
         .chain(self.groups.values().map(|g| g.hello_retry_at))
         .chain(self.groups.values().map(|g| g.sequencer_probe_at))
+        .chain(self.groups.values().map(|g| g.flow_probe_at))
         .flatten()
         .min()
+    }
+
+    /// Our window in `group` is still closed: asks the members holding us back how far
+    /// they are (a Digest of our highest counter, which also makes them request what they
+    /// lack).
+    fn probe_flow(&mut self, now: Instant, group: &str) {
+        let Some((sent, holding)) = self.flow_floor(now, group) else {
+            if let Some(state) = self.groups.get_mut(group) {
+                state.flow_probe_at = None;
+            }
+            return;
+        };
+        if let Some(state) = self.groups.get_mut(group) {
+            state.flow_probe_at = Some(now + FLOW_PROBE);
+        }
+        let digest = self.control(DatagramType::Digest, group, sent, None);
+        for to in holding {
+            self.traffic.flow_probes += 1;
+            self.transmit(to, digest.clone(), false);
+        }
     }
 
     /// A control datagram of ours: Hello and HelloAck carry our protocol version and the
@@ -1064,7 +1297,7 @@ impl PeerCore {
     }
 
     /// Turns what the ordering cores want into datagrams and deliveries.
-    fn pump(&mut self, _now: Instant) {
+    fn pump(&mut self, now: Instant) {
         while let Some(out) = self.tx.poll_output() {
             match out {
                 Order::Multicast { group, payload, .. } => {
@@ -1111,6 +1344,13 @@ impl PeerCore {
                     if self.mode == Mode::Total && !self.first_delivery(&d.group, &d.payload) {
                         self.traffic.already_delivered += 1;
                         continue;
+                    }
+                    let author_counter = match self.mode {
+                        Mode::Fifo => Some(d.counter),
+                        Mode::Total => d.payload.origin_counter,
+                    };
+                    if let Some(c) = author_counter {
+                        self.delivered_from(now, &d.group, &d.payload.origin, c);
                     }
                     self.outputs.push_back(Output::Deliver(Message {
                         group: d.group,
@@ -1210,6 +1450,105 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Ford and kat in FIFO, handshake done, ford's flow-control window `window`.
+    fn flow_pair(t: Instant, window: u64) -> Net {
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.flow_window = window;
+        let mut kat = core("kat", 6002, Mode::Fifo);
+        kat.flow_window = window;
+        let mut net = Net::new(vec![ford, kat]);
+        net.cores[0].join(t, "books", &[member("ford", 6001)]);
+        net.settle(t);
+        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        net.settle(t);
+        assert_eq!(net.cores[0].members_heard("books"), 1);
+        net
+    }
+
+    #[test]
+    fn flow_control_holds_a_sender_to_its_slowest_member_and_asks_it_how_far_it_is() {
+        let t = Instant::now();
+        let mut net = flow_pair(t, 8);
+        // Kat acknowledges as it delivers: the window never closes.
+        for i in 0..20 {
+            assert!(net.cores[0].window_open(t, "books"), "message {i}");
+            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            net.settle(t);
+        }
+        assert!(net.cores[0].traffic().acks_received >= 20 / 2 - 1);
+        assert_eq!(net.cores[0].traffic().window_closed, 0);
+        // Now eight messages never reach kat: the window closes on the eighth.
+        for _ in 0..8 {
+            assert!(net.cores[0].window_open(t, "books"));
+            net.cores[0].send(t, "books", "lost", 1).expect("joined");
+            while net.cores[0].poll_output().is_some() {}
+        }
+        assert!(!net.cores[0].window_open(t, "books"));
+        assert_eq!(net.cores[0].traffic().window_closed, 1);
+        // After 20 ms ford asks kat (a Digest); kat requests what it lacks, ford sends it,
+        // kat delivers and acknowledges, and the window opens again.
+        let later = t + FLOW_PROBE;
+        assert!(net.cores[0].poll_timeout().is_some_and(|at| at <= later));
+        net.cores[0].handle_timeout(later);
+        net.settle(later);
+        assert!(
+            net.sent[0].iter().any(|(to, d)| *to == addr(6002)
+                && d.kind == DatagramType::Digest
+                && d.counter == 28),
+            "ford asked kat"
+        );
+        let after = later + Duration::from_millis(10);
+        net.cores[1].handle_timeout(after);
+        net.settle(after);
+        assert_eq!(
+            net.delivered[1]
+                .iter()
+                .filter(|(_, text)| text == "lost")
+                .count(),
+            8
+        );
+        assert!(
+            net.sent[1].iter().any(|(to, d)| *to == addr(6001)
+                && d.kind == DatagramType::Ack
+                && d.counter == 28
+                && d.origin == "ford"),
+            "kat acknowledged all 28"
+        );
+        assert!(net.cores[0].window_open(after, "books"));
+    }
+
+    #[test]
+    fn neither_an_old_peer_nor_a_frozen_member_holds_the_sender_back() {
+        let t = Instant::now();
+        let mut net = flow_pair(t, 8);
+        // An old peer (it never announces the newer protocol) joins: never waited for.
+        let mut old = Datagram::new(
+            DatagramType::Hello,
+            "books",
+            "old",
+            "",
+            addr(6003),
+            0,
+            "old",
+        );
+        old.start = None;
+        net.cores[0].handle_datagram(t, addr(6003), &old.encode(4096).expect("fits"));
+        for _ in 0..8 {
+            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            net.settle(t);
+        }
+        assert!(net.cores[0].window_open(t, "books"), "kat acknowledged");
+        // Kat freezes: the window closes and stays closed while kat may still answer...
+        for _ in 0..8 {
+            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            while net.cores[0].poll_output().is_some() {}
+        }
+        assert!(!net.cores[0].window_open(t, "books"));
+        assert!(!net.cores[0].window_open(t + Duration::from_millis(900), "books"));
+        // ...and opens once kat has been silent for a second.
+        assert!(net.cores[0].window_open(t + FLOW_STALL, "books"));
     }
 
     #[test]

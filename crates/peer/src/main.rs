@@ -68,6 +68,13 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     deliveries: Option<PathBuf>,
 
+    /// Flow control: most of our messages in flight beyond what the slowest member
+    /// acknowledged delivering (0: none; at most 4096). A larger window keeps more in
+    /// flight; a smaller one keeps queues, and so latency flat out, short.
+    #[arg(long, value_name = "MESSAGES", default_value_t = ordering::Config::default().flow_window,
+          value_parser = clap::value_parser!(u64).range(0..=4096))]
+    flow_window: u64,
+
     /// Pretend this host's clock is this many milliseconds ahead (negative: behind), to see
     /// clock synchronization with the tracker at work on one machine.
     #[arg(
@@ -118,7 +125,10 @@ fn run(args: Args) -> Result<bool, String> {
         username: args.username.clone(),
         tracker,
         mode: if args.total { Mode::Total } else { Mode::Fifo },
-        ordering: ordering::Config::default(),
+        ordering: ordering::Config {
+            flow_window: args.flow_window,
+            ..ordering::Config::default()
+        },
         script,
         clock_offset_ms: args.clock_offset_ms,
         clock_drift_ppm: args.clock_drift_ppm,

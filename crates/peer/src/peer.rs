@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
 use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
-use crate::report::{Dropped, Failover, Latency, Recovery, Report};
+use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
 use crate::tracker_link::{LinkEvent, TrackerLink};
 
 const UDP: Token = Token(0);
@@ -160,6 +160,8 @@ pub struct Peer {
     options: PeerOptions,
     /// The script of `options`, shared so each step reads it without copying its lines.
     script: Option<Arc<Script>>,
+    /// The script waits for the flow-control window of its group to open.
+    flow_blocked: bool,
     poll: Poll,
     udp: UdpSocket,
     stop: Shutdown,
@@ -232,6 +234,7 @@ impl Peer {
         Ok(Self {
             link: TrackerLink::new(options.tracker, TRACKER, now),
             script: options.script.clone().map(Arc::new),
+            flow_blocked: false,
             options: PeerOptions { addr, ..options },
             poll,
             udp,
@@ -357,6 +360,9 @@ impl Peer {
             return Some(now);
         }
         let script = match &self.phase {
+            // While the window is closed, an acknowledgement (a datagram) or the core's
+            // timer wakes us.
+            Phase::Sending { .. } if self.flow_blocked => None,
             Phase::Sending { next_at, .. } => Some(*next_at),
             Phase::Waiting { .. } | Phase::Draining { .. } | Phase::Lingering { .. } => {
                 Some(now + Duration::from_millis(20))
@@ -949,7 +955,9 @@ impl Peer {
                 }
             }
             Phase::Sending { next, next_at } => {
-                if now >= next_at {
+                // Flat out (or behind schedule), the slowest member sets the pace.
+                self.flow_blocked = now >= next_at && !self.core.window_open(now, &script.group);
+                if now >= next_at && !self.flow_blocked {
                     if let Some(line) = script.lines.get(next) {
                         self.core
                             .send(now, &script.group, line, self.synced_now_us().max(0) as u64)
@@ -1087,6 +1095,12 @@ impl Peer {
                 sequencer_losses: traffic.sequencer_losses,
                 takeovers: traffic.sequencer_takeovers,
                 already_delivered: traffic.already_delivered,
+            },
+            flow: Flow {
+                window_closed: traffic.window_closed,
+                probes_sent: traffic.flow_probes,
+                acks_sent: traffic.acks_sent,
+                acks_received: traffic.acks_received,
             },
         }
     }

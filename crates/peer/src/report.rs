@@ -55,6 +55,19 @@ pub struct Recovery {
     pub duplicates: u64,
 }
 
+/// Flow control: how often the sender waited for its slowest member, and what it cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// Times the window closed: the slowest member had not delivered enough of ours.
+    pub window_closed: u64,
+    /// Digests sent to the members we waited for, asking how far they are.
+    pub probes_sent: u64,
+    /// Acknowledgements sent to authors.
+    pub acks_sent: u64,
+    /// Acknowledgements received from members.
+    pub acks_received: u64,
+}
+
 /// What happened to the group's sequencer (total order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Failover {
@@ -133,6 +146,8 @@ pub struct Report {
     pub recovery: Recovery,
     /// Sequencer losses and takeovers.
     pub failover: Failover,
+    /// Flow control.
+    pub flow: Flow,
 }
 
 impl fmt::Display for Report {
@@ -214,6 +229,17 @@ impl fmt::Display for Report {
                 self.recovery.gaps_recovered,
                 self.recovery.gaps_skipped,
                 self.recovery.duplicates
+            ),
+        )?;
+        row(
+            f,
+            "flow control",
+            format!(
+                "window closed {} time(s), {} probes; {} acks sent, {} received",
+                self.flow.window_closed,
+                self.flow.probes_sent,
+                self.flow.acks_sent,
+                self.flow.acks_received
             ),
         )?;
         if self.failover.sequencer_losses > 0 || self.failover.takeovers > 0 {

@@ -46,6 +46,9 @@ pub enum DatagramType {
     Digest = 6,
     /// Answer to a Nack for counters no longer buffered: the receiver skips them.
     Unavailable = 7,
+    /// Flow control: the sender (`Username`) has delivered `Origin`'s stream up to `Counter`
+    /// (the author's own counter, also in total order), so the author may send further.
+    Ack = 8,
 }
 
 impl DatagramType {
@@ -64,6 +67,7 @@ impl DatagramType {
             5 => Self::Nack,
             6 => Self::Digest,
             7 => Self::Unavailable,
+            8 => Self::Ack,
             _ => return None,
         })
     }

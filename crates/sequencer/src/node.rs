@@ -239,7 +239,8 @@ impl SequencerNode {
                 }
                 self.seq.handle_bye(now, group, author, d.final_counter)
             }
-            DatagramType::Hello | DatagramType::HelloAck => Ok(()),
+            // Members acknowledge to authors, never to the sequencer.
+            DatagramType::Hello | DatagramType::HelloAck | DatagramType::Ack => Ok(()),
         };
         self.pump(now);
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::baseline::Baseline;
 use crate::system::System;
 
 /// Delivery order of a run.
@@ -49,6 +50,8 @@ pub struct Plan {
     pub payload: usize,
     /// Messages per second per sender (`None`: as fast as it can).
     pub rate: Option<f64>,
+    /// The peers' flow-control window (`None`: their default).
+    pub flow_window: Option<u64>,
 }
 
 /// The figures of one run, over all its peers.
@@ -74,6 +77,9 @@ pub struct Summary {
     pub nacks: u64,
     /// Wall-clock time of the run, start of the system to the last peer's end (ms).
     pub wall_ms: f64,
+    /// The slowest receiver's rate as a share of the raw-UDP baseline's lossless rate for
+    /// the same group size, when it was measured.
+    pub of_baseline: Option<f64>,
 }
 
 /// A run: its plan, every peer's measurements, and the summary.
@@ -93,6 +99,23 @@ fn number(v: &Value, path: &[&str]) -> f64 {
         v = &v[*p];
     }
     v.as_f64().unwrap_or(0.0)
+}
+
+/// The size of one application datagram of the messenger carrying a text of `payload`
+/// bytes, as a peer of Experiment 2 sends it: what the raw baseline sends too.
+pub fn datagram_bytes(payload: usize) -> usize {
+    let mut d = proto::Datagram::new(
+        proto::DatagramType::Application,
+        "test",
+        "p00",
+        format!("p00 1234 {}", "x".repeat(payload.saturating_sub(9))),
+        ([127, 0, 0, 1], 40000).into(),
+        1234,
+        "p00",
+    );
+    d.sent_at_us = Some(1_800_000_000_000_000);
+    d.encode(proto::MAX_DATAGRAM_LEN)
+        .map_or(payload, |b| b.len())
 }
 
 /// Runs one plan on a fresh system.
@@ -133,6 +156,9 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
         if plan.order == Order::Total {
             args.push("-s".into());
         }
+        if let Some(w) = plan.flow_window {
+            args.extend(["--flow-window".into(), w.to_string()]);
+        }
         running.push(system.script_peer(&name, &args)?);
     }
     let mut peers = Vec::new();
@@ -171,6 +197,7 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
             .map(|p| number(p, &["recovery", "nacks_sent"]) as u64)
             .sum(),
         wall_ms: started.elapsed().as_secs_f64() * 1e3,
+        of_baseline: None,
     };
     Ok(Run {
         plan: plan.clone(),
@@ -226,25 +253,61 @@ pub fn peer_table(run: &Run) -> String {
     out
 }
 
-/// The table of Experiment 2: one row per group size and order.
-pub fn scaling_table(runs: &[Run]) -> String {
+/// The table of Experiment 2: per group size, the raw-UDP baseline's row (if measured) and
+/// one row per order, with its throughput as a share of the baseline.
+pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
     let mut out = format!(
-        "  {:>5} {:<6} {:>9} {:>14} {:>9} {:>9} {:>12} {:>9}\n",
-        "peers", "order", "complete", "slowest rcv/s", "p50 µs", "p99 µs", "dgrams/msg", "wall ms"
+        "  {:>5} {:<8} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>9}\n",
+        "peers",
+        "order",
+        "complete",
+        "slowest rcv/s",
+        "of raw",
+        "p50 µs",
+        "p99 µs",
+        "dgrams/msg",
+        "nacks"
     );
-    for r in runs {
-        let s = &r.summary;
-        out += &format!(
-            "  {:>5} {:<6} {:>9} {:>14.0} {:>9} {:>9} {:>12.2} {:>9.0}\n",
-            r.plan.peers,
-            r.plan.order.name(),
-            if s.complete { "yes" } else { "NO" },
-            s.slowest_throughput,
-            s.latency_p50_us,
-            s.latency_p99_us,
-            s.datagrams_per_message,
-            s.wall_ms
-        );
+    let mut sizes: Vec<usize> = runs.iter().map(|r| r.plan.peers).collect();
+    sizes.dedup();
+    for peers in sizes {
+        if let Some(b) = baselines.iter().find(|b| b.peers == peers) {
+            match &b.lossless {
+                Some(t) => {
+                    out += &format!(
+                        "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>9}\n",
+                        peers,
+                        "raw UDP",
+                        "yes",
+                        t.slowest_per_second,
+                        "100%",
+                        t.latency_p50_us,
+                        t.latency_p99_us,
+                        (peers.max(2) - 1) as f64,
+                        "-"
+                    )
+                }
+                None => {
+                    out += &format!("  {peers:>5} raw UDP: lost datagrams at every rate tried\n")
+                }
+            }
+        }
+        for r in runs.iter().filter(|r| r.plan.peers == peers) {
+            let s = &r.summary;
+            out += &format!(
+                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>9}\n",
+                r.plan.peers,
+                r.plan.order.name(),
+                if s.complete { "yes" } else { "NO" },
+                s.slowest_throughput,
+                s.of_baseline
+                    .map_or("-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
+                s.latency_p50_us,
+                s.latency_p99_us,
+                s.datagrams_per_message,
+                s.nacks
+            );
+        }
     }
     out
 }

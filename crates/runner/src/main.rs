@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use runner::baseline::{self, Baseline};
 use runner::experiments::{self, Order, Plan, Run};
 
 /// Runs the messenger's experiments on a whole local system.
@@ -13,7 +14,10 @@ use runner::experiments::{self, Order, Plan, Run};
 ///
 /// Experiment 1: PEERS peers in one group, each sending MESSAGES messages at the same time.
 ///
-/// Experiment 2: groups of each size in PEER_COUNTS, one member sending MESSAGES messages.
+/// Experiment 2: groups of each size in PEER_COUNTS, one member sending STREAM messages;
+/// before each size, the raw-UDP baseline (the same datagrams from bare processes, no
+/// ordering) finds this machine's highest rate with nothing lost, and the messenger's
+/// throughput is shown as a share of it.
 ///
 /// Both in FIFO and in total order. Everything it starts is stopped at the end, on failure
 /// and on Ctrl-C.
@@ -32,9 +36,17 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "2,4,8,16")]
     peer_counts: Vec<usize>,
 
-    /// Messages each sender sends.
+    /// Experiment 1: messages each peer sends.
     #[arg(long, default_value_t = 200)]
     messages: usize,
+
+    /// Experiment 2: messages the one sender sends (enough for a sustained rate).
+    #[arg(long, default_value_t = 5000)]
+    stream: usize,
+
+    /// Experiment 2 without the raw-UDP baseline.
+    #[arg(long)]
+    no_baseline: bool,
 
     /// Length of each message's text in bytes.
     #[arg(long, default_value_t = 64)]
@@ -43,6 +55,11 @@ struct Args {
     /// Messages per second per sender (default: as fast as it can).
     #[arg(long)]
     rate: Option<f64>,
+
+    /// The peers' flow-control window in messages (default: theirs; 0 turns flow control
+    /// off, to see what it prevents).
+    #[arg(long, value_name = "MESSAGES")]
+    flow_window: Option<u64>,
 
     /// Only this order: fifo or total (default: both).
     #[arg(long, value_parser = ["fifo", "total"])]
@@ -87,6 +104,7 @@ fn run(args: Args) -> Result<(), String> {
                 messages: args.messages,
                 payload: args.payload,
                 rate: args.rate,
+                flow_window: args.flow_window,
             };
             println!(
                 "Experiment 1, {} order: {} peers each sending {} messages of {} bytes at once",
@@ -102,31 +120,60 @@ fn run(args: Args) -> Result<(), String> {
             all.push(run);
         }
     }
+    let mut baselines: Vec<Baseline> = Vec::new();
     if args.experiment != "1" {
+        let bytes = experiments::datagram_bytes(args.payload);
         println!(
-            "Experiment 2: one sender, {} messages of {} bytes, groups of {:?} peers",
-            args.messages, args.payload, args.peer_counts
+            "Experiment 2: one sender, {} messages of {} bytes ({bytes}-byte datagrams), groups of {:?} peers",
+            args.stream, args.payload, args.peer_counts
         );
         let mut scaling = Vec::new();
         for &peers in &args.peer_counts {
+            if !args.no_baseline {
+                let found = baseline::search(&bin, peers, args.stream, bytes, &stop, |t| {
+                    eprintln!(
+                        "  raw UDP, {peers} peers, {}: sent {:.0}/s, slowest receiver {:.0}/s, {} lost",
+                        t.rate
+                            .map_or("flat out".to_owned(), |r| format!("at {r:.0}/s")),
+                        t.sent_per_second,
+                        t.slowest_per_second,
+                        t.lost
+                    );
+                })?;
+                baselines.push(found);
+            }
             for &order in &orders {
                 let plan = Plan {
                     experiment: 2,
                     order,
                     peers,
                     senders: 1,
-                    messages: args.messages,
+                    messages: args.stream,
                     payload: args.payload,
                     rate: args.rate,
+                    flow_window: args.flow_window,
                 };
-                eprint!("  running {peers} peers, {} order ... ", order.name());
-                let run = experiments::run(&bin, &plan, &stop)?;
-                eprintln!("{:.0} ms", run.summary.wall_ms);
+                eprint!("  {peers} peers, {} order ... ", order.name());
+                let mut run = experiments::run(&bin, &plan, &stop)?;
+                if let Some(b) = baselines.iter().find(|b| b.peers == peers) {
+                    run.summary.of_baseline = (b.lossless_rate() > 0.0)
+                        .then(|| run.summary.slowest_throughput / b.lossless_rate());
+                }
+                eprintln!(
+                    "slowest receiver {:.0}/s, p50 {} µs{}",
+                    run.summary.slowest_throughput,
+                    run.summary.latency_p50_us,
+                    if run.summary.complete {
+                        ""
+                    } else {
+                        " (INCOMPLETE)"
+                    }
+                );
                 complete &= run.summary.complete;
                 scaling.push(run);
             }
         }
-        print!("{}", experiments::scaling_table(&scaling));
+        print!("{}", experiments::scaling_table(&scaling, &baselines));
         all.extend(scaling);
     }
     std::fs::create_dir_all(&args.out)
@@ -135,10 +182,11 @@ fn run(args: Args) -> Result<(), String> {
         .json
         .clone()
         .unwrap_or_else(|| args.out.join("figures.json"));
-    let text = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?;
+    let figures = serde_json::json!({ "runs": all, "baselines": baselines });
+    let text = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
     std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
     println!("every figure written to {}", json.display());
-    for plot in runner::plot::experiment2(&all, &args.out)? {
+    for plot in runner::plot::experiment2(&all, &baselines, &args.out)? {
         println!("plot written to {}", plot.display());
     }
     if complete {

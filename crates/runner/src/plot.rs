@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
+use crate::baseline::Baseline;
 use crate::experiments::{Order, Run};
 
 const SIZE: (u32, u32) = (720, 440);
 const FIFO: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const TOTAL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const RAW: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 
 /// One line of a plot: its label, colour, dash, and points (peers, value).
 struct Line {
@@ -38,14 +40,25 @@ fn color(order: Order) -> RGBColor {
 }
 
 /// Draws Experiment 2's runs among `runs` into `dir`: `experiment2-throughput.svg` (the
-/// slowest receiver's deliveries per second) and `experiment2-latency.svg` (p50 and p99,
-/// log scale). Returns the files written; none if no Experiment 2 run is among `runs`.
-pub fn experiment2(runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>, String> {
+/// slowest receiver's deliveries per second, with the raw-UDP baseline's lossless rate as a
+/// dashed grey line when measured) and `experiment2-latency.svg` (p50 and p99, log scale).
+/// Returns the files written; none if no Experiment 2 run is among `runs`.
+pub fn experiment2(
+    runs: &[Run],
+    baselines: &[Baseline],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
     let orders = [Order::Fifo, Order::Total];
     if !runs.iter().any(|r| r.plan.experiment == 2) {
         return Ok(Vec::new());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut raw: Vec<(f64, f64)> = baselines
+        .iter()
+        .filter(|b| b.lossless.is_some())
+        .map(|b| (b.peers as f64, b.lossless_rate()))
+        .collect();
+    raw.sort_by(|a, b| a.0.total_cmp(&b.0));
     let throughput: Vec<Line> = orders
         .iter()
         .map(|&o| Line {
@@ -54,6 +67,12 @@ pub fn experiment2(runs: &[Run], dir: &Path) -> Result<Vec<PathBuf>, String> {
             dashed: false,
             points: series(runs, o, |r| r.summary.slowest_throughput),
         })
+        .chain(std::iter::once(Line {
+            label: "raw UDP, nothing lost".to_owned(),
+            color: RAW,
+            dashed: true,
+            points: raw,
+        }))
         .filter(|l| !l.points.is_empty())
         .collect();
     let latency: Vec<Line> = orders

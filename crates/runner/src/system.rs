@@ -33,10 +33,14 @@ pub fn binaries() -> Result<PathBuf, String> {
 pub struct Proc {
     child: Child,
     name: String,
+    /// After the banner was read: the thread that keeps reading standard output (so the
+    /// process never blocks on a full pipe) and returns the rest of it.
+    rest: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Proc {
-    fn spawn(bin: &Path, name: &str, args: &[String]) -> Result<Self, String> {
+    /// Starts `bin` with `args`, its output captured.
+    pub(crate) fn spawn(bin: &Path, name: &str, args: &[String]) -> Result<Self, String> {
         let child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
@@ -47,23 +51,24 @@ impl Proc {
         Ok(Self {
             child,
             name: name.to_owned(),
+            rest: None,
         })
     }
 
     /// Reads the first line of standard output and takes its fourth word as the address
     /// the daemon listens on (`tracker listening on ADDR ...`).
-    fn banner_addr(&mut self) -> Result<SocketAddr, String> {
+    pub(crate) fn banner_addr(&mut self) -> Result<SocketAddr, String> {
         let stdout = self.child.stdout.take().ok_or("no output")?;
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader
             .read_line(&mut line)
             .map_err(|e| format!("{}: {e}", self.name))?;
-        // Keep draining the rest so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
+        self.rest = Some(std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            rest
+        }));
         line.split_whitespace()
             .nth(3)
             .and_then(|a| a.trim_end_matches([';', ',']).parse().ok())
@@ -152,39 +157,50 @@ impl ScriptPeer {
     /// Waits for the peer to end (at most `timeout`, or until `stop` is set) and returns its
     /// measurements (the JSON object it prints last).
     pub fn finish(
+        self,
+        timeout: Duration,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<serde_json::Value, String> {
+        self.proc.finish(timeout, stop)
+    }
+}
+
+impl Proc {
+    /// Waits for the process to end (at most `timeout`, or until `stop` is set) and returns
+    /// the JSON object it printed last.
+    pub(crate) fn finish(
         mut self,
         timeout: Duration,
         stop: &Arc<AtomicBool>,
     ) -> Result<serde_json::Value, String> {
         let deadline = Instant::now() + timeout;
         let status = loop {
-            if let Some(status) = self.proc.child.try_wait().map_err(|e| e.to_string())? {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 break status;
             }
             if stop.load(Ordering::SeqCst) {
                 return Err("interrupted".into());
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{} did not finish within {timeout:?}",
-                    self.proc.name
-                ));
+                return Err(format!("{} did not finish within {timeout:?}", self.name));
             }
             std::thread::sleep(Duration::from_millis(5));
         };
         let mut out = String::new();
-        if let Some(mut stdout) = self.proc.child.stdout.take() {
+        if let Some(mut stdout) = self.child.stdout.take() {
             let _ = stdout.read_to_string(&mut out);
+        } else if let Some(rest) = self.rest.take() {
+            out = rest.join().unwrap_or_default();
         }
         let mut err = String::new();
-        if let Some(mut stderr) = self.proc.child.stderr.take() {
+        if let Some(mut stderr) = self.child.stderr.take() {
             let _ = stderr.read_to_string(&mut err);
         }
         let last = out.lines().last().unwrap_or_default();
         serde_json::from_str(last).map_err(|_| {
             format!(
                 "{} ended ({status}) without measurements: {}",
-                self.proc.name,
+                self.name,
                 err.trim()
             )
         })

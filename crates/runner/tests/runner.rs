@@ -11,6 +11,7 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
     let json = dir.path().join("figures.json");
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(["--peers", "3", "--peer-counts", "2,3", "--messages", "30"])
+        .args(["--stream", "300"])
         .arg("--json")
         .arg(&json)
         .arg("--out")
@@ -23,14 +24,32 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
     assert!(stdout.contains("Experiment 1, FIFO order: 3 peers each sending 30 messages"));
     assert!(stdout.contains("all: 270 of 270 deliveries;"), "{stdout}");
     assert!(!stdout.contains("INCOMPLETE"), "{stdout}");
-    let runs: serde_json::Value =
+    let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let runs = runs.as_array().unwrap();
+    let runs = figures["runs"].as_array().unwrap();
     assert_eq!(
         runs.len(),
         2 + 2 * 2,
         "experiment 1 twice, experiment 2 for two sizes twice"
     );
+    // The raw-UDP baseline ran for each group size, found a rate with nothing lost, and
+    // every Experiment 2 run is shown as a share of it.
+    let baselines = figures["baselines"].as_array().unwrap();
+    assert_eq!(baselines.len(), 2, "{figures}");
+    for b in baselines {
+        assert!(
+            b["lossless"]["slowest_per_second"].as_f64().unwrap() > 0.0,
+            "{b}"
+        );
+        assert_eq!(b["lossless"]["lost"], 0, "{b}");
+    }
+    assert_eq!(stdout.matches(" raw UDP ").count(), 2, "{stdout}");
+    for run in runs.iter().filter(|r| r["plan"]["experiment"] == 2) {
+        assert!(
+            run["summary"]["of_baseline"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+    }
     for name in ["experiment2-throughput.svg", "experiment2-latency.svg"] {
         let svg = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(svg.starts_with("<svg"), "{name}");
@@ -46,5 +65,51 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
         assert_eq!(run["summary"]["complete"], true, "{run}");
         let peers = run["plan"]["peers"].as_u64().unwrap();
         assert_eq!(run["peers"].as_array().unwrap().len() as u64, peers);
+    }
+}
+
+/// Flat out into a group whose sequencer is the bottleneck: without flow control the author
+/// runs thousands of messages ahead, the sequencer's socket overflows, and messages are lost
+/// for good once they leave the author's retransmission buffer (seen: 4 peers, 20,000
+/// messages, `--flow-window 0`, incomplete). With it, every member delivers everything.
+#[test]
+fn a_flat_out_sender_is_held_to_its_slowest_member_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("figures.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "--experiment",
+            "2",
+            "--peer-counts",
+            "4",
+            "--order",
+            "total",
+        ])
+        .args(["--stream", "20000", "--no-baseline"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &figures["runs"][0];
+    assert_eq!(run["summary"]["complete"], true, "{run}");
+    assert_eq!(run["summary"]["delivered"], 4 * 20_000);
+    let sender = &run["peers"][0];
+    assert_eq!(sender["sent"], 20_000);
+    assert!(
+        sender["flow"]["window_closed"].as_u64().unwrap() > 0,
+        "the sender had to wait: {sender}"
+    );
+    for receiver in run["peers"].as_array().unwrap()[1..].iter() {
+        assert!(
+            receiver["flow"]["acks_sent"].as_u64().unwrap() > 0,
+            "{receiver}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the wire encoding: a 100-byte application datagram encoded and
-//! decoded, and a tracker request decoded.
+//! decoded, a bundle of 64-byte messages packed and unpacked (throughput in messages), and
+//! a tracker request decoded.
 //!
 //! Run: `cargo bench --bench proto`.
 
@@ -7,6 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use groupcast::proto::bundle::{BundleWriter, LOOPBACK_BUNDLE_LEN, decode_bundle};
 use groupcast::proto::{Datagram, DatagramType, Request};
 
 fn application_datagram() -> Datagram {
@@ -49,6 +51,44 @@ fn datagram(c: &mut Criterion) {
     group.finish();
 }
 
+/// A bundle as a peer sends it flat out: up to 16 KiB of already-encoded messages with
+/// 64-byte texts (about 75 of them).
+fn bundle(c: &mut Criterion) {
+    let mut message = application_datagram();
+    message.content = "x".repeat(64);
+    message.sent_at_us = Some(1_800_000_000_000_000);
+    let items: Vec<Vec<u8>> = (0..200u64)
+        .map(|counter| {
+            message.counter = counter;
+            message.encode(4096).expect("fits")
+        })
+        .collect();
+    let mut writer = BundleWriter::new();
+    let mut packed = 0;
+    for item in &items {
+        if !writer.fits(item, LOOPBACK_BUNDLE_LEN) {
+            break;
+        }
+        writer.push(item);
+        packed += 1;
+    }
+    let bundle = writer.finish().to_vec();
+    let mut group = c.benchmark_group("bundle_16KiB_64B_messages");
+    group.throughput(Throughput::Elements(packed as u64));
+    group.bench_function("pack", |b| {
+        b.iter(|| {
+            for item in &items[..packed] {
+                writer.push(black_box(item));
+            }
+            black_box(writer.finish().len())
+        })
+    });
+    group.bench_function("unpack_and_decode", |b| {
+        b.iter(|| decode_bundle(black_box(&bundle)).expect("valid"))
+    });
+    group.finish();
+}
+
 fn request(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(1));
@@ -71,6 +111,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = datagram, request
+    targets = datagram, bundle, request
 }
 criterion_main!(benches);

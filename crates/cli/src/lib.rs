@@ -13,7 +13,7 @@ use thiserror::Error;
 mod outbox;
 mod shutdown;
 mod udp;
-pub use outbox::Outbox;
+pub use outbox::{Outbox, OutboxStats};
 pub use shutdown::Shutdown;
 pub use udp::bind_udp;
 

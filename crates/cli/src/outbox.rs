@@ -1,4 +1,4 @@
-//! Datagrams on their way out of a non-blocking UDP socket.
+//! Datagrams on their way out of a non-blocking UDP socket, bundled and burst-ordered.
 
 use std::collections::VecDeque;
 use std::io;
@@ -6,41 +6,123 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::net::UdpSocket;
+use proto::bundle::{BundleWriter, LAN_BUNDLE_LEN, LOOPBACK_BUNDLE_LEN};
 
-/// Datagrams waiting for a non-blocking socket: each is sent at once when nothing waits
-/// before it, and kept, in order, when the socket would block — the event loop calls
-/// [`flush`](Self::flush) when the socket is writable again. One multicast shares one buffer
-/// among its destinations.
+#[derive(Debug)]
+struct Pending {
+    to: SocketAddr,
+    bytes: Arc<[u8]>,
+    /// The destination reads bundles.
+    bundle: bool,
+}
+
+/// What an outbox sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// UDP datagrams sent (a bundle counts once).
+    pub datagrams: u64,
+    /// Of those, bundles of more than one datagram.
+    pub bundles: u64,
+    /// Datagrams that travelled inside bundles.
+    pub bundled: u64,
+}
+
+/// Datagrams waiting for a non-blocking socket.
+///
+/// The event loop queues what a turn produces and [`flush`](Self::flush)es at the end of the
+/// turn, so a lone message goes out at once, while what piled up meanwhile (a backlog, a
+/// batch of received datagrams answered together) goes out *per destination, back to back*:
+/// each receiver is woken once for its share. Consecutive datagrams for a destination that
+/// reads bundles are packed into one, up to the bundle limit. What the socket refuses with
+/// "would block" stays queued, in order, for the next flush (when the socket is writable);
+/// one multicast shares one buffer among its destinations.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: VecDeque<(SocketAddr, Arc<[u8]>)>,
+    queue: VecDeque<Pending>,
+    writer: BundleWriter,
+    /// Largest bundle; `None`: by destination (16 KiB on loopback, 1472 bytes elsewhere);
+    /// `Some(0)`: no bundling.
+    max_bundle: Option<usize>,
+    stats: OutboxStats,
 }
 
 impl Outbox {
-    /// An empty outbox.
+    /// An empty outbox that bundles with the default limits.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sends `bytes` to `to` now if possible, else queues it behind what waits.
+    /// Sets the largest bundle in bytes for every destination (0: never bundle).
+    pub fn with_max_bundle(mut self, max: Option<usize>) -> Self {
+        self.max_bundle = max.map(|m| m.min(proto::MAX_DATAGRAM_LEN));
+        self
+    }
+
+    /// Queues `bytes` for `to`; `bundle` says whether `to` reads bundles. Nothing is sent
+    /// before [`flush`](Self::flush).
+    pub fn queue(&mut self, to: SocketAddr, bytes: Arc<[u8]>, bundle: bool) {
+        self.queue.push_back(Pending { to, bytes, bundle });
+    }
+
+    /// Sends `bytes` to `to` now if nothing waits, else queues it behind what waits. Never
+    /// bundled (for the tracker and other single datagrams).
     pub fn send(&mut self, udp: &UdpSocket, to: SocketAddr, bytes: Arc<[u8]>) {
-        self.queue.push_back((to, bytes));
+        self.queue(to, bytes, false);
         if self.queue.len() == 1 {
             self.flush(udp);
         }
     }
 
-    /// Sends what waits until the socket would block. A datagram the socket refuses for
-    /// another reason (a destination that is gone) is dropped and logged.
+    fn limit(&self, to: SocketAddr) -> usize {
+        self.max_bundle.unwrap_or(if to.ip().is_loopback() {
+            LOOPBACK_BUNDLE_LEN
+        } else {
+            LAN_BUNDLE_LEN
+        })
+    }
+
+    /// Sends what waits, grouped by destination, until the socket would block. A datagram
+    /// the socket refuses for another reason (a destination that is gone) is dropped and
+    /// logged.
     pub fn flush(&mut self, udp: &UdpSocket) {
-        while let Some((to, bytes)) = self.queue.front() {
-            match udp.send_to(bytes, *to) {
-                Ok(_) => {}
+        if self.queue.len() > 1 {
+            // Stable: each destination keeps its datagrams in the order queued.
+            self.queue.make_contiguous().sort_by_key(|p| p.to);
+        }
+        while let Some(first) = self.queue.front() {
+            let to = first.to;
+            let max = self.limit(to);
+            // How many of the datagrams at the front go in one bundle.
+            let mut take = 1;
+            if first.bundle && max > 0 && first.bytes.len() < max {
+                self.writer.push(&first.bytes);
+                for p in self.queue.iter().skip(1) {
+                    if p.to != to || !p.bundle || !self.writer.fits(&p.bytes, max) {
+                        break;
+                    }
+                    self.writer.push(&p.bytes);
+                    take += 1;
+                }
+            }
+            let result = if take > 1 {
+                udp.send_to(self.writer.finish(), to)
+            } else {
+                let _ = self.writer.finish();
+                udp.send_to(&first.bytes, to)
+            };
+            match result {
+                Ok(_) => {
+                    self.stats.datagrams += 1;
+                    if take > 1 {
+                        self.stats.bundles += 1;
+                        self.stats.bundled += take as u64;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => log::debug!("cannot send to {to}: {e}"),
             }
-            self.queue.pop_front();
+            self.queue.drain(..take);
         }
     }
 
@@ -52,5 +134,80 @@ impl Outbox {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// What was sent so far.
+    pub fn stats(&self) -> OutboxStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind")
+    }
+
+    fn receive_all(udp: &std::net::UdpSocket) -> Vec<Vec<u8>> {
+        udp.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = udp.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
+    #[test]
+    fn queued_datagrams_go_out_per_destination_bundled_where_read_and_in_order() {
+        let udp = socket();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (to_a, to_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+        let item = |n: u32| -> Arc<[u8]> { Arc::from(format!("{{\"n\":{n}}}").into_bytes()) };
+        let mut out = Outbox::new().with_max_bundle(Some(30));
+        for n in 0..5 {
+            // A reads bundles, B does not: interleaved as a multicast would queue them.
+            out.queue(to_a, item(n), true);
+            out.queue(to_b, item(n), false);
+        }
+        out.flush(&udp);
+        assert!(out.is_empty());
+        let text = |d: &Vec<u8>| String::from_utf8(d.clone()).expect("utf8");
+        let got_a: Vec<String> = receive_all(&a).iter().map(text).collect();
+        let got_b: Vec<String> = receive_all(&b).iter().map(text).collect();
+        // Each `{"n":N}` is 7 bytes: three fit in 30 with the brackets and commas.
+        assert_eq!(
+            got_a,
+            ["[{\"n\":0},{\"n\":1},{\"n\":2}]", "[{\"n\":3},{\"n\":4}]"]
+        );
+        assert_eq!(
+            got_b,
+            (0..5).map(|n| format!("{{\"n\":{n}}}")).collect::<Vec<_>>()
+        );
+        let stats = out.stats();
+        assert_eq!((stats.datagrams, stats.bundles, stats.bundled), (7, 2, 5));
+    }
+
+    #[test]
+    fn a_lone_datagram_is_never_wrapped_and_bundling_can_be_off() {
+        let udp = socket();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = a.local_addr().expect("a");
+        let mut out = Outbox::new();
+        out.queue(to, Arc::from(&b"{\"alone\":1}"[..]), true);
+        out.flush(&udp);
+        let mut off = Outbox::new().with_max_bundle(Some(0));
+        for _ in 0..3 {
+            off.queue(to, Arc::from(&b"{\"x\":1}"[..]), true);
+        }
+        off.flush(&udp);
+        let got = receive_all(&a);
+        assert_eq!(got[0], b"{\"alone\":1}");
+        assert_eq!(got.len(), 4);
+        assert!(got[1..].iter().all(|d| d == b"{\"x\":1}"));
     }
 }

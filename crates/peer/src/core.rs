@@ -3,7 +3,7 @@
 //! `ordering` cores. Datagrams and time come in; datagrams to send and messages to deliver
 //! come out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -122,6 +122,9 @@ pub enum Output {
         to: SocketAddr,
         /// The encoded datagram; one multicast shares one buffer among its destinations.
         bytes: Arc<[u8]>,
+        /// The destination reads bundles (it announced [`proto::bundle::BUNDLE_VERSION`]):
+        /// the caller may pack this datagram with others queued for it.
+        bundle: bool,
     },
     /// Hand this message to the application.
     Deliver(Message),
@@ -269,6 +272,8 @@ pub struct PeerCore {
     traffic: Traffic,
     /// See [`ordering::Config::flow_window`].
     flow_window: u64,
+    /// Addresses of members that announced they read bundles.
+    bundle_readers: HashSet<SocketAddr>,
 }
 
 /// Records that `member` delivered our stream through `counter`.
@@ -319,6 +324,7 @@ impl PeerCore {
             tracker: config.tracker,
             mode: config.mode,
             flow_window: config.ordering.flow_window,
+            bundle_readers: HashSet::new(),
             tx: FifoSender::new(config.ordering.clone()),
             fifo: FifoReceiver::new(config.ordering.clone()),
             total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
@@ -525,17 +531,34 @@ impl PeerCore {
         Ok(counter)
     }
 
-    /// One datagram that arrived from `from`.
+    /// One datagram that arrived from `from`: a single one, or a bundle of several (each
+    /// checked and handled as if it had come alone).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        let d = match Datagram::decode(bytes) {
-            Ok(d) => d,
+        if proto::bundle::is_bundle(bytes) {
+            match proto::bundle::decode_bundle(bytes) {
+                Ok(items) => {
+                    for d in items {
+                        self.handle_one(now, from, d);
+                    }
+                }
+                Err(e) => {
+                    self.traffic.malformed += 1;
+                    log::debug!("dropped a bundle from {from}: {e}");
+                }
+            }
+            return;
+        }
+        match Datagram::decode(bytes) {
+            Ok(d) => self.handle_one(now, from, d),
             Err(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
-                return;
             }
-        };
+        }
+    }
+
+    fn handle_one(&mut self, now: Instant, from: SocketAddr, d: Datagram) {
         let Some(state) = self.groups.get_mut(&d.group) else {
             self.traffic.unknown += 1;
             log::debug!("dropped a datagram for group {:?}, not joined", d.group);
@@ -572,6 +595,9 @@ impl PeerCore {
                 log::debug!("dropped a datagram from unknown member {:?}", d.username);
             }
             return;
+        }
+        if matches!(d.kind, DatagramType::Hello | DatagramType::HelloAck) {
+            self.note_version(from, d.proto);
         }
         match d.kind {
             DatagramType::Hello if d.username == SEQUENCER => self.on_sequencer_hello(now, d),
@@ -1251,7 +1277,19 @@ impl PeerCore {
         } else {
             self.traffic.control_datagrams_sent += 1;
         }
-        self.outputs.push_back(Output::Transmit { to, bytes });
+        let bundle = self.bundle_readers.contains(&to);
+        self.outputs
+            .push_back(Output::Transmit { to, bytes, bundle });
+    }
+
+    /// A Hello or HelloAck from `from` told us its protocol version: whether it reads
+    /// bundles.
+    fn note_version(&mut self, from: SocketAddr, proto: Option<u32>) {
+        if proto.is_some_and(|v| v >= proto::bundle::BUNDLE_VERSION) {
+            self.bundle_readers.insert(from);
+        } else {
+            self.bundle_readers.remove(&from);
+        }
     }
 
     /// The address of `name` in `group`, if it may receive the newer datagram types.
@@ -1432,7 +1470,7 @@ mod tests {
                     while let Some(out) = self.cores[i].poll_output() {
                         moved = true;
                         match out {
-                            Output::Transmit { to, bytes } => {
+                            Output::Transmit { to, bytes, .. } => {
                                 self.sent[i].push((to, Datagram::decode(&bytes).expect("valid")));
                                 if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
                                     self.cores[j].handle_datagram(now, from, &bytes);
@@ -1517,6 +1555,75 @@ mod tests {
             "kat acknowledged all 28"
         );
         assert!(net.cores[0].window_open(after, "books"));
+    }
+
+    #[test]
+    fn a_bundle_is_handled_item_by_item_and_only_newer_members_are_sent_bundles() {
+        let t = Instant::now();
+        let mut net = flow_pair(t, 0);
+        // Both announced the current version: each may bundle towards the other.
+        net.cores[1].send(t, "books", "warm-up", 1).expect("joined");
+        let mut bundle_flags = Vec::new();
+        while let Some(out) = net.cores[1].poll_output() {
+            if let Output::Transmit { to, bytes, bundle } = out {
+                bundle_flags.push(bundle);
+                net.cores[0].handle_datagram(t, addr(6002), &bytes);
+                assert_eq!(to, addr(6001));
+            }
+        }
+        assert_eq!(bundle_flags, [true]);
+        // An old peer (no Proto) joins.
+        let old = Datagram::new(
+            DatagramType::Hello,
+            "books",
+            "old",
+            "",
+            addr(6003),
+            0,
+            "old",
+        );
+        net.cores[0].handle_datagram(t, addr(6003), &old.encode(4096).expect("fits"));
+        // Kat's next two messages arrive in one bundle, with a forged third item claiming
+        // to be from the old peer: the two are delivered in order, the forgery is dropped.
+        let item = |counter: u64, name: &str, text: &str| {
+            let mut d = Datagram::new(
+                DatagramType::Application,
+                "books",
+                name,
+                text,
+                addr(6002),
+                counter,
+                name,
+            );
+            d.sent_at_us = Some(1);
+            d.encode(4096).expect("fits")
+        };
+        let mut w = proto::bundle::BundleWriter::new();
+        w.push(&item(2, "kat", "two"));
+        w.push(&item(3, "kat", "three"));
+        w.push(&item(1, "old", "forged"));
+        let bundle = w.finish().to_vec();
+        while net.cores[0].poll_output().is_some() {}
+        let spoofed = net.cores[0].traffic().spoofed;
+        net.cores[0].handle_datagram(t, addr(6002), &bundle);
+        net.settle(t);
+        let texts: Vec<&str> = net.delivered[0]
+            .iter()
+            .filter(|(a, _)| a == "kat")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert_eq!(texts, ["two", "three"]);
+        assert_eq!(net.cores[0].traffic().spoofed, spoofed + 1);
+        // A broken bundle is one malformed datagram, nothing else.
+        net.cores[0].handle_datagram(t, addr(6002), b"[{\"Type\":2},");
+        assert_eq!(net.cores[0].traffic().malformed, 1);
+        // The old peer never gets a datagram marked for bundling.
+        net.cores[0].send(t, "books", "to all", 1).expect("joined");
+        while let Some(out) = net.cores[0].poll_output() {
+            if let Output::Transmit { to, bundle, .. } = out {
+                assert_eq!(bundle, to != addr(6003), "to {to}");
+            }
+        }
     }
 
     #[test]
@@ -1685,7 +1792,7 @@ mod tests {
         }
         let mut kinds = Vec::new();
         while let Some(out) = ford.poll_output() {
-            if let Output::Transmit { to, bytes } = out {
+            if let Output::Transmit { to, bytes, .. } = out {
                 assert_eq!(to, addr(6009));
                 kinds.push(Datagram::decode(&bytes).expect("valid").kind);
             }

@@ -119,15 +119,21 @@ pub struct Report {
     pub delivered_per_second: f64,
     /// One-way latency, from the send time carried in each message to its delivery.
     pub latency: Latency,
-    /// UDP datagrams sent, of all kinds.
+    /// UDP datagrams sent to members (a bundle counts once).
     pub datagrams_sent: u64,
-    /// Of which application messages (first sends and retransmissions).
+    /// Of which bundles of several.
+    pub bundles_sent: u64,
+    /// Application messages sent to members, bundled or not (first sends and
+    /// retransmissions).
     pub app_datagrams_sent: u64,
-    /// Of which control datagrams (Hello, Bye, retransmission requests, digests, ...).
+    /// Control messages sent to members (Hello, Bye, acknowledgements, retransmission
+    /// requests, digests, ...).
     pub control_datagrams_sent: u64,
+    /// Messages (application and control) per UDP datagram: above 1 when bundled.
+    pub messages_per_datagram: f64,
     /// Messages to the tracker (requests and heartbeats).
     pub tracker_messages_sent: u64,
-    /// Datagrams sent per message sent.
+    /// UDP datagrams sent per message sent.
     pub datagrams_per_message: f64,
     /// Datagrams dropped, by reason.
     pub dropped: Dropped,
@@ -195,10 +201,12 @@ impl fmt::Display for Report {
             f,
             "datagrams sent",
             format!(
-                "{} ({} application, {} control; {:.2} per message sent)",
+                "{} ({} bundles; {} application and {} control messages, {:.2} per datagram; {:.2} datagrams per message sent)",
                 self.datagrams_sent,
+                self.bundles_sent,
                 self.app_datagrams_sent,
                 self.control_datagrams_sent,
+                self.messages_per_datagram,
                 self.datagrams_per_message
             ),
         )?;

@@ -23,8 +23,10 @@ pub const MAX_RANGES: usize = 64;
 pub const MAX_FRONTIER: usize = 1024;
 
 /// Version of the newer protocol announced in the `Proto` key of Hello and HelloAck.
-/// A peer that never announced it speaks only the report's protocol.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// A peer that never announced it speaks only the report's protocol. Version 2: handshakes,
+/// loss recovery, sequencer failover, flow control; version 3 also reads bundles
+/// ([`crate::bundle`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The `Type` code of a group datagram.
 ///
@@ -258,7 +260,7 @@ impl Datagram {
         Ok(datagram)
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.ranges.len() > MAX_RANGES {
             return Err(Error::Invalid {
                 detail: format!(

@@ -52,6 +52,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// The peers' flow-control window (`None`: their default).
     pub flow_window: Option<u64>,
+    /// Largest bundle of the peers and the sequencer (`None`: their default; 0: off).
+    pub bundle_bytes: Option<usize>,
 }
 
 /// The figures of one run, over all its peers.
@@ -69,8 +71,11 @@ pub struct Summary {
     pub latency_p50_us: u64,
     /// The highest of the peers' 99th-percentile latencies (µs).
     pub latency_p99_us: u64,
-    /// Datagrams sent by the peers per message sent (the sequencer's are not counted).
+    /// UDP datagrams sent by the peers per message sent (the sequencer's are not counted).
     pub datagrams_per_message: f64,
+    /// Messages (application and control) per UDP datagram the peers sent: above 1 when
+    /// bundled.
+    pub messages_per_datagram: f64,
     /// Messages to the tracker, all peers together.
     pub tracker_messages: u64,
     /// Retransmission requests, all peers together.
@@ -122,7 +127,11 @@ pub fn datagram_bytes(payload: usize) -> usize {
 pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, String> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let system = System::start(bin)?;
+    let bundling: Vec<String> = plan
+        .bundle_bytes
+        .map(|b| vec!["--bundle-bytes".to_owned(), b.to_string()])
+        .unwrap_or_default();
+    let system = System::start(bin, &bundling)?;
     let expected = (plan.senders * plan.messages) as u64;
     let mut running = Vec::new();
     for i in 0..plan.peers {
@@ -159,6 +168,7 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
         if let Some(w) = plan.flow_window {
             args.extend(["--flow-window".into(), w.to_string()]);
         }
+        args.extend(bundling.iter().cloned());
         running.push(system.script_peer(&name, &args)?);
     }
     let mut peers = Vec::new();
@@ -188,6 +198,17 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
             .max()
             .unwrap_or(0),
         datagrams_per_message: if sent > 0.0 { datagrams / sent } else { 0.0 },
+        messages_per_datagram: if datagrams > 0.0 {
+            peers
+                .iter()
+                .map(|p| {
+                    number(p, &["app_datagrams_sent"]) + number(p, &["control_datagrams_sent"])
+                })
+                .sum::<f64>()
+                / datagrams
+        } else {
+            0.0
+        },
         tracker_messages: peers
             .iter()
             .map(|p| number(p, &["tracker_messages_sent"]) as u64)
@@ -257,7 +278,7 @@ pub fn peer_table(run: &Run) -> String {
 /// one row per order, with its throughput as a share of the baseline.
 pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
     let mut out = format!(
-        "  {:>5} {:<8} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>9}\n",
+        "  {:>5} {:<8} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>10} {:>9}\n",
         "peers",
         "order",
         "complete",
@@ -266,6 +287,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
         "p50 µs",
         "p99 µs",
         "dgrams/msg",
+        "msgs/dgram",
         "nacks"
     );
     let mut sizes: Vec<usize> = runs.iter().map(|r| r.plan.peers).collect();
@@ -275,7 +297,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
             match &b.lossless {
                 Some(t) => {
                     out += &format!(
-                        "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>9}\n",
+                        "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
                         peers,
                         "raw UDP",
                         "yes",
@@ -284,6 +306,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
                         t.latency_p50_us,
                         t.latency_p99_us,
                         (peers.max(2) - 1) as f64,
+                        1.0,
                         "-"
                     )
                 }
@@ -295,7 +318,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
         for r in runs.iter().filter(|r| r.plan.peers == peers) {
             let s = &r.summary;
             out += &format!(
-                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>9}\n",
+                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
                 r.plan.peers,
                 r.plan.order.name(),
                 if s.complete { "yes" } else { "NO" },
@@ -305,6 +328,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
                 s.latency_p50_us,
                 s.latency_p99_us,
                 s.datagrams_per_message,
+                s.messages_per_datagram,
                 s.nacks
             );
         }

@@ -61,6 +61,15 @@ struct Args {
     #[arg(long, value_name = "MESSAGES")]
     flow_window: Option<u64>,
 
+    /// Send one datagram per message (no bundling), for comparison.
+    #[arg(long)]
+    no_bundling: bool,
+
+    /// Largest bundle in bytes, for the peers and the sequencer (default: theirs, 16 KiB
+    /// on loopback).
+    #[arg(long, value_name = "BYTES", conflicts_with = "no_bundling")]
+    bundle_bytes: Option<usize>,
+
     /// Only this order: fifo or total (default: both).
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
@@ -105,6 +114,11 @@ fn run(args: Args) -> Result<(), String> {
                 payload: args.payload,
                 rate: args.rate,
                 flow_window: args.flow_window,
+                bundle_bytes: if args.no_bundling {
+                    Some(0)
+                } else {
+                    args.bundle_bytes
+                },
             };
             println!(
                 "Experiment 1, {} order: {} peers each sending {} messages of {} bytes at once",
@@ -152,6 +166,11 @@ fn run(args: Args) -> Result<(), String> {
                     payload: args.payload,
                     rate: args.rate,
                     flow_window: args.flow_window,
+                    bundle_bytes: if args.no_bundling {
+                        Some(0)
+                    } else {
+                        args.bundle_bytes
+                    },
                 };
                 eprint!("  {peers} peers, {} order ... ", order.name());
                 let mut run = experiments::run(&bin, &plan, &stop)?;

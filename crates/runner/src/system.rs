@@ -110,10 +110,12 @@ pub struct System {
 }
 
 impl System {
-    /// Starts a sequencer and a tracker that knows it, on free ports of 127.0.0.1.
-    pub fn start(bin: &Path) -> Result<Self, String> {
-        let mut sequencer =
-            Proc::spawn(&bin.join("sequencer"), "sequencer", &["127.0.0.1:0".into()])?;
+    /// Starts a sequencer (with `sequencer_args` after its address) and a tracker that
+    /// knows it, on free ports of 127.0.0.1.
+    pub fn start(bin: &Path, sequencer_args: &[String]) -> Result<Self, String> {
+        let mut args = vec!["127.0.0.1:0".to_owned()];
+        args.extend(sequencer_args.iter().cloned());
+        let mut sequencer = Proc::spawn(&bin.join("sequencer"), "sequencer", &args)?;
         let seq_addr = sequencer.banner_addr()?;
         let mut tracker = Proc::spawn(
             &bin.join("tracker"),

@@ -3,7 +3,7 @@
 //! where the sequence starts, and the translation between datagrams and the ordering core's
 //! [`Sequencer`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub struct Transmit {
     pub to: SocketAddr,
     /// The encoded datagram (shared by all destinations of one multicast).
     pub bytes: Arc<[u8]>,
+    /// The destination reads bundles: the caller may pack this with others queued for it.
+    pub bundle: bool,
 }
 
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a
@@ -96,6 +98,8 @@ pub struct SequencerNode {
     evicted_self: bool,
     outputs: VecDeque<Transmit>,
     traffic: NodeTraffic,
+    /// Addresses of members that announced they read bundles.
+    bundle_readers: HashSet<SocketAddr>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -124,6 +128,7 @@ impl SequencerNode {
             evicted_self: false,
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
+            bundle_readers: HashSet::new(),
         }
     }
 
@@ -156,14 +161,25 @@ impl SequencerNode {
     /// One datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        let d = match Datagram::decode(bytes) {
-            Ok(d) => d,
+        let decoded = if proto::bundle::is_bundle(bytes) {
+            proto::bundle::decode_bundle(bytes)
+        } else {
+            Datagram::decode(bytes).map(|d| vec![d])
+        };
+        match decoded {
+            Ok(items) => {
+                for d in items {
+                    self.handle_one(now, from, d);
+                }
+            }
             Err(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
-                return;
             }
-        };
+        }
+    }
+
+    fn handle_one(&mut self, now: Instant, from: SocketAddr, d: Datagram) {
         if d.kind == DatagramType::Bye && Some(from) == self.tracker && d.username == SEQUENCER {
             // The tracker took our silence for a crash: register again (the members greet
             // us, find our epoch unchanged, and go on).
@@ -194,6 +210,11 @@ impl SequencerNode {
             if claimed != Some(from) {
                 self.traffic.spoofed += 1;
                 return;
+            }
+            if d.proto.is_some_and(|v| v >= proto::bundle::BUNDLE_VERSION) {
+                self.bundle_readers.insert(from);
+            } else {
+                self.bundle_readers.remove(&from);
             }
             self.on_hello(now, from, &d);
             self.pump(now);
@@ -461,7 +482,8 @@ impl SequencerNode {
 
     fn send(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
-        self.outputs.push_back(Transmit { to, bytes });
+        let bundle = self.bundle_readers.contains(&to);
+        self.outputs.push_back(Transmit { to, bytes, bundle });
     }
 
     fn addr_of(&self, group: &str, name: &str, newer_only: bool) -> Option<SocketAddr> {

@@ -100,7 +100,7 @@ impl Net {
                 while let Some(out) = self.peers[i].poll_output() {
                     moved = true;
                     match out {
-                        Output::Transmit { to, bytes } => self.deliver(from, to, &bytes),
+                        Output::Transmit { to, bytes, .. } => self.deliver(from, to, &bytes),
                         Output::Deliver(m) => {
                             self.delivered[i].push((m.author.to_string(), m.text))
                         }

@@ -41,7 +41,7 @@ struct Args {
     messages: usize,
 
     /// Experiment 2: messages the one sender sends (enough for a sustained rate).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20_000)]
     stream: usize,
 
     /// Experiment 2 without the raw-UDP baseline.

@@ -1175,22 +1175,10 @@ impl PeerCore {
         for group in give_up_on_sequencer {
             self.greet_peers(&group);
         }
-        let probes: Vec<String> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.sequencer_probe_at.is_some_and(|at| at <= now))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for group in probes {
+        for group in self.groups_due(now, |g| g.sequencer_probe_at) {
             self.probe_sequencer(now, &group);
         }
-        let flow: Vec<String> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.flow_probe_at.is_some_and(|at| at <= now))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for group in flow {
+        for group in self.groups_due(now, |g| g.flow_probe_at) {
             self.probe_flow(now, &group);
         }
         for (group, to, our_start) in resend {
@@ -1202,6 +1190,19 @@ impl PeerCore {
             self.transmit(to, hello, false);
         }
         self.pump(now);
+    }
+
+    /// The groups whose `timer` is due at `now`.
+    fn groups_due(
+        &self,
+        now: Instant,
+        timer: impl Fn(&GroupState) -> Option<Instant>,
+    ) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| timer(g).is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The next action for the caller, if any.

@@ -5,13 +5,13 @@
 
 use std::process::Command;
 
-#[test]
-fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
+/// Runs the runner with `args`, its output in a fresh folder; returns what it printed, the
+/// figures it wrote, and the folder (kept until dropped).
+fn run_runner(args: &[&str]) -> (String, serde_json::Value, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("figures.json");
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["--peers", "3", "--peer-counts", "2,3", "--messages", "30"])
-        .args(["--stream", "300"])
+        .args(args)
         .arg("--json")
         .arg(&json)
         .arg("--out")
@@ -21,11 +21,25 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    let figures = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (stdout, figures, dir)
+}
+
+#[test]
+fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
+    let (stdout, figures, dir) = run_runner(&[
+        "--peers",
+        "3",
+        "--peer-counts",
+        "2,3",
+        "--messages",
+        "30",
+        "--stream",
+        "300",
+    ]);
     assert!(stdout.contains("Experiment 1, FIFO order: 3 peers each sending 30 messages"));
     assert!(stdout.contains("all: 270 of 270 deliveries;"), "{stdout}");
     assert!(!stdout.contains("INCOMPLETE"), "{stdout}");
-    let figures: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = figures["runs"].as_array().unwrap();
     assert_eq!(
         runs.len(),
@@ -74,29 +88,17 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
 /// messages, `--flow-window 0`, incomplete). With it, every member delivers everything.
 #[test]
 fn a_flat_out_sender_is_held_to_its_slowest_member_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("figures.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args([
-            "--experiment",
-            "2",
-            "--peer-counts",
-            "4",
-            "--order",
-            "total",
-        ])
-        .args(["--stream", "20000", "--no-baseline"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--out")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let figures: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (_, figures, _dir) = run_runner(&[
+        "--experiment",
+        "2",
+        "--peer-counts",
+        "4",
+        "--order",
+        "total",
+        "--stream",
+        "20000",
+        "--no-baseline",
+    ]);
     let run = &figures["runs"][0];
     assert_eq!(run["summary"]["complete"], true, "{run}");
     assert_eq!(run["summary"]["delivered"], 4 * 20_000);

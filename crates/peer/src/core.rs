@@ -3,13 +3,14 @@
 //! `ordering` cores. Datagrams and time come in; datagrams to send and messages to deliver
 //! come out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordering::{FifoReceiver, FifoSender, Output as Order, Start, TotalOrderReceiver};
+use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION};
 use thiserror::Error;
 
@@ -247,6 +248,16 @@ struct GroupState {
     owed: HashMap<Arc<str>, (u64, u64)>,
 }
 
+impl GroupState {
+    /// Forgets what we kept of `member`'s stream and it of ours (it left, was evicted or
+    /// started afresh).
+    fn forget_streams(&mut self, member: &str) {
+        self.skip_through.remove(member);
+        self.owed.remove(member);
+        self.acked_by.remove(member);
+    }
+}
+
 /// How far one member delivered our stream.
 #[derive(Debug, Clone, Copy)]
 struct Acked {
@@ -272,8 +283,8 @@ pub struct PeerCore {
     traffic: Traffic,
     /// See [`ordering::Config::flow_window`].
     flow_window: u64,
-    /// Addresses of members that announced they read bundles.
-    bundle_readers: HashSet<SocketAddr>,
+    /// Members that announced they read bundles.
+    bundle_readers: BundleReaders,
 }
 
 /// Records that `member` delivered our stream through `counter`.
@@ -324,7 +335,7 @@ impl PeerCore {
             tracker: config.tracker,
             mode: config.mode,
             flow_window: config.ordering.flow_window,
-            bundle_readers: HashSet::new(),
+            bundle_readers: BundleReaders::default(),
             tx: FifoSender::new(config.ordering.clone()),
             fifo: FifoReceiver::new(config.ordering.clone()),
             total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
@@ -535,22 +546,12 @@ impl PeerCore {
     /// checked and handled as if it had come alone).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        if proto::bundle::is_bundle(bytes) {
-            match proto::bundle::decode_bundle(bytes) {
-                Ok(items) => {
-                    for d in items {
-                        self.handle_one(now, from, d);
-                    }
-                }
-                Err(e) => {
-                    self.traffic.malformed += 1;
-                    log::debug!("dropped a bundle from {from}: {e}");
+        match proto::bundle::decode_datagrams(bytes) {
+            Ok(items) => {
+                for d in items {
+                    self.handle_one(now, from, d);
                 }
             }
-            return;
-        }
-        match Datagram::decode(bytes) {
-            Ok(d) => self.handle_one(now, from, d),
             Err(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
@@ -597,7 +598,7 @@ impl PeerCore {
             return;
         }
         if matches!(d.kind, DatagramType::Hello | DatagramType::HelloAck) {
-            self.note_version(from, d.proto);
+            self.bundle_readers.note(from, d.proto);
         }
         match d.kind {
             DatagramType::Hello if d.username == SEQUENCER => self.on_sequencer_hello(now, d),
@@ -798,9 +799,7 @@ impl PeerCore {
             if let Some(state) = self.groups.get_mut(group) {
                 // Its counters start again: what we skipped of its old stream is moot, and
                 // so are the acknowledgements either way.
-                state.skip_through.remove(name);
-                state.owed.remove(name);
-                state.acked_by.remove(name);
+                state.forget_streams(name);
             }
             self.outputs.push_back(Output::Event(Event::Joined {
                 group: group.to_owned(),
@@ -1070,9 +1069,7 @@ impl PeerCore {
         }
         if let Some(state) = self.groups.get_mut(&d.group) {
             state.members.remove(&d.username);
-            state.skip_through.remove(d.username.as_str());
-            state.owed.remove(d.username.as_str());
-            state.acked_by.remove(d.username.as_str());
+            state.forget_streams(&d.username);
         }
         if self.mode == Mode::Fifo {
             let _ = self
@@ -1093,9 +1090,7 @@ impl PeerCore {
         if removed.is_none() {
             return;
         }
-        state.skip_through.remove(member);
-        state.owed.remove(member);
-        state.acked_by.remove(member);
+        state.forget_streams(member);
         if let (Some(stream), Some(info)) = (self.fifo.stream(group, member), removed.as_ref())
             && stream.started
         {
@@ -1278,19 +1273,9 @@ impl PeerCore {
         } else {
             self.traffic.control_datagrams_sent += 1;
         }
-        let bundle = self.bundle_readers.contains(&to);
+        let bundle = self.bundle_readers.reads(&to);
         self.outputs
             .push_back(Output::Transmit { to, bytes, bundle });
-    }
-
-    /// A Hello or HelloAck from `from` told us its protocol version: whether it reads
-    /// bundles.
-    fn note_version(&mut self, from: SocketAddr, proto: Option<u32>) {
-        if proto.is_some_and(|v| v >= proto::bundle::BUNDLE_VERSION) {
-            self.bundle_readers.insert(from);
-        } else {
-            self.bundle_readers.remove(&from);
-        }
     }
 
     /// The address of `name` in `group`, if it may receive the newer datagram types.

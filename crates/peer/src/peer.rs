@@ -165,7 +165,7 @@ struct Measure {
 /// A member of the group messenger.
 pub struct Peer {
     options: PeerOptions,
-    /// The script of `options`, shared so each step reads it without copying its lines.
+    /// Script mode, or interactive when `None` (taken out of `options`).
     script: Option<Arc<Script>>,
     /// The script waits for the flow-control window of its group to open.
     flow_blocked: bool,
@@ -219,7 +219,7 @@ fn real_now() -> clock::Nanos {
 
 impl Peer {
     /// Binds the UDP socket; the tracker is contacted once [`run`](Self::run) starts.
-    pub fn bind(options: PeerOptions) -> Result<Self, PeerError> {
+    pub fn bind(mut options: PeerOptions) -> Result<Self, PeerError> {
         let std_udp = cli::bind_udp(options.addr, 8 << 20, 4 << 20)?;
         let addr = std_udp.local_addr()?;
         let mut udp = UdpSocket::from_std(std_udp);
@@ -241,9 +241,11 @@ impl Peer {
             None => None,
         };
         let max_bundle = options.max_bundle;
+        // Kept once, shared: each step of the script reads it without copying its lines.
+        let script = options.script.take().map(Arc::new);
         Ok(Self {
             link: TrackerLink::new(options.tracker, TRACKER, now),
-            script: options.script.clone().map(Arc::new),
+            script,
             flow_blocked: false,
             tracker_udp: 0,
             options: PeerOptions { addr, ..options },
@@ -297,7 +299,7 @@ impl Peer {
     /// Runs until the user quits (interactive) or the script is done; returns the script's
     /// measurements, if any. Output for the user goes to `out`.
     pub fn run(&mut self, out: &mut dyn Write) -> Result<Option<Report>, PeerError> {
-        let input = if self.options.script.is_none() {
+        let input = if self.script.is_none() {
             Some(spawn_stdin_reader(self.stop.clone()))
         } else {
             None
@@ -550,14 +552,14 @@ impl Peer {
     /// In script mode, where standard output is the report, one line of news about the
     /// group on standard error, written at once.
     fn tell_stderr(&self, line: &str) {
-        if self.options.script.is_some() {
+        if self.script.is_some() {
             let text = format!("{}: {line}\n", self.options.username);
             let _ = io::stderr().write_all(text.as_bytes());
         }
     }
 
-    fn say(&self, out: &mut dyn Write, line: &str) -> io::Result<()> {
-        if self.options.script.is_some() {
+    fn say(&self, out: &mut dyn Write, line: impl std::fmt::Display) -> io::Result<()> {
+        if self.script.is_some() {
             return Ok(());
         }
         if self.tty {
@@ -575,7 +577,7 @@ impl Peer {
     }
 
     fn show_prompt(&self, out: &mut dyn Write) -> io::Result<()> {
-        if self.options.script.is_none() && self.quitting.is_none() && !self.prompt_shown.get() {
+        if self.script.is_none() && self.quitting.is_none() && !self.prompt_shown.get() {
             write!(out, "{}", self.prompt())?;
             out.flush()?;
             self.prompt_shown.set(self.tty);
@@ -587,7 +589,7 @@ impl Peer {
         if self.link.request(request, purpose).is_err() {
             self.say(
                 out,
-                &format!(
+                format_args!(
                     "error: the tracker at {} is unreachable; retrying in the background",
                     self.link.addr()
                 ),
@@ -625,7 +627,7 @@ impl Peer {
             Ok(Command::Join(group)) => {
                 if self.core.is_joined(&group) {
                     self.selected = Some(group.clone());
-                    self.say(out, &format!("already in {group}; writing to {group}"))?;
+                    self.say(out, format_args!("already in {group}; writing to {group}"))?;
                 } else {
                     self.ask(
                         out,
@@ -639,12 +641,12 @@ impl Peer {
             }
             Ok(Command::Write(group)) => {
                 if self.core.is_joined(&group) {
-                    self.say(out, &format!("writing to {group}"))?;
+                    self.say(out, format_args!("writing to {group}"))?;
                     self.selected = Some(group);
                 } else {
                     self.say(
                         out,
-                        &format!("not a member of {group}: join it first (!j {group})"),
+                        format_args!("not a member of {group}: join it first (!j {group})"),
                     )?;
                 }
             }
@@ -653,7 +655,7 @@ impl Peer {
                     if self.selected.as_deref() == Some(group.as_str()) {
                         self.selected = None;
                     }
-                    self.say(out, &format!("left {group}"))?;
+                    self.say(out, format_args!("left {group}"))?;
                     self.ask(
                         out,
                         Request::ExitGroup {
@@ -663,7 +665,7 @@ impl Peer {
                         Purpose::Exit(group),
                     )?;
                 } else {
-                    self.say(out, &format!("not a member of {group}"))?;
+                    self.say(out, format_args!("not a member of {group}"))?;
                 }
             }
             Ok(Command::Quit) => self.begin_quit(now),
@@ -677,7 +679,7 @@ impl Peer {
                         self.core
                             .send(now, &group, &text, self.synced_now_us().max(0) as u64)
                     {
-                        self.say(out, &format!("error: {e}"))?;
+                        self.say(out, format_args!("error: {e}"))?;
                     }
                 }
             },
@@ -760,7 +762,7 @@ impl Peer {
                     )?;
                 } else {
                     self.registered = true;
-                    if let Some(script) = &self.options.script {
+                    if let Some(script) = &self.script {
                         let request = Request::JoinGroup {
                             username: self.options.username.clone(),
                             group: script.group.clone(),
@@ -771,7 +773,7 @@ impl Peer {
                     } else {
                         self.say(
                             out,
-                            &format!(
+                            format_args!(
                                 "registered as {} with the tracker at {} ({} order); !h lists the commands",
                                 self.options.username,
                                 self.link.addr(),
@@ -789,14 +791,14 @@ impl Peer {
                 let members = reply.members().unwrap_or_default();
                 let fresh = !self.core.is_joined(&group);
                 self.core.join(now, &group, &members);
-                if self.options.script.is_some() {
+                if self.script.is_some() {
                     if matches!(self.phase, Phase::Starting) {
                         self.phase = Phase::Waiting { since: now };
                     }
                 } else if fresh {
                     self.selected.get_or_insert_with(|| group.clone());
                     let writing = self.selected.clone().unwrap_or_default();
-                    self.say(out, &format!("joined {group}; writing to {writing}"))?;
+                    self.say(out, format_args!("joined {group}; writing to {writing}"))?;
                 }
             }
             Purpose::Join(group) | Purpose::Rejoin(group) => {
@@ -815,7 +817,7 @@ impl Peer {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                self.say(out, &format!("groups: {list}"))?;
+                self.say(out, format_args!("groups: {list}"))?;
             }
             Purpose::ListMembers(group) => {
                 if reply.success {
@@ -826,9 +828,9 @@ impl Peer {
                         .map(|m| format!("({})", m.username))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    self.say(out, &format!("members: {list}"))?;
+                    self.say(out, format_args!("members: {list}"))?;
                 } else {
-                    self.say(out, &format!("no such group: {group}"))?;
+                    self.say(out, format_args!("no such group: {group}"))?;
                 }
             }
             Purpose::Exit(group) => {
@@ -908,7 +910,7 @@ impl Peer {
         self.measure.delivered += 1;
         self.measure.first_delivery.get_or_insert(now);
         self.measure.last_delivery = Some(now);
-        if let (Some(sent), Some(_)) = (m.sent_at_us, &self.options.script) {
+        if let (Some(sent), Some(_)) = (m.sent_at_us, &self.script) {
             // Kept as our clock's reading: latencies are computed at the end, with the best
             // synchronization, also for messages that arrived before the first one.
             let measure = &mut self.measure;
@@ -927,12 +929,12 @@ impl Peer {
         if let Some(file) = self.deliveries.as_mut() {
             writeln!(file, "{}\t{}\t{}\t{}", m.group, m.author, m.counter, m.text)?;
         }
-        if self.options.script.is_none() {
-            self.say(
-                out,
-                &format!("in {} {} says:: {}", m.group, m.author, m.text),
-            )?;
-        }
+        // Formatted straight into the output, and only when there is one (not in script
+        // mode): nothing is built per delivery.
+        self.say(
+            out,
+            format_args!("in {} {} says:: {}", m.group, m.author, m.text),
+        )?;
         Ok(())
     }
 

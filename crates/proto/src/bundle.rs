@@ -7,6 +7,9 @@
 //! [`BUNDLE_VERSION`] or later receive bundles; the report's peers always get single
 //! datagrams, which never start with `[`.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
 use crate::datagram::{Datagram, MAX_DATAGRAM_LEN};
 use crate::error::{Error, check_len};
 
@@ -50,6 +53,60 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<Datagram>, Error> {
         item.validate()?;
     }
     Ok(items)
+}
+
+/// The datagrams one UDP datagram carried: itself, or the items of a bundle.
+#[derive(Debug)]
+// A short-lived value on the stack; boxing the single datagram would cost an allocation
+// per datagram received.
+#[allow(clippy::large_enum_variant)]
+pub enum Datagrams {
+    /// A single datagram (taken by the first call to `next`).
+    One(Option<Datagram>),
+    /// The items of a bundle, in order.
+    Many(std::vec::IntoIter<Datagram>),
+}
+
+impl Iterator for Datagrams {
+    type Item = Datagram;
+
+    fn next(&mut self) -> Option<Datagram> {
+        match self {
+            Self::One(d) => d.take(),
+            Self::Many(items) => items.next(),
+        }
+    }
+}
+
+/// Decodes what one UDP datagram carries, a bundle or a single datagram, each checked as
+/// [`Datagram::decode`] checks one.
+pub fn decode_datagrams(bytes: &[u8]) -> Result<Datagrams, Error> {
+    if is_bundle(bytes) {
+        decode_bundle(bytes).map(|items| Datagrams::Many(items.into_iter()))
+    } else {
+        Datagram::decode(bytes).map(|d| Datagrams::One(Some(d)))
+    }
+}
+
+/// The addresses of the members that read bundles, learned from the `Proto` of their Hello
+/// or HelloAck (only a genuine one: its sender checked).
+#[derive(Debug, Default)]
+pub struct BundleReaders(HashSet<SocketAddr>);
+
+impl BundleReaders {
+    /// The member at `from` announced `proto` (or nothing, as the report's peers do).
+    pub fn note(&mut self, from: SocketAddr, proto: Option<u32>) {
+        if proto.is_some_and(|v| v >= BUNDLE_VERSION) {
+            self.0.insert(from);
+        } else {
+            self.0.remove(&from);
+        }
+    }
+
+    /// Whether bundles may be sent to `to`.
+    pub fn reads(&self, to: &SocketAddr) -> bool {
+        self.0.contains(to)
+    }
 }
 
 /// Builds bundles out of encoded datagrams, up to a size limit.

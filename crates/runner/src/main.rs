@@ -84,6 +84,35 @@ struct Args {
     out: std::path::PathBuf,
 }
 
+impl Args {
+    /// One group of `peers`, `senders` of them sending `messages` each, with the options
+    /// every run shares.
+    fn plan(
+        &self,
+        experiment: u8,
+        order: Order,
+        peers: usize,
+        senders: usize,
+        messages: usize,
+    ) -> Plan {
+        Plan {
+            experiment,
+            order,
+            peers,
+            senders,
+            messages,
+            payload: self.payload,
+            rate: self.rate,
+            flow_window: self.flow_window,
+            bundle_bytes: if self.no_bundling {
+                Some(0)
+            } else {
+                self.bundle_bytes
+            },
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_logging(0);
@@ -105,21 +134,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut complete = true;
     if args.experiment != "2" {
         for &order in &orders {
-            let plan = Plan {
-                experiment: 1,
-                order,
-                peers: args.peers,
-                senders: args.peers,
-                messages: args.messages,
-                payload: args.payload,
-                rate: args.rate,
-                flow_window: args.flow_window,
-                bundle_bytes: if args.no_bundling {
-                    Some(0)
-                } else {
-                    args.bundle_bytes
-                },
-            };
+            let plan = args.plan(1, order, args.peers, args.peers, args.messages);
             println!(
                 "Experiment 1, {} order: {} peers each sending {} messages of {} bytes at once",
                 order.name(),
@@ -157,21 +172,7 @@ fn run(args: Args) -> Result<(), String> {
                 baselines.push(found);
             }
             for &order in &orders {
-                let plan = Plan {
-                    experiment: 2,
-                    order,
-                    peers,
-                    senders: 1,
-                    messages: args.stream,
-                    payload: args.payload,
-                    rate: args.rate,
-                    flow_window: args.flow_window,
-                    bundle_bytes: if args.no_bundling {
-                        Some(0)
-                    } else {
-                        args.bundle_bytes
-                    },
-                };
+                let plan = args.plan(2, order, peers, 1, args.stream);
                 eprint!("  {peers} peers, {} order ... ", order.name());
                 let mut run = experiments::run(&bin, &plan, &stop)?;
                 if let Some(b) = baselines.iter().find(|b| b.peers == peers) {

@@ -3,7 +3,7 @@
 //! where the sequence starts, and the translation between datagrams and the ordering core's
 //! [`Sequencer`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use peer::{MemberInfo, Members, SEQUENCER};
+use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
 
 /// A message as an author submitted it.
@@ -98,8 +99,8 @@ pub struct SequencerNode {
     evicted_self: bool,
     outputs: VecDeque<Transmit>,
     traffic: NodeTraffic,
-    /// Addresses of members that announced they read bundles.
-    bundle_readers: HashSet<SocketAddr>,
+    /// Members that announced they read bundles.
+    bundle_readers: BundleReaders,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -128,7 +129,7 @@ impl SequencerNode {
             evicted_self: false,
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
-            bundle_readers: HashSet::new(),
+            bundle_readers: BundleReaders::default(),
         }
     }
 
@@ -161,12 +162,7 @@ impl SequencerNode {
     /// One datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        let decoded = if proto::bundle::is_bundle(bytes) {
-            proto::bundle::decode_bundle(bytes)
-        } else {
-            Datagram::decode(bytes).map(|d| vec![d])
-        };
-        match decoded {
+        match proto::bundle::decode_datagrams(bytes) {
             Ok(items) => {
                 for d in items {
                     self.handle_one(now, from, d);
@@ -211,11 +207,7 @@ impl SequencerNode {
                 self.traffic.spoofed += 1;
                 return;
             }
-            if d.proto.is_some_and(|v| v >= proto::bundle::BUNDLE_VERSION) {
-                self.bundle_readers.insert(from);
-            } else {
-                self.bundle_readers.remove(&from);
-            }
+            self.bundle_readers.note(from, d.proto);
             self.on_hello(now, from, &d);
             self.pump(now);
             return;
@@ -482,7 +474,7 @@ impl SequencerNode {
 
     fn send(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
-        let bundle = self.bundle_readers.contains(&to);
+        let bundle = self.bundle_readers.reads(&to);
         self.outputs.push_back(Transmit { to, bytes, bundle });
     }
 

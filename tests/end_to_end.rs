@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::report::send_from_fresh_socket;
 use support::{
     Process, check_deliveries, deliveries, free_port, interactive, lines_file, tracker, tracker_at,
     tracker_with_sequencer,
@@ -229,16 +230,15 @@ fn a_client_speaking_only_the_reports_protocol_chats_with_our_peers() {
                 .unwrap()
         })
         .unwrap();
-    udp.send_to(&old_datagram(1, "test", "old", "", me, 0), new_addr)
-        .unwrap();
+    // Like the report's client, every datagram from a fresh socket (an ephemeral port).
+    send_from_fresh_socket(&old_datagram(1, "test", "old", "", me, 0), new_addr);
     // Its one counter spans all its groups, so its counters here have gaps.
     for (i, counter) in [7u64, 8, 10, 11].into_iter().enumerate() {
         std::thread::sleep(Duration::from_millis(20));
-        udp.send_to(
+        send_from_fresh_socket(
             &old_datagram(2, "test", "old", &format!("old {i}"), me, counter),
             new_addr,
-        )
-        .unwrap();
+        );
     }
 
     // It reads datagrams with recv(4096) and understands only the eight keys and Types 1-3.

@@ -307,13 +307,6 @@ fn acknowledge(acked_by: &mut HashMap<String, Acked>, member: &str, counter: u64
     }
 }
 
-fn claimed_addr(d: &Datagram) -> Option<SocketAddr> {
-    Some(SocketAddr::new(
-        d.src_ip.parse::<IpAddr>().ok()?,
-        d.src_port,
-    ))
-}
-
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
     ranges.iter().map(|r| r.first..=r.last).collect()
 }
@@ -381,9 +374,14 @@ impl PeerCore {
         })
     }
 
-    /// Whether the sequencer of `group` has told us where its sequence starts.
+    /// Whether the sequencer of `group` is ready for our messages: it told us where its
+    /// sequence starts, or it never answered our Hellos (the report's sequencer has no
+    /// handshake: its sequence starts with whatever it forwards first).
     pub fn sequencer_ready(&self, group: &str) -> bool {
         self.total.stream(group).is_some_and(|s| s.started)
+            || self.groups.get(group).is_some_and(|g| {
+                g.peers_greeted && g.members.get(SEQUENCER).is_some_and(|m| !m.heard)
+            })
     }
 
     /// Datagram totals.
@@ -579,12 +577,14 @@ impl PeerCore {
             self.pump(now);
             return;
         }
-        let genuine = if d.kind == DatagramType::Hello {
-            claimed_addr(&d) == Some(from)
+        // From here on `from` is the sender's registered address, which differs from the
+        // datagram's source for the report's peers (see the source rule in `membership`).
+        let source = if d.kind == DatagramType::Hello {
+            state.members.admits_hello(&d, from)
         } else {
-            state.members.is_at(&d.username, from)
+            state.members.admits(&d, from)
         };
-        if !genuine {
+        let Some(from) = source else {
             if d.kind == DatagramType::Hello || state.members.get(&d.username).is_some() {
                 self.traffic.spoofed += 1;
                 log::debug!(
@@ -596,7 +596,7 @@ impl PeerCore {
                 log::debug!("dropped a datagram from unknown member {:?}", d.username);
             }
             return;
-        }
+        };
         if matches!(d.kind, DatagramType::Hello | DatagramType::HelloAck) {
             self.bundle_readers.note(from, d.proto);
         }
@@ -1700,14 +1700,16 @@ mod tests {
             "kat",
         );
         forged.start = Some(1);
+        // From another host: not even a report peer's fresh socket comes from there.
+        let elsewhere = SocketAddr::from(([127, 0, 0, 2], 7777));
         let bytes = forged.encode(4096).expect("fits");
-        ford.handle_datagram(t, addr(7777), &bytes);
+        ford.handle_datagram(t, elsewhere, &bytes);
         // A Hello whose claimed address is not where it came from.
         forged.kind = DatagramType::Hello;
-        ford.handle_datagram(t, addr(7777), &forged.encode(4096).expect("fits"));
+        ford.handle_datagram(t, elsewhere, &forged.encode(4096).expect("fits"));
         // A Bye on kat's behalf from anyone but the tracker.
         forged.kind = DatagramType::Bye;
-        ford.handle_datagram(t, addr(7777), &forged.encode(4096).expect("fits"));
+        ford.handle_datagram(t, elsewhere, &forged.encode(4096).expect("fits"));
         ford.handle_datagram(t, addr(6001), b"{not json");
         let traffic = ford.traffic();
         assert_eq!((traffic.spoofed, traffic.malformed), (3, 1));
@@ -1716,6 +1718,116 @@ mod tests {
             "nothing delivered, nothing changed"
         );
         assert_eq!(ford.members_heard("books"), 0);
+    }
+
+    /// A datagram of the report's protocol (its eight keys) from `name` at `port`.
+    fn old_datagram(kind: DatagramType, name: &str, port: u16, counter: u64) -> Vec<u8> {
+        let text = if kind == DatagramType::Application {
+            format!("{name} says {counter}")
+        } else {
+            String::new()
+        };
+        Datagram::new(kind, "books", name, &text, addr(port), counter, name)
+            .encode(4096)
+            .expect("fits")
+    }
+
+    fn texts(core: &mut PeerCore) -> Vec<String> {
+        std::iter::from_fn(|| core.poll_output())
+            .filter_map(|o| match o {
+                Output::Deliver(m) => Some(m.text),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_report_peer_sending_from_fresh_sockets_is_believed_from_its_own_ip_only() {
+        let t = Instant::now();
+        let mut ford = core("ford", 6001, Mode::Fifo);
+        ford.join(t, "books", &[member("ford", 6001)]);
+        while ford.poll_output().is_some() {}
+        // The report's client sends each datagram from a new socket: an ephemeral port.
+        ford.handle_datagram(
+            t,
+            addr(40001),
+            &old_datagram(DatagramType::Hello, "old", 6003, 0),
+        );
+        ford.handle_datagram(
+            t,
+            addr(40002),
+            &old_datagram(DatagramType::Application, "old", 6003, 1),
+        );
+        // Its address in SrcPort is the one it registered: answers go there.
+        let mut to = Vec::new();
+        ford.send(t, "books", "hi old", 1).expect("joined");
+        while let Some(o) = ford.poll_output() {
+            if let Output::Transmit { to: dest, .. } = o {
+                to.push(dest);
+            }
+        }
+        assert_eq!(to, [addr(6003)]);
+        let delivered = {
+            ford.handle_datagram(
+                t,
+                addr(40003),
+                &old_datagram(DatagramType::Application, "old", 6003, 2),
+            );
+            texts(&mut ford)
+        };
+        assert_eq!(delivered, ["old says 2"]);
+        // From another host, or naming another port than the registered one: refused.
+        let stranger = SocketAddr::from(([127, 0, 0, 2], 40004));
+        ford.handle_datagram(
+            t,
+            stranger,
+            &old_datagram(DatagramType::Application, "old", 6003, 3),
+        );
+        ford.handle_datagram(
+            t,
+            addr(40005),
+            &old_datagram(DatagramType::Application, "old", 6099, 3),
+        );
+        assert!(texts(&mut ford).is_empty());
+        assert_eq!(ford.traffic().spoofed, 2);
+    }
+
+    #[test]
+    fn a_newer_peer_is_believed_only_from_its_bound_socket() {
+        let t = Instant::now();
+        let mut net = Net::new(vec![
+            core("ford", 6001, Mode::Fifo),
+            core("kat", 6002, Mode::Fifo),
+        ]);
+        net.cores[0].join(t, "books", &[member("ford", 6001)]);
+        net.settle(t);
+        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        net.settle(t);
+        let mut ford = net.cores.swap_remove(0);
+        assert_eq!(
+            ford.members_heard("books"),
+            1,
+            "kat announced the newer protocol"
+        );
+        let mut forged = Datagram::new(
+            DatagramType::Application,
+            "books",
+            "kat",
+            "not from kat's socket",
+            addr(6002),
+            1,
+            "kat",
+        );
+        forged.sent_at_us = Some(1);
+        ford.handle_datagram(t, addr(40001), &forged.encode(4096).expect("fits"));
+        // A Hello in kat's name without `Proto`, from the same IP: not kat's socket either.
+        ford.handle_datagram(
+            t,
+            addr(40002),
+            &old_datagram(DatagramType::Hello, "kat", 6002, 0),
+        );
+        assert!(texts(&mut ford).is_empty());
+        assert_eq!(ford.traffic().spoofed, 2);
     }
 
     #[test]

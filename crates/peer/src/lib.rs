@@ -22,6 +22,6 @@ mod tracker_link;
 pub use crate::core::{
     CoreConfig, Error, Event, Message, Mode, Output, PeerCore, SEQUENCER, Traffic,
 };
-pub use membership::{MemberInfo, Members};
+pub use membership::{MemberInfo, Members, claimed_addr, hello_source};
 pub use peer::{Peer, PeerError, PeerOptions, Script, Shutdown};
 pub use tracker_link::{LinkEvent, TrackerLink};

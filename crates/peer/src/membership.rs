@@ -1,7 +1,22 @@
-//! Who is in each group this process takes part in, where they are, and what they speak.
+//! Who is in each group this process takes part in, where they are, and what they speak,
+//! and which datagrams may be believed to come from them.
+//!
+//! **The source rule.** Newer peers send every datagram from the socket bound to the
+//! address they registered, so a datagram naming one of them is believed only when it
+//! arrives from exactly that address. The report's peers (and the report's sequencer) send
+//! each datagram from a fresh, unbound socket: its source port is an ephemeral one, never the
+//! registered port, and only the `SrcIp`/`SrcPort` keys name their address. A datagram naming
+//! a member that never announced the newer protocol is therefore believed when it comes from
+//! that member's IP address and its `SrcIp`/`SrcPort` are the member's registered address.
+//! The trade-off: any process on the same host as a report peer can speak in its name (from
+//! other hosts, a spoofer needs to forge the IP source address itself). Newer peers keep the
+//! exact check: once a member announced the newer protocol, only its bound socket speaks
+//! for it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use proto::Datagram;
 
 /// What this process knows of one member of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,9 +124,48 @@ impl Members {
         self.by_name.is_empty()
     }
 
-    /// Whether `name` is known at exactly `addr`: the check every datagram passes before it
-    /// is believed.
+    /// Whether `name` is known at exactly `addr`.
     pub fn is_at(&self, name: &str, addr: SocketAddr) -> bool {
         self.by_name.get(name).is_some_and(|m| m.addr == addr)
     }
+
+    /// The registered address of the member `d` names, if `d`, which arrived from `from`,
+    /// may be believed to come from it (the source rule of this module): from exactly that
+    /// address, or, for a member that never announced the newer protocol, from its IP with
+    /// its address in `SrcIp`/`SrcPort`. The check every datagram but a Hello passes.
+    pub fn admits(&self, d: &Datagram, from: SocketAddr) -> Option<SocketAddr> {
+        let m = self.by_name.get(&d.username)?;
+        let fresh_socket =
+            m.proto.is_none() && from.ip() == m.addr.ip() && claimed_addr(d) == Some(m.addr);
+        (m.addr == from || fresh_socket).then_some(m.addr)
+    }
+
+    /// The address a Hello that arrived from `from` introduces its sender at, if it may be
+    /// believed: [`hello_source`], except that a member known to speak the newer protocol
+    /// is believed only from its bound socket.
+    pub fn admits_hello(&self, d: &Datagram, from: SocketAddr) -> Option<SocketAddr> {
+        let addr = hello_source(d, from)?;
+        let newer = self
+            .by_name
+            .get(&d.username)
+            .is_some_and(|m| m.proto.is_some());
+        (addr == from || !newer).then_some(addr)
+    }
+}
+
+/// The address `d` says its sender listens at (`SrcIp`/`SrcPort`).
+pub fn claimed_addr(d: &Datagram) -> Option<SocketAddr> {
+    Some(SocketAddr::new(
+        d.src_ip.parse::<IpAddr>().ok()?,
+        d.src_port,
+    ))
+}
+
+/// The address a Hello that arrived from `from` introduces its sender at, if it may be
+/// believed: its `SrcIp`/`SrcPort` when the datagram came from there, or, for a Hello
+/// without the newer protocol's `Proto` (the report's peers send from a fresh socket), when
+/// it came from that IP address.
+pub fn hello_source(d: &Datagram, from: SocketAddr) -> Option<SocketAddr> {
+    let claimed = claimed_addr(d)?;
+    (claimed == from || (d.proto.is_none() && claimed.ip() == from.ip())).then_some(claimed)
 }

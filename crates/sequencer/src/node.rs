@@ -4,13 +4,13 @@
 //! [`Sequencer`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
-use peer::{MemberInfo, Members, SEQUENCER};
+use peer::{MemberInfo, Members, SEQUENCER, hello_source};
 use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
 
@@ -197,23 +197,26 @@ impl SequencerNode {
             }
             return;
         }
+        // Members are known by their registered address, which is not the source of the
+        // report's peers' datagrams (they send from fresh sockets): `Members::admits_hello` and
+        // `Members::admits` say when to believe them.
         if d.kind == DatagramType::Hello {
-            let claimed = d
-                .src_ip
-                .parse::<IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, d.src_port));
-            if claimed != Some(from) {
+            let known = self.groups.get(&d.group);
+            let source = match known {
+                Some(members) => members.admits_hello(&d, from),
+                None => hello_source(&d, from),
+            };
+            let Some(from) = source else {
                 self.traffic.spoofed += 1;
                 return;
-            }
+            };
             self.bundle_readers.note(from, d.proto);
             self.on_hello(now, from, &d);
             self.pump(now);
             return;
         }
         let members = self.groups.get(&d.group);
-        if !members.is_some_and(|m| m.is_at(&d.username, from)) {
+        if members.and_then(|m| m.admits(&d, from)).is_none() {
             if members.is_some_and(|m| m.get(&d.username).is_some()) {
                 self.traffic.spoofed += 1;
             } else {

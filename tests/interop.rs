@@ -1,0 +1,168 @@
+//! Our programs against stand-ins for the report's own client and sequencer that behave on
+//! the wire as those Python programs do: every datagram from a fresh, unbound socket, the
+//! eight keys only, one `recv(4096)` (see `support::report`).
+
+#![allow(clippy::unwrap_used)] // a test may stop at the first surprise
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::report::{self, ReportClient, ReportSequencer};
+use support::{Process, check_deliveries, deliveries, lines_file, tracker, tracker_with_sequencer};
+
+const MESSAGES: usize = 100;
+
+/// Our peer in script mode: sends `MESSAGES` lines `NAME i`, waits for `members` members,
+/// logs its deliveries to `NAME.tsv`.
+fn script_peer(
+    dir: &Path,
+    name: &str,
+    tracker: std::net::SocketAddr,
+    members: usize,
+    expect: usize,
+    total: bool,
+) -> Process {
+    let lines: Vec<String> = (0..MESSAGES).map(|i| format!("{name} {i}")).collect();
+    let file = lines_file(dir, &format!("{name}.txt"), &lines);
+    let mut args = vec![
+        "127.0.0.1:0".to_owned(),
+        name.to_owned(),
+        tracker.to_string(),
+        "-t".into(),
+        file.display().to_string(),
+        "--members".into(),
+        members.to_string(),
+        "--expect".into(),
+        expect.to_string(),
+        "--deliveries".into(),
+        dir.join(format!("{name}.tsv")).display().to_string(),
+    ];
+    if total {
+        args.push("-s".into());
+    }
+    Process::spawn("peer", &args)
+}
+
+/// Waits until `name` is a member of `group` at the tracker (asked the report's way).
+fn wait_for_member(tracker: std::net::SocketAddr, group: &str, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = report::request(tracker, json!({"Type": 4, "Content": {"Group": group}}));
+        if reply["Content"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["Username"] == name))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never joined {group}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Our peer `new` and the report's client `old` in one group, 100 messages each way.
+fn report_client_and_our_peer(total: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker, _sequencer) = if total {
+        let (t, s) = tracker_with_sequencer();
+        (t, Some(s))
+    } else {
+        (tracker(&[]), None)
+    };
+    let mut ours = script_peer(dir.path(), "new", tracker.addr, 2, 2 * MESSAGES, total);
+    wait_for_member(tracker.addr, "test", "new");
+    let mut old = ReportClient::register(tracker.addr, "old");
+    let listed = old.join("test");
+    assert!(listed.contains(&"new".to_owned()), "{listed:?}");
+    for i in 0..MESSAGES {
+        old.multicast("test", &format!("old {i}"));
+    }
+    // The report's client also sends to itself (it is on the tracker's list); in total
+    // order it delivers only the sequencer's copies.
+    let got = old.collect(2 * MESSAGES, total, Duration::from_secs(20));
+    assert!(
+        ours.wait(Duration::from_secs(30)).success(),
+        "{:#?}",
+        ours.seen
+    );
+
+    let of = |author: &str| -> Vec<String> {
+        got.iter()
+            .filter(|d| d.origin == author)
+            .map(|d| d.text.clone())
+            .collect()
+    };
+    let expected =
+        |author: &str| -> Vec<String> { (0..MESSAGES).map(|i| format!("{author} {i}")).collect() };
+    assert_eq!(
+        of("new"),
+        expected("new"),
+        "our peer's messages reach the report's client, in order"
+    );
+    assert_eq!(of("old"), expected("old"));
+    let counters: Vec<u64> = got
+        .iter()
+        .filter(|d| d.origin == "new")
+        .map(|d| d.counter)
+        .collect();
+    assert!(
+        counters.windows(2).all(|w| w[0] < w[1]),
+        "counters increase: {counters:?}"
+    );
+    let ours_got: Vec<(String, String)> = deliveries(&dir.path().join("new.tsv"))
+        .into_iter()
+        .map(|d| (d.author, d.text))
+        .collect();
+    let old_at_ours: Vec<String> = ours_got
+        .iter()
+        .filter(|(a, _)| a == "old")
+        .map(|(_, t)| t.clone())
+        .collect();
+    assert_eq!(
+        old_at_ours,
+        expected("old"),
+        "the report's client's messages, sent from fresh sockets, are delivered in order"
+    );
+    if total {
+        let theirs: Vec<(String, String)> = got
+            .iter()
+            .map(|d| (d.origin.clone(), d.text.clone()))
+            .collect();
+        assert_eq!(
+            theirs, ours_got,
+            "the report's client and our peer deliver one sequence"
+        );
+    }
+}
+
+#[test]
+fn the_reports_client_sending_from_fresh_sockets_chats_with_our_peer_in_fifo_order() {
+    report_client_and_our_peer(false);
+}
+
+#[test]
+fn the_reports_client_sending_from_fresh_sockets_chats_with_our_peer_in_total_order() {
+    report_client_and_our_peer(true);
+}
+
+#[test]
+fn our_peers_deliver_one_sequence_from_the_reports_sequencer() {
+    let dir = tempfile::tempdir().unwrap();
+    let seq = ReportSequencer::start();
+    let tracker = tracker(&["--seq-addr", &seq.addr.to_string()]);
+    let names = ["ann".to_owned(), "bob".to_owned()];
+    let mut peers: Vec<Process> = names
+        .iter()
+        .map(|n| script_peer(dir.path(), n, tracker.addr, 2, 2 * MESSAGES, true))
+        .collect();
+    for (peer, name) in peers.iter_mut().zip(&names) {
+        assert!(
+            peer.wait(Duration::from_secs(30)).success(),
+            "{name}: {:#?}",
+            peer.seen
+        );
+    }
+    check_deliveries(dir.path(), &names, &names, MESSAGES, true);
+}

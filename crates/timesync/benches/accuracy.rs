@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use timesync::berkeley::{Master, SlaveEvent, run_slave};
+use timesync::berkeley::{Master, SEED_PUSH_INTERVAL, SlaveEvent, run_slave};
 use timesync::server::TimeServer;
 use timesync::{LocalClock, client};
 
@@ -92,7 +92,7 @@ fn main() {
             let (tx, stop) = (tx.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 let mut clock = LocalClock::new(o, d);
-                let _ = run_slave(addr, &mut clock, &stop, |e| {
+                let _ = run_slave(addr, &mut clock, &stop, SEED_PUSH_INTERVAL, |e| {
                     if let SlaveEvent::Adjusted { true_error_ns, .. } = e {
                         tx.send(true_error_ns).unwrap();
                     }

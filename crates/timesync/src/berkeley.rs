@@ -2,11 +2,23 @@
 //! with round-trip compensation, takes the fault-tolerant average, and tells each process
 //! its own correction.
 //!
-//! Our slaves speak a line protocol: they open with `HELLO`, answer `TIME?` with
-//! `NOW <nanoseconds>`, and apply `ADJUST <nanoseconds>`. The seed's slaves instead push
+//! Our slaves speak a line protocol with our master: the master greets a slave that says
+//! nothing with `BERKELEY 1`, the slave answers `HELLO`, then answers `TIME?` with
+//! `NOW <nanoseconds>` and applies `ADJUST <nanoseconds>`. The seed's slaves instead push
 //! their `str(datetime.now())` every few seconds on a connection they keep, and expect an
 //! absolute time string back; they are served too, but their offsets cannot be RTT
 //! compensated (they measure no round trip), so their bound is reported as unknown.
+//!
+//! Who speaks first tells the programs apart, and nobody sends the other side a line it
+//! cannot read. The seed's slave sends its time the moment it connects; our slave waits
+//! [`GREETING_WAIT`] for our master's greeting. So our master waits [`SILENCE`] after
+//! accepting: a slave that has sent something by then is a seed slave (never greeted,
+//! since a greeting would kill its reader); one still silent is ours, and is greeted. The
+//! seed's master never speaks first (it sends a synchronized time only to slaves that
+//! pushed theirs), so our slave that hears no greeting is talking to it, and behaves as
+//! the seed's slave: it pushes its time string every few seconds and applies the
+//! synchronized times it is sent. Anything but a time string would end the seed master's
+//! reader thread for that slave (it parses every read as a time).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -21,6 +33,20 @@ use clock::{Estimate, Nanos, seed};
 
 use crate::client::MAX_DRIFT_PPM;
 use crate::local_clock::{LocalClock, utc_offset_s};
+
+/// How long our master waits after accepting a slave before it takes the slave's silence
+/// for one of ours and greets it (the seed's slaves send their time at once).
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+/// How long our slave waits for our master's greeting before it takes the master for the
+/// seed's, which never speaks first.
+pub const GREETING_WAIT: Duration = Duration::from_millis(1500);
+
+/// Our master's greeting to a slave that stayed silent.
+const GREETING: &str = "BERKELEY 1";
+
+/// How often a slave of the seed's master pushes its time (the seed's slaves: 5 s).
+pub const SEED_PUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The last time a seed slave pushed, read on its clock and on ours at arrival.
 type Pushed = Arc<Mutex<Option<(Nanos, Nanos)>>>;
@@ -100,8 +126,8 @@ impl Master {
         self.slaves.len()
     }
 
-    /// Takes in the slaves that connected since the last call; each is recognised by what
-    /// it sends first (`HELLO`, or a seed time string).
+    /// Takes in the slaves that connected since the last call; each is recognised by
+    /// whether it speaks first (a seed slave's time string) or waits to be greeted (ours).
     pub fn accept(&mut self) {
         while let Ok((stream, addr)) = self.listener.accept() {
             if let Err(e) = self.admit(stream, addr) {
@@ -113,14 +139,34 @@ impl Master {
     fn admit(&mut self, stream: TcpStream, addr: SocketAddr) -> io::Result<()> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(6)))?;
-        let mut first = [0u8; 5];
-        stream.peek(&mut first)?;
-        let writer = stream.try_clone()?;
-        if &first == b"HELLO" {
+        stream.set_read_timeout(Some(SILENCE))?;
+        let mut first = [0u8; 1];
+        let silent = match stream.peek(&mut first) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                true
+            }
+            Err(e) => return Err(e),
+        };
+        let mut writer = stream.try_clone()?;
+        if silent {
+            writeln!(writer, "{GREETING}")?;
+            stream.set_read_timeout(Some(Duration::from_secs(6)))?;
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
             reader.read_line(&mut line)?;
+            if line.trim() != "HELLO" {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("greeted, it answered {:?} instead of HELLO", line.trim()),
+                ));
+            }
             reader.get_ref().set_read_timeout(Some(self.timeout))?;
             self.slaves.insert(addr, Slave::Ours { reader, writer });
         } else {
@@ -284,31 +330,72 @@ fn read_seed_pushes(
 /// What a slave was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlaveEvent {
+    /// The master is ours (it greeted us): offsets are measured with round trips.
+    OurMaster,
+    /// The master never greeted us: it is taken for the seed's, and we behave as its
+    /// slaves do (push our time string, apply the synchronized time it sends).
+    SeedMaster,
     /// The master asked for our time.
     Polled,
     /// The master's correction, applied.
     Adjusted {
         /// The correction.
         correction_ns: i64,
+        /// Our clock's reading just after the correction: the synchronized time.
+        synchronized: Nanos,
         /// How far our clock is from the real one afterwards (simulated clocks only).
         true_error_ns: i64,
     },
 }
 
-/// Runs one of our slaves against `master` until the connection ends or `stop` is set.
+/// Runs a slave against `master` (ours, or the seed's: see the module docs for how it
+/// tells them apart) until the connection ends or `stop` is set. With the seed's master
+/// it pushes its time every `push_interval` (the seed's slaves: [`SEED_PUSH_INTERVAL`]).
 pub fn run_slave(
     master: SocketAddr,
     clock: &mut LocalClock,
     stop: &AtomicBool,
+    push_interval: Duration,
     mut on_event: impl FnMut(SlaveEvent),
 ) -> io::Result<()> {
     let stream = TcpStream::connect(master)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.set_read_timeout(Some(GREETING_WAIT))?;
     let mut writer = stream.try_clone()?;
-    writer.write_all(b"HELLO\n")?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => return Ok(()),
+        Ok(_) if line.trim() == GREETING => {}
+        Ok(_) => {
+            // Not our master's greeting: whatever it is, only time strings go back.
+            on_event(SlaveEvent::SeedMaster);
+            return serve_seed_master(reader, writer, line, clock, stop, push_interval, on_event);
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            on_event(SlaveEvent::SeedMaster);
+            return serve_seed_master(
+                reader,
+                writer,
+                String::new(),
+                clock,
+                stop,
+                push_interval,
+                on_event,
+            );
+        }
+        Err(e) => return Err(e),
+    }
+    on_event(SlaveEvent::OurMaster);
+    writer.write_all(b"HELLO\n")?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))?;
     while !stop.load(Ordering::Relaxed) {
         line.clear();
         match reader.read_line(&mut line) {
@@ -332,10 +419,64 @@ pub fn run_slave(
             clock.adjust(n);
             on_event(SlaveEvent::Adjusted {
                 correction_ns: n,
+                synchronized: clock.now(),
                 true_error_ns: clock.true_error_ns(),
             });
         } else {
             log::warn!("the master sent {text:?}");
+        }
+    }
+    Ok(())
+}
+
+/// A slave of the seed's master: pushes our time string (nothing else, no newline, as the
+/// seed's slaves do) every `push_interval`, and sets our clock to each synchronized time
+/// it is sent. `pending` holds what was read already.
+fn serve_seed_master(
+    mut reader: BufReader<TcpStream>,
+    mut writer: TcpStream,
+    mut pending: String,
+    clock: &mut LocalClock,
+    stop: &AtomicBool,
+    push_interval: Duration,
+    mut on_event: impl FnMut(SlaveEvent),
+) -> io::Result<()> {
+    reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut next_push = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if std::time::Instant::now() >= next_push {
+            writer.write_all(seed::format(clock.now(), utc_offset_s()).as_bytes())?;
+            next_push += push_interval;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => pending.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        for text in seed::split(&mut pending) {
+            match seed::parse(&text, utc_offset_s()) {
+                Ok(agreed) => {
+                    let correction_ns = agreed.since(clock.now());
+                    clock.adjust(correction_ns);
+                    on_event(SlaveEvent::Adjusted {
+                        correction_ns,
+                        synchronized: clock.now(),
+                        true_error_ns: clock.true_error_ns(),
+                    });
+                }
+                Err(e) => log::warn!("the master sent {e}"),
+            }
         }
     }
     Ok(())

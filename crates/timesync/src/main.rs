@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use clock::{Estimate, human};
+use clock::{Estimate, human, seed};
 use timesync::berkeley::{Master, SlaveEvent, run_slave};
 use timesync::server::TimeServer;
-use timesync::{LocalClock, client};
+use timesync::{LocalClock, client, utc_offset_s};
 
 /// Clock synchronization: Cristian's algorithm (and NTP) against a time server, and
 /// Berkeley's algorithm among a master and its slaves.
@@ -91,11 +91,16 @@ enum Command {
         #[command(flatten)]
         skew: Skew,
     },
-    /// Berkeley's slave: answers the master's polls and applies its corrections.
+    /// Berkeley's slave: answers the master's polls and applies its corrections. With the
+    /// lab's Python master (which never greets a slave) it behaves as the lab's slaves do:
+    /// it pushes its time string and applies the synchronized time it is sent.
     Slave {
         /// The master.
         #[arg(value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
         master: String,
+        /// With the lab's master: how often to push our time (the lab's slaves: 5000).
+        #[arg(long, value_name = "MS", default_value_t = 5000)]
+        push_interval_ms: u64,
         #[command(flatten)]
         skew: Skew,
     },
@@ -194,6 +199,10 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
                     query.samples
                 );
                 println!("{}", describe(&kind, &e, &clock, simulated));
+                println!(
+                    "synchronized time: {}",
+                    seed::format(clock.now().plus(e.offset_ns), utc_offset_s())
+                );
             }
             Ok(())
         }
@@ -249,25 +258,36 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Slave { master, skew } => {
+        Command::Slave {
+            master,
+            push_interval_ms,
+            skew,
+        } => {
             let target = addr(&master)?;
             let mut clock = skew.clock();
             println!(
                 "Berkeley slave of {target}; my clock is {} from true time",
                 human(clock.true_error_ns())
             );
-            run_slave(target, &mut clock, &stop, |event| {
-                if let SlaveEvent::Adjusted {
-                    correction_ns,
-                    true_error_ns,
-                } = event
-                {
-                    println!(
-                        "correction {} applied; my clock is now {} from true time",
-                        human(correction_ns),
-                        human(true_error_ns)
-                    );
+            let push = Duration::from_millis(push_interval_ms.max(10));
+            run_slave(target, &mut clock, &stop, push, |event| match event {
+                SlaveEvent::OurMaster => {
+                    println!("the master is ours: offsets measured with round trips")
                 }
+                SlaveEvent::SeedMaster => println!(
+                    "the master did not greet us: taken for the lab's; pushing my time every {push_interval_ms} ms"
+                ),
+                SlaveEvent::Polled => {}
+                SlaveEvent::Adjusted {
+                    correction_ns,
+                    synchronized,
+                    true_error_ns,
+                } => println!(
+                    "synchronized time: {}; correction {} applied; my clock is now {} from true time",
+                    seed::format(synchronized, utc_offset_s()),
+                    human(correction_ns),
+                    human(true_error_ns)
+                ),
             })
             .map_err(|e| format!("master {target}: {e}"))
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use timesync::berkeley::{Master, SlaveEvent, run_slave};
+use timesync::berkeley::{Master, SEED_PUSH_INTERVAL, SlaveEvent, run_slave};
 use timesync::server::TimeServer;
 use timesync::{LocalClock, client};
 
@@ -66,7 +66,7 @@ fn berkeley_brings_every_clock_within_its_bound_of_the_masters() {
             let (tx, stop) = (tx.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 let mut clock = LocalClock::new(offset_ms, drift);
-                let _ = run_slave(addr, &mut clock, &stop, |event| {
+                let _ = run_slave(addr, &mut clock, &stop, SEED_PUSH_INTERVAL, |event| {
                     if let SlaveEvent::Adjusted { .. } = event {
                         tx.send(clock_error_after(&event)).unwrap();
                     }
@@ -109,6 +109,6 @@ fn berkeley_brings_every_clock_within_its_bound_of_the_masters() {
 fn clock_error_after(event: &SlaveEvent) -> i64 {
     match event {
         SlaveEvent::Adjusted { true_error_ns, .. } => *true_error_ns,
-        SlaveEvent::Polled => 0,
+        _ => 0,
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::report::{self, ReportClient, ReportSequencer};
-use support::{Process, check_deliveries, deliveries, lines_file, tracker, tracker_with_sequencer};
+use support::{
+    Process, check_deliveries, deliveries, interactive, lines_file, tracker, tracker_with_sequencer,
+};
 
 const MESSAGES: usize = 100;
 
@@ -165,4 +167,74 @@ fn our_peers_deliver_one_sequence_from_the_reports_sequencer() {
         );
     }
     check_deliveries(dir.path(), &names, &names, MESSAGES, true);
+}
+
+#[test]
+fn a_peer_of_the_other_order_is_told_at_join_and_changes_nothing() {
+    let (tracker, _sequencer) = tracker_with_sequencer();
+    let mut ford = interactive("ford", tracker.addr, true);
+    let mut kat = interactive("kat", tracker.addr, false);
+    ford.expect(|l| l.starts_with("registered as ford"), "registered");
+    kat.expect(|l| l.starts_with("registered as kat"), "registered");
+    ford.send("!j books");
+    ford.expect_line("joined books; writing to books");
+    kat.send("!j books");
+    let refused = kat.expect(|l| l.contains("cannot join books"), "a refused join");
+    assert!(
+        refused.contains("uses total order") && refused.contains("-s"),
+        "{refused}"
+    );
+    kat.send("!lm books");
+    kat.expect_line("members: (ford), (sequencer)");
+    // The other way round: a FIFO group refuses a total-order peer.
+    kat.send("!j films");
+    kat.expect_line("joined films; writing to films");
+    ford.send("!j films");
+    let refused = ford.expect(|l| l.contains("cannot join films"), "a refused join");
+    assert!(refused.contains("uses FIFO order"), "{refused}");
+}
+
+#[test]
+fn total_order_without_a_sequencer_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = tracker(&[]);
+    let mut ann = interactive("ann", tracker.addr, true);
+    ann.expect(|l| l.starts_with("registered as ann"), "registered");
+    ann.send("!j books");
+    let refused = ann.expect(|l| l.contains("cannot join books"), "a refused join");
+    assert!(refused.contains("needs a sequencer"), "{refused}");
+    ann.send("hello?");
+    ann.expect(|l| l.starts_with("no group selected"), "no group to write to");
+    // A script cannot do its work: it ends at once with an error.
+    let mut script = script_peer(dir.path(), "bob", tracker.addr, 1, 1, true);
+    let status = script.wait(Duration::from_secs(10));
+    assert!(!status.success(), "{:#?}", script.seen);
+}
+
+#[test]
+fn the_name_sequencer_is_reserved_whatever_the_trackers_options() {
+    let plain = tracker(&[]);
+    let (with_sequencer, _sequencer) = tracker_with_sequencer();
+    for tracker in [plain.addr, with_sequencer.addr] {
+        let mut impostor = Process::spawn(
+            "peer",
+            &[
+                "127.0.0.1:0".into(),
+                "sequencer".into(),
+                tracker.to_string(),
+            ],
+        );
+        let status = impostor.wait(Duration::from_secs(10));
+        assert!(!status.success(), "{:#?}", impostor.seen);
+        // The report's client is refused too.
+        let reply = report::request(
+            tracker,
+            json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": 5999, "Username": "sequencer"}}),
+        );
+        assert_eq!(reply["Success"], false, "{reply}");
+        assert!(
+            reply["Content"].as_str().unwrap().contains("reserved"),
+            "{reply}"
+        );
+    }
 }

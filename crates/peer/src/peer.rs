@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use proto::{Envelope, PROTOCOL_VERSION, Reply, Request};
+use proto::{Envelope, GroupOrder, PROTOCOL_VERSION, Reply, Request};
 use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
@@ -53,6 +53,15 @@ pub enum PeerError {
     /// The tracker refused to register us (the username is taken, say).
     #[error("the tracker refused to register us: {0}")]
     Refused(String),
+    /// In script mode, the tracker refused to let us join the script's group (it uses the
+    /// other delivery order, or total order has no sequencer).
+    #[error("cannot join {group}: {reason}")]
+    JoinRefused {
+        /// The group.
+        group: String,
+        /// The tracker's reason.
+        reason: String,
+    },
 }
 
 /// What a script-mode peer does.
@@ -629,14 +638,8 @@ impl Peer {
                     self.selected = Some(group.clone());
                     self.say(out, format_args!("already in {group}; writing to {group}"))?;
                 } else {
-                    self.ask(
-                        out,
-                        Request::JoinGroup {
-                            username: me,
-                            group: group.clone(),
-                        },
-                        Purpose::Join(group),
-                    )?;
+                    let request = self.join_request(&group);
+                    self.ask(out, request, Purpose::Join(group))?;
                 }
             }
             Ok(Command::Write(group)) => {
@@ -746,10 +749,7 @@ impl Peer {
                     // The tracker came back, or had evicted us: join our groups again.
                     let evicted = self.registering_again.take().is_some();
                     for group in self.core.groups() {
-                        let request = Request::JoinGroup {
-                            username: self.options.username.clone(),
-                            group: group.clone(),
-                        };
+                        let request = self.join_request(&group);
                         let _ = self.link.request(request, Purpose::Rejoin(group));
                     }
                     self.say(
@@ -763,10 +763,7 @@ impl Peer {
                 } else {
                     self.registered = true;
                     if let Some(script) = &self.script {
-                        let request = Request::JoinGroup {
-                            username: self.options.username.clone(),
-                            group: script.group.clone(),
-                        };
+                        let request = self.join_request(&script.group);
                         let _ = self
                             .link
                             .request(request, Purpose::Join(script.group.clone()));
@@ -800,6 +797,12 @@ impl Peer {
                     let writing = self.selected.clone().unwrap_or_default();
                     self.say(out, format_args!("joined {group}; writing to {writing}"))?;
                 }
+            }
+            Purpose::Join(group) if self.script.is_some() => {
+                return Err(PeerError::JoinRefused {
+                    group,
+                    reason: reason(),
+                });
             }
             Purpose::Join(group) | Purpose::Rejoin(group) => {
                 let line = format!("error: cannot join {group}: {}", reason());
@@ -936,6 +939,19 @@ impl Peer {
             format_args!("in {} {} says:: {}", m.group, m.author, m.text),
         )?;
         Ok(())
+    }
+
+    /// Our JoinGroup for `group`, declaring our delivery order: the tracker refuses us if
+    /// the group uses the other one.
+    fn join_request(&self, group: &str) -> Request {
+        Request::JoinGroup {
+            username: self.options.username.clone(),
+            group: group.to_owned(),
+            order: Some(match self.options.mode {
+                Mode::Fifo => GroupOrder::Fifo,
+                Mode::Total => GroupOrder::Total,
+            }),
+        }
     }
 
     fn script_step(&mut self, now: Instant) -> Result<(), PeerError> {

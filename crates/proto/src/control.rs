@@ -29,6 +29,27 @@ pub struct Member {
     pub uid: String,
 }
 
+/// The delivery order of a group, as newer peers declare it in JoinGroup (`"Order"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GroupOrder {
+    /// `"fifo"`: each sender's messages in the order sent; members multicast to each other.
+    #[serde(rename = "fifo")]
+    Fifo,
+    /// `"total"`: one sequence per group; members send to the sequencer and deliver only
+    /// its stream.
+    #[serde(rename = "total")]
+    Total,
+}
+
+impl std::fmt::Display for GroupOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fifo => "FIFO order",
+            Self::Total => "total order",
+        })
+    }
+}
+
 /// A control request to the tracker, one variant per `Type` code of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -40,6 +61,10 @@ pub enum Request {
         username: String,
         /// The group to join.
         group: String,
+        /// `Order` (newer peers only): the delivery order the member uses. The first member
+        /// to declare one sets the group's; a member declaring the other is refused, since
+        /// members of different orders cannot hear each other.
+        order: Option<GroupOrder>,
     },
     /// Type 3: register a member's UDP address; the reply is its unique id.
     Register {
@@ -92,6 +117,16 @@ struct UserGroup {
     username: String,
     #[serde(rename = "Group")]
     group: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JoinContent {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Group")]
+    group: String,
+    #[serde(rename = "Order", default, skip_serializing_if = "Option::is_none")]
+    order: Option<GroupOrder>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -214,10 +249,11 @@ impl Request {
             // The report's client sends `{}`; any content is accepted and ignored.
             1 => Self::ListGroups,
             2 => {
-                let c: UserGroup = raw_content(raw)?;
+                let c: JoinContent = raw_content(raw)?;
                 Self::JoinGroup {
                     username: c.username,
                     group: c.group,
+                    order: c.order,
                 }
             }
             3 => {
@@ -264,19 +300,33 @@ impl Request {
                     proto,
                 },
             ),
-            Self::JoinGroup { username, group } | Self::ExitGroup { username, group } => {
-                serde_json::to_writer(
-                    out,
-                    &Wire {
-                        kind,
-                        content: UserGroup {
-                            username: username.clone(),
-                            group: group.clone(),
-                        },
-                        proto,
+            Self::JoinGroup {
+                username,
+                group,
+                order,
+            } => serde_json::to_writer(
+                out,
+                &Wire {
+                    kind,
+                    content: JoinContent {
+                        username: username.clone(),
+                        group: group.clone(),
+                        order: *order,
                     },
-                )
-            }
+                    proto,
+                },
+            ),
+            Self::ExitGroup { username, group } => serde_json::to_writer(
+                out,
+                &Wire {
+                    kind,
+                    content: UserGroup {
+                        username: username.clone(),
+                        group: group.clone(),
+                    },
+                    proto,
+                },
+            ),
             Self::Register { ip, port, username } => serde_json::to_writer(
                 out,
                 &Wire {
@@ -398,6 +448,12 @@ mod tests {
             Request::JoinGroup {
                 username: "ford".into(),
                 group: "books".into(),
+                order: None,
+            },
+            Request::JoinGroup {
+                username: "ford".into(),
+                group: "books".into(),
+                order: Some(GroupOrder::Total),
             },
             Request::Register {
                 ip: "127.0.0.1".into(),
@@ -433,6 +489,7 @@ mod tests {
             &Request::JoinGroup {
                 username: "ford".into(),
                 group: "books".into(),
+                order: None,
             }
             .encode(),
         )

@@ -231,7 +231,7 @@ mod tests {
         fn frames_survive_any_segmentation(cuts in proptest::collection::vec(0usize..400, 0..20)) {
             let requests = [
                 Request::ListGroups,
-                Request::JoinGroup { username: "a\"}".into(), group: "g{".into() },
+                Request::JoinGroup { username: "a\"}".into(), group: "g{".into(), order: None },
                 Request::Heartbeat { username: "\\".into() },
             ];
             let mut stream = Vec::new();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use proto::{Member, Reply, Request};
+use proto::{GroupOrder, Member, Reply, Request};
 
 /// Longest username or group name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -85,6 +85,9 @@ pub struct Registry {
     uids: HashMap<String, String>,
     /// group → its members' usernames in join order (the sequencer is implicit).
     groups: BTreeMap<String, Vec<String>>,
+    /// group → the delivery order its first newer member declared (the report's clients
+    /// declare none); forgotten with the group.
+    orders: HashMap<String, GroupOrder>,
     sequencer: Option<Member>,
     uid_prefix: String,
     next_uid: u64,
@@ -114,6 +117,7 @@ impl Registry {
             members: HashMap::new(),
             uids: HashMap::new(),
             groups: BTreeMap::new(),
+            orders: HashMap::new(),
             sequencer: sequencer.map(|addr| Member {
                 ip: addr.ip().to_string(),
                 port: addr.port(),
@@ -180,7 +184,11 @@ impl Registry {
         }
         match request {
             Request::ListGroups => Reply::ok(self.group_names()),
-            Request::JoinGroup { username, group } => self.join(now, &username, &group),
+            Request::JoinGroup {
+                username,
+                group,
+                order,
+            } => self.join(now, &username, &group, order),
             Request::Register { ip, port, username } => {
                 self.register(now, &ip, port, &username, proto)
             }
@@ -249,14 +257,22 @@ impl Registry {
             return Reply::failure("port 0 cannot receive datagrams");
         }
         let addr = SocketAddr::new(ip_addr, port);
-        if username == SEQUENCER_NAME
-            && let Some(seq) = &self.sequencer
-            && (seq.ip.parse::<IpAddr>().ok(), seq.port) != (Some(ip_addr), port)
-        {
-            return Reply::failure(format!(
-                "username {SEQUENCER_NAME:?} is reserved for the sequencer at {}:{}",
-                seq.ip, seq.port
-            ));
+        if username == SEQUENCER_NAME {
+            match &self.sequencer {
+                Some(seq) if (seq.ip.parse::<IpAddr>().ok(), seq.port) == (Some(ip_addr), port) => {
+                }
+                Some(seq) => {
+                    return Reply::failure(format!(
+                        "username {SEQUENCER_NAME:?} is reserved for the sequencer at {}:{}",
+                        seq.ip, seq.port
+                    ));
+                }
+                None => {
+                    return Reply::failure(format!(
+                        "username {SEQUENCER_NAME:?} is reserved for the sequencer, and this tracker has none (its --seq-addr)"
+                    ));
+                }
+            }
         }
         let interval = match proto {
             Some(_) => self.liveness.heartbeat,
@@ -312,7 +328,13 @@ impl Registry {
         reply
     }
 
-    fn join(&mut self, now: Instant, username: &str, group: &str) -> Reply {
+    fn join(
+        &mut self,
+        now: Instant,
+        username: &str,
+        group: &str,
+        order: Option<GroupOrder>,
+    ) -> Reply {
         if let Err(reason) = validate_name("group name", group) {
             return Reply::failure(reason);
         }
@@ -320,6 +342,26 @@ impl Registry {
             return unknown_member(username);
         };
         record.last_heard = now;
+        if order == Some(GroupOrder::Total) && self.sequencer.is_none() {
+            return Reply::failure(
+                "total order needs a sequencer, and this tracker has none (start it with --seq-addr, or the peer without -s)",
+            );
+        }
+        match (order, self.orders.get(group)) {
+            (Some(ours), Some(&theirs)) if ours != theirs => {
+                let hint = match theirs {
+                    GroupOrder::Total => "start the peer with -s to join it",
+                    GroupOrder::Fifo => "start the peer without -s to join it",
+                };
+                return Reply::failure(format!(
+                    "group {group:?} uses {theirs}, not {ours}: {hint}"
+                ));
+            }
+            (Some(ours), None) => {
+                self.orders.insert(group.to_owned(), ours);
+            }
+            _ => {}
+        }
         if record.groups.insert(group.to_owned()) {
             self.groups
                 .entry(group.to_owned())
@@ -360,6 +402,7 @@ impl Registry {
             names.retain(|n| n != username);
             if names.is_empty() {
                 self.groups.remove(group);
+                self.orders.remove(group);
             }
         }
     }
@@ -472,6 +515,7 @@ mod tests {
             Request::JoinGroup {
                 username: name.into(),
                 group: group.into(),
+                order: None,
             },
             None,
             Via::Tcp,
@@ -540,6 +584,79 @@ mod tests {
         );
     }
 
+    fn join_in(
+        r: &mut Registry,
+        now: Instant,
+        name: &str,
+        group: &str,
+        order: GroupOrder,
+    ) -> Reply {
+        r.handle(
+            now,
+            Request::JoinGroup {
+                username: name.into(),
+                group: group.into(),
+                order: Some(order),
+            },
+            Some(3),
+            Via::Tcp,
+        )
+    }
+
+    #[test]
+    fn a_group_keeps_the_order_of_its_first_member_and_refuses_the_other() {
+        let (mut r, t) = registry();
+        for (name, port) in [("ford", 5001), ("kat", 5002), ("old", 5003)] {
+            register(&mut r, t, name, port, Some(3));
+        }
+        assert!(join_in(&mut r, t, "ford", "books", GroupOrder::Total).success);
+        let refused = join_in(&mut r, t, "kat", "books", GroupOrder::Fifo);
+        assert!(!refused.success);
+        let reason = refused.text().expect("a reason");
+        assert!(
+            reason.contains("uses total order") && reason.contains("-s"),
+            "{reason}"
+        );
+        assert_eq!(
+            names(&r.handle(
+                t,
+                Request::ListMembers {
+                    group: "books".into()
+                },
+                None,
+                Via::Tcp
+            )),
+            ["ford", "sequencer"],
+            "nothing changed"
+        );
+        // The report's clients declare no order and are let in.
+        assert!(join(&mut r, t, "old", "books").success);
+        // Once the group is gone, its order is forgotten.
+        for name in ["ford", "old"] {
+            let exit = Request::ExitGroup {
+                username: name.into(),
+                group: "books".into(),
+            };
+            assert!(r.handle(t, exit, None, Via::Tcp).success);
+        }
+        assert!(join_in(&mut r, t, "kat", "books", GroupOrder::Fifo).success);
+    }
+
+    #[test]
+    fn total_order_and_the_name_sequencer_need_a_sequencer() {
+        let t = Instant::now();
+        let mut r = Registry::new(LIVE, "t", None);
+        register(&mut r, t, "ford", 5001, Some(3));
+        let refused = join_in(&mut r, t, "ford", "books", GroupOrder::Total);
+        assert!(!refused.success);
+        assert!(refused.text().expect("a reason").contains("--seq-addr"));
+        assert!(r.group_names().is_empty(), "nothing changed");
+        let reserved = register(&mut r, t, "sequencer", 5009, None);
+        assert!(!reserved.success);
+        assert!(reserved.text().expect("a reason").contains("reserved"));
+        assert!(!r.is_member("sequencer"));
+    }
+
     #[test]
     fn a_live_username_at_another_address_is_refused() {
         let (mut r, t) = registry();
@@ -565,6 +682,7 @@ mod tests {
             Request::JoinGroup {
                 username: "ghost".into(),
                 group: "books".into(),
+                order: None,
             },
             Request::ExitGroup {
                 username: "ford".into(),
@@ -583,6 +701,7 @@ mod tests {
             Request::JoinGroup {
                 username: "ford".into(),
                 group: "".into(),
+                order: None,
             },
             Request::Register {
                 ip: "not-an-ip".into(),
@@ -723,6 +842,7 @@ mod tests {
             Request::JoinGroup {
                 username: "ford".into(),
                 group: "g".into(),
+                order: None,
             },
             None,
             Via::Udp("127.0.0.1:5001".parse().expect("addr")),

@@ -130,6 +130,7 @@ fn join(name: &str, group: &str) -> Request {
     Request::JoinGroup {
         username: name.into(),
         group: group.into(),
+        order: None,
     }
 }
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::report::{self, ReportClient, ReportSequencer};
 use support::{
-    Process, check_deliveries, deliveries, interactive, lines_file, tracker, tracker_with_sequencer,
+    Process, check_deliveries, deliveries, free_port, interactive, lines_file, tracker, tracker_at,
+    tracker_with_sequencer,
 };
 
 const MESSAGES: usize = 100;
@@ -204,7 +205,10 @@ fn total_order_without_a_sequencer_is_refused_with_a_clear_error() {
     let refused = ann.expect(|l| l.contains("cannot join books"), "a refused join");
     assert!(refused.contains("needs a sequencer"), "{refused}");
     ann.send("hello?");
-    ann.expect(|l| l.starts_with("no group selected"), "no group to write to");
+    ann.expect(
+        |l| l.starts_with("no group selected"),
+        "no group to write to",
+    );
     // A script cannot do its work: it ends at once with an error.
     let mut script = script_peer(dir.path(), "bob", tracker.addr, 1, 1, true);
     let status = script.wait(Duration::from_secs(10));
@@ -237,4 +241,54 @@ fn the_name_sequencer_is_reserved_whatever_the_trackers_options() {
             "{reply}"
         );
     }
+}
+
+#[test]
+fn the_sequencer_reports_its_registration_truthfully_and_keeps_its_connection() {
+    let port = free_port();
+    let tracker_addr = format!("127.0.0.1:{port}");
+    let mut seq = Process::spawn_capturing_stderr(
+        "sequencer",
+        &[
+            "127.0.0.1:0".into(),
+            "--tracker".into(),
+            tracker_addr.clone(),
+        ],
+    );
+    let banner = seq.next_line(Duration::from_secs(10)).unwrap();
+    assert!(banner.contains("registering with the tracker"), "{banner}");
+    seq.expect(
+        |l| l.starts_with("stderr: cannot reach the tracker"),
+        "the unreachable tracker reported",
+    );
+    assert!(
+        !seq.seen.iter().any(|l| l.starts_with("registered")),
+        "no registration claimed without a tracker: {:#?}",
+        seq.seen
+    );
+    let seq_addr = banner
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(';');
+    // The tracker closes connections idle for 1.5 s; heartbeats every 100 ms.
+    let _tracker = tracker_at(
+        &tracker_addr,
+        &[
+            "--seq-addr",
+            seq_addr,
+            "--heartbeat-ms",
+            "100",
+            "--idle-timeout-ms",
+            "1500",
+        ],
+    );
+    seq.expect_line(&format!("registered with the tracker at {tracker_addr}"));
+    std::thread::sleep(Duration::from_secs(5));
+    while seq.next_line(Duration::from_millis(100)).is_some() {}
+    assert!(
+        !seq.seen.iter().any(|l| l.contains("lost the tracker")),
+        "the idle timeout closed the sequencer's connection: {:#?}",
+        seq.seen
+    );
 }

@@ -43,15 +43,38 @@ impl Process {
 
     /// Any program (by path or name on PATH), with its output read as for the daemons.
     pub fn spawn_program(program: impl AsRef<std::ffi::OsStr>, args: &[String]) -> Self {
-        let mut child = Command::new(program)
-            .args(args)
+        Self::start(Command::new(program).args(args), false)
+    }
+
+    /// A daemon whose standard error is read too: its lines come among the others,
+    /// prefixed with `stderr: `.
+    pub fn spawn_capturing_stderr(name: &str, args: &[String]) -> Self {
+        Self::start(Command::new(bin(name)).args(args), true)
+    }
+
+    fn start(command: &mut Command, stderr: bool) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        if let Some(err) = child.stderr.take() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if tx.send(format!("stderr: {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };

@@ -16,4 +16,4 @@ mod node;
 mod server;
 
 pub use node::{NodeTraffic, SequencerNode, Submitted, Transmit};
-pub use server::{SequencerServer, Shutdown};
+pub use server::{SequencerServer, Shutdown, TrackerNews};

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sequencer::SequencerServer;
+use sequencer::{SequencerServer, TrackerNews};
 
 /// The sequencer of the group messenger: orders every group's messages for total order.
 ///
@@ -51,11 +51,25 @@ fn run(args: Args) -> Result<(), String> {
         "sequencer listening on {}{}",
         server.local_addr(),
         tracker.map_or(String::new(), |t| format!(
-            "; registered with the tracker at {t}"
+            "; registering with the tracker at {t}"
         ))
     );
     server
-        .run()
+        .run(&mut |news| match news {
+            TrackerNews::Registered { tracker, again } => println!(
+                "registered with the tracker at {tracker}{}",
+                if again { " again" } else { "" }
+            ),
+            TrackerNews::Refused { tracker, reason } => {
+                eprintln!("the tracker at {tracker} refused to register the sequencer: {reason}")
+            }
+            TrackerNews::Unreachable { tracker } => eprintln!(
+                "cannot reach the tracker at {tracker} yet; sequencing goes on, and it keeps trying"
+            ),
+            TrackerNews::Lost { tracker, reason } => eprintln!(
+                "lost the tracker at {tracker} ({reason}); sequencing goes on, reconnecting"
+            ),
+        })
         .map_err(|e| format!("event loop failed: {e}"))?;
     let c = server.node().counters();
     let t = server.node().traffic();

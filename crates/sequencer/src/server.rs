@@ -29,6 +29,53 @@ fn epoch_now() -> u64 {
 /// Stops a running [`SequencerServer`].
 pub use cli::Shutdown;
 
+/// What happened between the sequencer and its tracker, for the user to see: the
+/// registration is reported when the tracker confirms it, never before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackerNews {
+    /// The tracker accepted our registration (again, after `again`).
+    Registered {
+        /// The tracker.
+        tracker: SocketAddr,
+        /// Whether this is a registration after a lost connection or an eviction.
+        again: bool,
+    },
+    /// The tracker refused our registration.
+    Refused {
+        /// The tracker.
+        tracker: SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
+    /// No registration within a second of starting (or of losing the tracker): it is
+    /// unreachable for now; the sequencer goes on and keeps trying.
+    Unreachable {
+        /// The tracker.
+        tracker: SocketAddr,
+    },
+    /// The connection to the tracker was lost; sequencing goes on, and it reconnects.
+    Lost {
+        /// The tracker.
+        tracker: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How long without a registration before the user is told the tracker is unreachable.
+const REGISTRATION_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Every this many UDP heartbeats one goes over the tracker connection too, so that the
+/// tracker never closes it as idle (its idle timeout is 30 s by default).
+const KEEPALIVE_EVERY: u64 = 10;
+
+/// Why a request went to the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    KeepAlive,
+}
+
 /// The sequencer daemon.
 pub struct SequencerServer {
     poll: Poll,
@@ -36,9 +83,14 @@ pub struct SequencerServer {
     addr: SocketAddr,
     stop: Shutdown,
     node: SequencerNode,
-    link: Option<TrackerLink<()>>,
+    link: Option<TrackerLink<Purpose>>,
     heartbeat: Duration,
     next_heartbeat: Option<Instant>,
+    heartbeats: u64,
+    registered: bool,
+    /// When to tell the user the tracker is unreachable, if still unregistered then.
+    patience_until: Option<Instant>,
+    news: Vec<TrackerNews>,
     outbox: cli::Outbox,
     udp_pending: bool,
     buf: Box<[u8]>,
@@ -68,6 +120,10 @@ impl SequencerServer {
             link: tracker.map(|t| TrackerLink::new(t, TRACKER, now)),
             heartbeat: Duration::from_secs(1),
             next_heartbeat: None,
+            heartbeats: 0,
+            registered: false,
+            patience_until: tracker.map(|_| now + REGISTRATION_PATIENCE),
+            news: Vec::new(),
             outbox: cli::Outbox::new(),
             udp_pending: false,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
@@ -101,8 +157,8 @@ impl SequencerServer {
         &self.node
     }
 
-    /// Serves until [`Shutdown::shutdown`].
-    pub fn run(&mut self) -> io::Result<()> {
+    /// Serves until [`Shutdown::shutdown`]; `on_news` hears of the tracker registration.
+    pub fn run(&mut self, on_news: &mut dyn FnMut(TrackerNews)) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.requested() {
             let now = Instant::now();
@@ -110,6 +166,9 @@ impl SequencerServer {
                 self.node.handle_timeout(now);
             }
             self.tracker_work(now);
+            for news in self.news.drain(..) {
+                on_news(news);
+            }
             self.transmit();
             let wake = if self.udp_pending {
                 Some(now)
@@ -118,6 +177,7 @@ impl SequencerServer {
                     self.node.poll_timeout(),
                     self.link.as_ref().and_then(TrackerLink::poll_timeout),
                     self.next_heartbeat,
+                    self.patience_until,
                 ]
                 .into_iter()
                 .flatten()
@@ -176,43 +236,68 @@ impl SequencerServer {
         let Some(link) = self.link.as_mut() else {
             return;
         };
+        let tracker = link.addr();
         link.handle_timeout(self.poll.registry(), now);
         // Register on every (re)connection, and again when the tracker evicted us.
         let mut register = self.node.take_evicted() && link.is_up();
         while let Some(event) = link.poll_event() {
             match event {
                 LinkEvent::Connected => register = true,
-                LinkEvent::Reply((), reply) => {
+                LinkEvent::Reply(Purpose::Register, reply) => {
                     if reply.success {
                         if let Some(ms) = reply.heartbeat_ms {
                             self.heartbeat = Duration::from_millis(ms.max(10));
                         }
                         self.next_heartbeat.get_or_insert(now);
+                        self.patience_until = None;
+                        self.news.push(TrackerNews::Registered {
+                            tracker,
+                            again: self.registered,
+                        });
+                        self.registered = true;
                     } else {
-                        log::warn!(
-                            "the tracker refused to register the sequencer: {}",
+                        self.news.push(TrackerNews::Refused {
+                            tracker,
+                            reason: reply.text().unwrap_or_default(),
+                        });
+                    }
+                }
+                LinkEvent::Reply(Purpose::KeepAlive, reply) => {
+                    if !reply.success {
+                        log::info!(
+                            "the tracker refused our heartbeat: {}",
                             reply.text().unwrap_or_default()
                         );
                     }
                 }
                 LinkEvent::Disconnected { reason } => {
-                    log::warn!("lost the tracker ({reason}); sequencing goes on, reconnecting");
+                    self.news.push(TrackerNews::Lost { tracker, reason });
+                    self.patience_until = Some(now + REGISTRATION_PATIENCE);
                 }
-                LinkEvent::Lost(()) => {}
+                LinkEvent::Lost(_) => {}
             }
         }
         if register {
-            let _ = link.request(Request::register(self.addr, SEQUENCER), ());
+            let _ = link.request(Request::register(self.addr, SEQUENCER), Purpose::Register);
+        }
+        if self.patience_until.is_some_and(|at| at <= now) {
+            self.patience_until = None;
+            self.news.push(TrackerNews::Unreachable { tracker });
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
+            let heartbeat = Request::Heartbeat {
+                username: SEQUENCER.into(),
+            };
+            self.heartbeats += 1;
+            if self.heartbeats % KEEPALIVE_EVERY == 0 && link.is_up() {
+                let _ = link.request(heartbeat.clone(), Purpose::KeepAlive);
+            }
             let beat = Envelope {
-                request: Request::Heartbeat {
-                    username: SEQUENCER.into(),
-                },
+                request: heartbeat,
                 proto: Some(PROTOCOL_VERSION),
             }
             .encode();
-            self.outbox.send(&self.udp, link.addr(), Arc::from(beat));
+            self.outbox.send(&self.udp, tracker, Arc::from(beat));
             self.next_heartbeat = Some(now + self.heartbeat);
         }
     }

@@ -450,11 +450,6 @@ mod tests {
                 group: "books".into(),
                 order: None,
             },
-            Request::JoinGroup {
-                username: "ford".into(),
-                group: "books".into(),
-                order: Some(GroupOrder::Total),
-            },
             Request::Register {
                 ip: "127.0.0.1".into(),
                 port: 5000,
@@ -481,6 +476,23 @@ mod tests {
         for request in all_requests() {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
+    }
+
+    #[test]
+    fn a_join_declares_its_order_only_when_it_has_one() {
+        let join = |order| Request::JoinGroup {
+            username: "ford".into(),
+            group: "books".into(),
+            order,
+        };
+        let total = join(Some(GroupOrder::Total));
+        let wire: Value = serde_json::from_slice(&total.encode()).expect("json");
+        assert_eq!(wire["Content"]["Order"], "total");
+        assert_eq!(Request::decode(&total.encode()).expect("decodes"), total);
+        let plain: Value = serde_json::from_slice(&join(None).encode()).expect("json");
+        assert!(plain["Content"].get("Order").is_none(), "the report's form");
+        let odd = br#"{"Type": 2, "Content": {"Username": "a", "Group": "g", "Order": "causal"}}"#;
+        assert!(Request::decode(odd).is_err());
     }
 
     #[test]

@@ -102,7 +102,9 @@ fn an_interactive_session_shows_the_reports_output_lines() {
     ford.send("!j distrib");
     ford.expect_line("joined distrib; writing to books");
     ford.send("!lg");
-    ford.expect_line("groups: [books], [distrib]");
+    ford.expect_line("groups: [books] (joined), [distrib] (joined)");
+    katerina.send("!lg");
+    katerina.expect_line("groups: [books] (joined), [distrib]");
     ford.send("!lm books");
     ford.expect_line("members: (ford), (katerina)");
 

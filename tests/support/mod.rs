@@ -145,6 +145,13 @@ impl Process {
         stdin.flush().unwrap();
     }
 
+    /// Writes raw bytes to standard input (for input that is not UTF-8).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// Closes standard input (end of input).
     pub fn close_stdin(&mut self) {
         self.stdin.take();

@@ -26,6 +26,14 @@ pub enum Error {
         /// The argument as given.
         input: String,
     },
+    /// The port is not a number from 0 to 65535.
+    #[error("{input:?}: port {port} is out of range (0 to 65535; 0 picks a free port)")]
+    PortOutOfRange {
+        /// The argument as given.
+        input: String,
+        /// The port as given.
+        port: String,
+    },
     /// The host name did not resolve to an IPv4 or IPv6 address.
     #[error("cannot resolve {input:?}: {reason}")]
     Unresolved {
@@ -46,8 +54,14 @@ pub fn parse_addr(input: &str) -> Result<SocketAddr, Error> {
         input: input.to_owned(),
     };
     let (host, port) = input.rsplit_once(':').ok_or_else(malformed)?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
+    if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(malformed());
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(Error::PortOutOfRange {
+            input: input.to_owned(),
+            port: port.to_owned(),
+        });
     }
     let addrs: Vec<SocketAddr> = input
         .to_socket_addrs()
@@ -69,6 +83,8 @@ pub fn parse_addr(input: &str) -> Result<SocketAddr, Error> {
 
 /// Sets up logging to standard error: warnings only by default, `info` with one `-v`,
 /// `debug` with two, `trace` with three; `RUST_LOG`, when set, overrides all of these.
+/// By default a warning is one plain line (`warning: ...`) a person reads once; timestamps,
+/// levels and modules come with `-v` or `RUST_LOG`, for someone reading a log.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -76,9 +92,20 @@ pub fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp_micros()
-        .try_init();
+    let detailed = verbose > 0 || std::env::var_os("RUST_LOG").is_some();
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    if detailed {
+        builder.format_timestamp_micros();
+    } else {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let level = record.level().as_str().to_ascii_lowercase();
+            let level = if level == "warn" { "warning" } else { &level };
+            writeln!(buf, "{level}: {}", record.args())
+        });
+    }
+    let _ = builder.try_init();
 }
 
 /// Runs a program's body and reports its error, if any, as one line on standard error
@@ -110,7 +137,11 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_host_and_port() {
-        for bad in ["5000", "host:", ":5000", "127.0.0.1:99999", "a:b", ""] {
+        assert!(matches!(
+            parse_addr("127.0.0.1:99999"),
+            Err(Error::PortOutOfRange { .. })
+        ));
+        for bad in ["5000", "host:", ":5000", "a:b", ""] {
             assert!(
                 matches!(parse_addr(bad), Err(Error::Malformed { .. })),
                 "{bad:?} must be refused as malformed"

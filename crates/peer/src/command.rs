@@ -23,9 +23,19 @@ pub enum Command {
     Nothing,
 }
 
-/// The help text of `!h`.
+impl Command {
+    /// Whether applying it asks the tracker (it then waits for a connection to it).
+    pub fn needs_tracker(&self) -> bool {
+        matches!(
+            self,
+            Self::ListGroups | Self::ListMembers(_) | Self::Join(_) | Self::Exit(_)
+        )
+    }
+}
+
+/// The help text of `!h` (and the end of `peer --help`).
 pub const HELP: &str = "\
-commands:
+commands of the interactive peer:
   !lg          list the groups
   !lm GROUP    list the members of GROUP
   !j GROUP     join GROUP (it is created if it does not exist)

@@ -143,12 +143,14 @@ pub enum Error {
         group: String,
     },
     /// The message does not fit in one datagram the report's peers can read.
-    #[error("message too long: its datagram would be {len} bytes, at most {max} fit")]
+    #[error(
+        "message too long: {chars} characters, and at most {max_chars} fit in one datagram (fewer if they are not plain ASCII)"
+    )]
     TooLong {
-        /// Encoded length.
-        len: usize,
-        /// The limit.
-        max: usize,
+        /// Its length in characters.
+        chars: usize,
+        /// How many plain ASCII characters would fit.
+        max_chars: usize,
     },
 }
 
@@ -506,12 +508,18 @@ impl PeerCore {
             &*self.me,
         );
         d.sent_at_us = Some(sent_at_us);
-        let bytes = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| match e {
-            proto::Error::Oversized { len, max } => Error::TooLong { len, max },
-            _ => Error::TooLong {
-                len: usize::MAX,
-                max: LEGACY_DATAGRAM_LEN,
-            },
+        let bytes = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
+            // What the datagram spends besides the text is the same for any text: the
+            // rest of the limit is what a text of plain characters may take.
+            let escaped = serde_json::to_string(text).map_or(text.len(), |t| t.len() - 2);
+            let overhead = match e {
+                proto::Error::Oversized { len, .. } => len.saturating_sub(escaped),
+                _ => 0,
+            };
+            Error::TooLong {
+                chars: text.chars().count(),
+                max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
+            }
         })?;
         let sent = self
             .tx
@@ -1910,11 +1918,18 @@ mod tests {
         );
         ford.join(t, "books", &[member("ford", 6001)]);
         let long = "x".repeat(5000);
-        assert!(matches!(
-            ford.send(t, "books", &long, 1),
-            Err(Error::TooLong { max: 4096, .. })
-        ));
+        let Err(Error::TooLong {
+            chars: 5000,
+            max_chars,
+        }) = ford.send(t, "books", &long, 1)
+        else {
+            panic!("a 5000-character message must be refused");
+        };
         assert_eq!(ford.ordering_counters().sent, 0);
+        // The limit it states, in characters, is the true one.
+        let over = "x".repeat(max_chars + 1);
+        assert!(ford.send(t, "books", &over, 1).is_err());
+        assert!(ford.send(t, "books", &"x".repeat(max_chars), 1).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod command;
+pub mod console;
 mod core;
 mod membership;
 mod peer;
@@ -23,5 +24,5 @@ pub use crate::core::{
     CoreConfig, Error, Event, Message, Mode, Output, PeerCore, SEQUENCER, Traffic,
 };
 pub use membership::{MemberInfo, Members, claimed_addr, hello_source};
-pub use peer::{Peer, PeerError, PeerOptions, Script, Shutdown};
+pub use peer::{Console, Peer, PeerError, PeerOptions, Script, Shutdown};
 pub use tracker_link::{LinkEvent, TrackerLink};

@@ -1,10 +1,14 @@
-use std::io::Write;
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use peer::{Mode, Peer, PeerOptions, Script};
+use nix::sys::termios;
+use peer::console::{self, PlainScreen};
+use peer::{Console, Mode, Peer, PeerOptions, Script};
+
+mod terminal;
 
 /// A member of the group messenger.
 ///
@@ -17,13 +21,14 @@ use peer::{Mode, Peer, PeerOptions, Script};
 ///
 /// Example: peer 127.0.0.1:6001 ford 127.0.0.1:5000
 #[derive(Parser)]
-#[command(version)]
+#[command(version, after_help = peer::command::HELP)]
 struct Args {
     /// UDP address to receive group messages on (port 0 picks a free one).
     #[arg(value_name = "HOST:PORT")]
     addr: String,
 
-    /// This member's name, unique among live members.
+    /// This member's name: unique among live members, at most 64 characters, no spaces or
+    /// control characters; "sequencer" is reserved.
     username: String,
 
     /// The tracker's address.
@@ -107,6 +112,13 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<bool, String> {
+    proto::check_name("username", &args.username)?;
+    if args.username == peer::SEQUENCER {
+        return Err(format!(
+            "the username {:?} is reserved for the sequencer",
+            peer::SEQUENCER
+        ));
+    }
     let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
     let tracker = cli::parse_addr(&args.tracker).map_err(|e| format!("tracker: {e}"))?;
     let script = match &args.script {
@@ -144,9 +156,21 @@ fn run(args: Args) -> Result<bool, String> {
     let stop = peer.shutdown_handle();
     ctrlc::set_handler(move || stop.shutdown())
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let report = peer.run(&mut out).map_err(|e| e.to_string())?;
+    let at_terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
+    // The line editor puts the terminal in raw mode while it reads; whatever state it is in
+    // when we stop, the terminal gets back the mode it had.
+    let saved_mode = at_terminal
+        .then(|| termios::tcgetattr(io::stdin()).ok())
+        .flatten();
+    let console = (!scripted).then(|| console(&peer, &args.username, at_terminal));
+    let result = peer.run(console);
+    if let Some(mode) = saved_mode {
+        let _ = termios::tcsetattr(io::stdin(), termios::SetArg::TCSANOW, &mode);
+        // The shell's prompt starts on a line of its own.
+        println!();
+    }
+    let report = result.map_err(|e| e.to_string())?;
+    let mut out = io::stdout().lock();
     match report {
         Some(report) => {
             let text = if args.json {
@@ -159,6 +183,21 @@ fn run(args: Args) -> Result<bool, String> {
         }
         None if scripted => Err("the script did not run to its end".into()),
         None => Ok(true),
+    }
+}
+
+/// Where the interactive peer reads and writes: a line editor at a terminal, plain lines
+/// (and no prompt) from a pipe or a file.
+fn console(peer: &Peer, username: &str, at_terminal: bool) -> Console {
+    if at_terminal {
+        match terminal::start(peer.shutdown_handle(), format!("[{username}]> ")) {
+            Ok((input, screen)) => return Console { input, screen },
+            Err(e) => log::info!("no line editor ({e}): reading plain lines"),
+        }
+    }
+    Console {
+        input: console::read_lines(io::BufReader::new(io::stdin()), peer.shutdown_handle()),
+        screen: Box::new(PlainScreen(io::stdout())),
     }
 }
 

@@ -1,12 +1,13 @@
-//! The peer daemon: one mio loop over the UDP socket, standard input (read by a helper
-//! thread that wakes the loop), the tracker link and timers. It feeds the [`PeerCore`] and
+//! The peer daemon: one mio loop over the UDP socket, the user's input (read by a helper
+//! thread that wakes the loop, see [`crate::console`]), the tracker link and timers. It feeds the [`PeerCore`] and
 //! does what the core asks; it makes no protocol decisions of its own.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
@@ -15,6 +16,7 @@ use proto::{Envelope, GroupOrder, PROTOCOL_VERSION, Reply, Request};
 use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
+use crate::console::{Input, Screen, visible};
 use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
 use crate::tracker_link::{LinkEvent, TrackerLink};
@@ -150,7 +152,10 @@ enum Phase {
 #[derive(Debug)]
 struct Quitting {
     deadline: Instant,
+    /// The tracker answered our Quit, or there is nobody to tell.
     acked: bool,
+    /// Our Quit went out.
+    told: bool,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +174,14 @@ struct Measure {
     timed: u64,
     /// Members the tracker evicted while we ran.
     evicted: Vec<String>,
+}
+
+/// An interactive peer's console: the user's input, in order, and where lines go.
+pub struct Console {
+    /// What the user types (see [`read_lines`](crate::console::read_lines)).
+    pub input: Receiver<Input>,
+    /// Where lines for the user go.
+    pub screen: Box<dyn Screen>,
 }
 
 /// A member of the group messenger.
@@ -203,9 +216,19 @@ pub struct Peer {
     deliveries: Option<io::BufWriter<std::fs::File>>,
     quitting: Option<Quitting>,
     nacks_seen: (u64, Instant),
-    tty: bool,
-    /// On a terminal: whether the prompt is the last thing on the screen.
-    prompt_shown: std::cell::Cell<bool>,
+    /// Interactive mode: where lines for the user go.
+    screen: Option<RefCell<Box<dyn Screen>>>,
+    /// Interactive mode: what the user typed, in order, not applied yet. A line waits for
+    /// what it depends on: our registration, the answer to the tracker request of the line
+    /// before it, a tracker connection if it needs one.
+    pending: VecDeque<Input>,
+    /// The line whose tracker request is out: the lines after it wait for its answer, and it
+    /// is applied again if the connection is lost before the answer.
+    awaiting: Option<String>,
+    /// Registered on the current tracker connection (a lost connection clears it).
+    session: bool,
+    /// We told the user the tracker cannot be reached (told once per outage).
+    told_unreachable: bool,
     report: Option<Report>,
     buf: Box<[u8]>,
     /// This process's clock (simulated skew, if asked for) and its estimated offset from
@@ -276,8 +299,11 @@ impl Peer {
             deliveries,
             quitting: None,
             nacks_seen: (0, now),
-            tty: io::stdout().is_terminal(),
-            prompt_shown: std::cell::Cell::new(false),
+            screen: None,
+            pending: VecDeque::new(),
+            awaiting: None,
+            session: false,
+            told_unreachable: false,
             report: None,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
             local: clock::SkewedClock::new(
@@ -305,13 +331,15 @@ impl Peer {
         self.stop.clone()
     }
 
-    /// Runs until the user quits (interactive) or the script is done; returns the script's
-    /// measurements, if any. Output for the user goes to `out`.
-    pub fn run(&mut self, out: &mut dyn Write) -> Result<Option<Report>, PeerError> {
-        let input = if self.script.is_none() {
-            Some(spawn_stdin_reader(self.stop.clone()))
-        } else {
-            None
+    /// Runs until the user quits (interactive, with `console`) or the script is done;
+    /// returns the script's measurements, if any.
+    pub fn run(&mut self, console: Option<Console>) -> Result<Option<Report>, PeerError> {
+        let input = match console {
+            Some(Console { input, screen }) if self.script.is_none() => {
+                self.screen = Some(RefCell::new(screen));
+                Some(input)
+            }
+            _ => None,
         };
         let mut events = Events::with_capacity(256);
         loop {
@@ -323,12 +351,13 @@ impl Peer {
             self.heartbeat_if_due(now);
             self.sync_if_due(now);
             self.script_step(now)?;
-            self.handle_link_events(now, out)?;
-            self.drain_core(now, out)?;
+            self.handle_link_events(now)?;
+            self.apply_input(now)?;
+            self.drain_core(now)?;
             self.flush_outbox();
             if self.stop.requested() && self.quitting.is_none() {
                 self.begin_quit(now);
-                self.drain_core(now, out)?;
+                self.drain_core(now)?;
                 self.flush_outbox();
             }
             if self.quit_done(now) {
@@ -359,10 +388,12 @@ impl Peer {
             if let Some(input) = &input {
                 loop {
                     match input.try_recv() {
-                        Ok(Some(line)) => self.handle_line(now, &line, out)?,
-                        Ok(None) | Err(TryRecvError::Disconnected) => {
-                            // End of input quits, as `!q` does.
-                            self.begin_quit(now);
+                        Ok(Input::Interrupt) => self.stop.shutdown(),
+                        Ok(item) => self.pending.push_back(item),
+                        Err(TryRecvError::Disconnected) => {
+                            if self.pending.back() != Some(&Input::End) {
+                                self.pending.push_back(Input::End);
+                            }
                             break;
                         }
                         Err(TryRecvError::Empty) => break,
@@ -373,8 +404,68 @@ impl Peer {
         if let Some(d) = self.deliveries.as_mut() {
             d.flush()?;
         }
-        out.flush()?;
         Ok(self.report.take())
+    }
+
+    /// Applies what the user typed, in order, as far as what each line depends on allows:
+    /// nothing before our first registration, nothing while a line waits for the tracker's
+    /// answer, and a line that needs the tracker only while it is connected (messages to
+    /// joined groups go on without it).
+    fn apply_input(&mut self, now: Instant) -> Result<(), PeerError> {
+        if self.screen.is_none() {
+            return Ok(());
+        }
+        if !self.registered && !self.told_unreachable && self.link_tried() {
+            self.told_unreachable = true;
+            self.say(format_args!(
+                "cannot reach the tracker at {} yet; retrying, and what you type waits for it",
+                self.link.addr()
+            ))?;
+        }
+        while self.quitting.is_none() && self.awaiting.is_none() {
+            let Some(item) = self.pending.front() else {
+                break;
+            };
+            // Quitting waits only for a registration on its way (then the tracker is told);
+            // any other line for our registration, and for the tracker if it asks it.
+            let registering = self.link.is_up() && !self.session;
+            let ready = match item {
+                Input::End | Input::Interrupt => !registering,
+                Input::Line(line) | Input::Mangled(line) => match command::parse(line) {
+                    Ok(Command::Quit) => !registering,
+                    Ok(c) if c.needs_tracker() => self.session,
+                    _ => self.registered,
+                },
+            };
+            if !ready {
+                if !self.told_unreachable && self.link_tried() {
+                    self.told_unreachable = true;
+                    self.say(format_args!(
+                        "the tracker at {} cannot be reached; retrying, and what you typed waits for it ({} line(s) now)",
+                        self.link.addr(),
+                        self.pending.len()
+                    ))?;
+                }
+                break;
+            }
+            let item = self.pending.pop_front().expect("looked at above");
+            match item {
+                Input::Line(line) => self.handle_line(now, &line)?,
+                Input::Mangled(line) => {
+                    self.say("warning: that line was not valid UTF-8; its invalid bytes were replaced with \u{fffd}")?;
+                    self.handle_line(now, &line)?;
+                }
+                Input::End | Input::Interrupt => self.begin_quit(now),
+            }
+        }
+        self.show_prompt();
+        Ok(())
+    }
+
+    /// Whether a connection to the tracker was attempted and failed since we last had one
+    /// (before the first attempt, input simply waits).
+    fn link_tried(&self) -> bool {
+        !self.link.is_up() && self.link.failed_attempts() > 0
     }
 
     fn next_wake(&self, now: Instant) -> Option<Instant> {
@@ -562,138 +653,140 @@ impl Peer {
     /// group on standard error, written at once.
     fn tell_stderr(&self, line: &str) {
         if self.script.is_some() {
-            let text = format!("{}: {line}\n", self.options.username);
+            let text = format!("{}: {}\n", self.options.username, visible(line));
             let _ = io::stderr().write_all(text.as_bytes());
         }
     }
 
-    fn say(&self, out: &mut dyn Write, line: impl std::fmt::Display) -> io::Result<()> {
-        if self.script.is_some() {
-            return Ok(());
+    /// Shows a line to the user (interactive mode only; a script's output is its report).
+    /// Whatever in it came from the network must have been made [`visible`].
+    fn say(&self, line: impl std::fmt::Display) -> io::Result<()> {
+        match &self.screen {
+            Some(screen) => screen.borrow_mut().line(&line.to_string()),
+            None => Ok(()),
         }
-        if self.tty {
-            // Clear the prompt line, print, and put the prompt back under the new line.
-            write!(out, "\r\x1b[K{line}\n{}", self.prompt())?;
-            self.prompt_shown.set(true);
-        } else {
-            writeln!(out, "{line}")?;
-        }
-        out.flush()
     }
 
+    /// The prompt: our name and the group we write to.
     fn prompt(&self) -> String {
-        format!("[{}]> ", self.options.username)
-    }
-
-    fn show_prompt(&self, out: &mut dyn Write) -> io::Result<()> {
-        if self.script.is_none() && self.quitting.is_none() && !self.prompt_shown.get() {
-            write!(out, "{}", self.prompt())?;
-            out.flush()?;
-            self.prompt_shown.set(self.tty);
+        match &self.selected {
+            Some(group) => format!("[{}@{}]> ", self.options.username, visible(group)),
+            None => format!("[{}]> ", self.options.username),
         }
-        Ok(())
     }
 
-    fn ask(&mut self, out: &mut dyn Write, request: Request, purpose: Purpose) -> io::Result<()> {
-        if self.link.request(request, purpose).is_err() {
-            self.say(
-                out,
-                format_args!(
-                    "error: the tracker at {} is unreachable; retrying in the background",
-                    self.link.addr()
-                ),
-            )?;
+    fn show_prompt(&self) {
+        if let Some(screen) = &self.screen
+            && self.quitting.is_none()
+        {
+            let idle = self.registered && self.pending.is_empty() && self.awaiting.is_none();
+            screen.borrow_mut().prompt(&self.prompt(), idle);
         }
-        Ok(())
     }
 
-    fn handle_line(
-        &mut self,
-        now: Instant,
-        line: &str,
-        out: &mut dyn Write,
-    ) -> Result<(), PeerError> {
+    /// Sends a tracker request for the user's `line`; the lines after it wait for the answer.
+    fn ask(&mut self, line: &str, request: Request, purpose: Purpose) {
+        match self.link.request(request, purpose) {
+            Ok(()) => self.awaiting = Some(line.to_owned()),
+            // The connection went between the check and now: the line waits for the next.
+            Err(_) => self.pending.push_front(Input::Line(line.to_owned())),
+        }
+    }
+
+    fn handle_line(&mut self, now: Instant, line: &str) -> Result<(), PeerError> {
         if self.quitting.is_some() {
             return Ok(());
         }
         let me = self.options.username.clone();
         match command::parse(line) {
-            Err(usage) => self.say(out, &usage)?,
+            Err(usage) => self.say(visible(&usage))?,
             Ok(Command::Nothing) => {}
             Ok(Command::Help) => {
                 for l in HELP.lines() {
-                    self.say(out, l)?;
+                    self.say(l)?;
                 }
             }
-            Ok(Command::ListGroups) => self.ask(out, Request::ListGroups, Purpose::ListGroups)?,
+            Ok(Command::ListGroups) => self.ask(line, Request::ListGroups, Purpose::ListGroups),
             Ok(Command::ListMembers(group)) => self.ask(
-                out,
+                line,
                 Request::ListMembers {
                     group: group.clone(),
                 },
                 Purpose::ListMembers(group),
-            )?,
+            ),
             Ok(Command::Join(group)) => {
                 if self.core.is_joined(&group) {
                     self.selected = Some(group.clone());
-                    self.say(out, format_args!("already in {group}; writing to {group}"))?;
+                    let group = visible(&group);
+                    self.say(format_args!("already in {group}; writing to {group}"))?;
                 } else {
                     let request = self.join_request(&group);
-                    self.ask(out, request, Purpose::Join(group))?;
+                    self.ask(line, request, Purpose::Join(group));
                 }
             }
             Ok(Command::Write(group)) => {
                 if self.core.is_joined(&group) {
-                    self.say(out, format_args!("writing to {group}"))?;
+                    self.say(format_args!("writing to {}", visible(&group)))?;
                     self.selected = Some(group);
                 } else {
-                    self.say(
-                        out,
-                        format_args!("not a member of {group}: join it first (!j {group})"),
-                    )?;
+                    let group = visible(&group);
+                    self.say(format_args!(
+                        "not a member of {group}: join it first (!j {group})"
+                    ))?;
                 }
             }
             Ok(Command::Exit(group)) => {
                 if self.core.leave(&group) {
-                    if self.selected.as_deref() == Some(group.as_str()) {
-                        self.selected = None;
+                    let request = Request::ExitGroup {
+                        username: me,
+                        group: group.clone(),
+                    };
+                    if self
+                        .link
+                        .request(request, Purpose::Exit(group.clone()))
+                        .is_err()
+                    {
+                        log::info!("could not tell the tracker we left {group}");
                     }
-                    self.say(out, format_args!("left {group}"))?;
-                    self.ask(
-                        out,
-                        Request::ExitGroup {
-                            username: me,
-                            group: group.clone(),
-                        },
-                        Purpose::Exit(group),
-                    )?;
+                    let left = visible(&group).into_owned();
+                    if self.selected.as_deref() == Some(group.as_str()) {
+                        let mut rest = self.core.groups();
+                        rest.sort_by(|a, b| natural_order(a, b));
+                        self.selected = rest.into_iter().next();
+                        match &self.selected {
+                            Some(next) => self.say(format_args!(
+                                "left {left}; writing to {} now",
+                                visible(next)
+                            ))?,
+                            None => self.say(format_args!(
+                                "left {left}; you are in no group now: !j GROUP joins one"
+                            ))?,
+                        }
+                    } else {
+                        self.say(format_args!("left {left}"))?;
+                    }
                 } else {
-                    self.say(out, format_args!("not a member of {group}"))?;
+                    self.say(format_args!("not a member of {}", visible(&group)))?;
                 }
             }
             Ok(Command::Quit) => self.begin_quit(now),
             Ok(Command::Say(text)) => match self.selected.clone() {
-                None => self.say(
-                    out,
-                    "no group selected: join one with !j GROUP, or pick one with !w GROUP",
-                )?,
+                None => self
+                    .say("no group selected: join one with !j GROUP, or pick one with !w GROUP")?,
                 Some(group) => {
-                    if let Err(e) =
-                        self.core
-                            .send(now, &group, &text, self.synced_now_us().max(0) as u64)
-                    {
-                        self.say(out, format_args!("error: {e}"))?;
+                    let stamp = self.synced_now_us().max(0) as u64;
+                    if let Err(e) = self.core.send(now, &group, &text, stamp) {
+                        self.say(format_args!("error: {e}"))?;
                     }
                 }
             },
         }
-        self.drain_core(now, out)?;
+        self.drain_core(now)?;
         self.flush_outbox();
-        self.show_prompt(out)?;
         Ok(())
     }
 
-    fn handle_link_events(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+    fn handle_link_events(&mut self, now: Instant) -> Result<(), PeerError> {
         while let Some(event) = self.link.poll_event() {
             match event {
                 LinkEvent::Connected => {
@@ -702,11 +795,13 @@ impl Peer {
                     let _ = self.link.request(request, Purpose::Register);
                 }
                 LinkEvent::Disconnected { reason } => {
+                    self.session = false;
+                    self.told_unreachable = false;
                     let line = format!(
                         "lost the tracker ({reason}); messaging in joined groups goes on, reconnecting"
                     );
-                    log::warn!("{line}");
-                    self.say(out, &line)?;
+                    log::info!("{line}");
+                    self.say(&line)?;
                 }
                 LinkEvent::Lost(purpose) => match purpose {
                     Purpose::Quit => {
@@ -715,14 +810,17 @@ impl Peer {
                         }
                     }
                     Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_) => {
-                        self.say(out, "error: the tracker did not answer (connection lost)")?;
+                        // Asked again once we are registered on a new connection.
+                        if let Some(line) = self.awaiting.take() {
+                            self.pending.push_front(Input::Line(line));
+                        }
                     }
                     Purpose::Register
                     | Purpose::KeepAlive
                     | Purpose::Rejoin(_)
                     | Purpose::Exit(_) => {}
                 },
-                LinkEvent::Reply(purpose, reply) => self.handle_reply(now, purpose, reply, out)?,
+                LinkEvent::Reply(purpose, reply) => self.handle_reply(now, purpose, reply)?,
             }
         }
         Ok(())
@@ -733,12 +831,27 @@ impl Peer {
         now: Instant,
         purpose: Purpose,
         reply: Reply,
-        out: &mut dyn Write,
     ) -> Result<(), PeerError> {
-        let reason = || reply.text().unwrap_or_else(|_| reply.content.to_string());
+        let reason = || {
+            let text = reply.text().unwrap_or_else(|_| reply.content.to_string());
+            visible(&text).into_owned()
+        };
+        if matches!(
+            purpose,
+            Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_)
+        ) {
+            self.awaiting = None;
+        }
         match purpose {
             Purpose::Register if !reply.success => return Err(PeerError::Refused(reason())),
             Purpose::Register => {
+                self.session = true;
+                self.told_unreachable = false;
+                if self.quitting.as_ref().is_some_and(|q| !q.told) {
+                    // We were asked to quit while our registration was on its way: now the
+                    // tracker knows us, tell it we leave.
+                    self.send_quit();
+                }
                 if let Some(ms) = reply.heartbeat_ms {
                     self.heartbeat = Duration::from_millis(ms.max(10));
                 }
@@ -752,14 +865,11 @@ impl Peer {
                         let request = self.join_request(&group);
                         let _ = self.link.request(request, Purpose::Rejoin(group));
                     }
-                    self.say(
-                        out,
-                        if evicted {
-                            "registered again and rejoined our groups"
-                        } else {
-                            "the tracker is back; registered and rejoined our groups"
-                        },
-                    )?;
+                    self.say(if evicted {
+                        "registered again and rejoined our groups"
+                    } else {
+                        "the tracker is back; registered and rejoined our groups"
+                    })?;
                 } else {
                     self.registered = true;
                     if let Some(script) = &self.script {
@@ -768,9 +878,7 @@ impl Peer {
                             .link
                             .request(request, Purpose::Join(script.group.clone()));
                     } else {
-                        self.say(
-                            out,
-                            format_args!(
+                        self.say(format_args!(
                                 "registered as {} with the tracker at {} ({} order); !h lists the commands",
                                 self.options.username,
                                 self.link.addr(),
@@ -780,7 +888,6 @@ impl Peer {
                                 }
                             ),
                         )?;
-                        self.show_prompt(out)?;
                     }
                 }
             }
@@ -795,7 +902,11 @@ impl Peer {
                 } else if fresh {
                     self.selected.get_or_insert_with(|| group.clone());
                     let writing = self.selected.clone().unwrap_or_default();
-                    self.say(out, format_args!("joined {group}; writing to {writing}"))?;
+                    self.say(format_args!(
+                        "joined {}; writing to {}",
+                        visible(&group),
+                        visible(&writing)
+                    ))?;
                 }
             }
             Purpose::Join(group) if self.script.is_some() => {
@@ -805,22 +916,30 @@ impl Peer {
                 });
             }
             Purpose::Join(group) | Purpose::Rejoin(group) => {
-                let line = format!("error: cannot join {group}: {}", reason());
-                log::warn!("{line}");
-                self.say(out, &line)?;
+                let line = format!("error: cannot join {}: {}", visible(&group), reason());
+                log::info!("{line}");
+                self.say(&line)?;
             }
             Purpose::ListGroups => {
-                let names = reply.names().unwrap_or_default();
+                let mut names = reply.names().unwrap_or_default();
+                names.sort_by(|a, b| natural_order(a, b));
                 let list = if names.is_empty() {
                     "(none)".to_owned()
                 } else {
                     names
                         .iter()
-                        .map(|g| format!("[{g}]"))
+                        .map(|g| {
+                            let mark = if self.core.is_joined(g) {
+                                " (joined)"
+                            } else {
+                                ""
+                            };
+                            format!("[{}]{mark}", visible(g))
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                self.say(out, format_args!("groups: {list}"))?;
+                self.say(format_args!("groups: {list}"))?;
             }
             Purpose::ListMembers(group) => {
                 if reply.success {
@@ -828,12 +947,12 @@ impl Peer {
                         .members()
                         .unwrap_or_default()
                         .iter()
-                        .map(|m| format!("({})", m.username))
+                        .map(|m| format!("({})", visible(&m.username)))
                         .collect::<Vec<_>>()
                         .join(", ");
-                    self.say(out, format_args!("members: {list}"))?;
+                    self.say(format_args!("members: {list}"))?;
                 } else {
-                    self.say(out, format_args!("no such group: {group}"))?;
+                    self.say(format_args!("no such group: {}", visible(&group)))?;
                 }
             }
             Purpose::Exit(group) => {
@@ -858,12 +977,12 @@ impl Peer {
         Ok(())
     }
 
-    fn drain_core(&mut self, now: Instant, out: &mut dyn Write) -> Result<(), PeerError> {
+    fn drain_core(&mut self, now: Instant) -> Result<(), PeerError> {
         while let Some(output) = self.core.poll_output() {
             match output {
                 // Queued: the end of the loop's turn sends them, bundled and per member.
                 Output::Transmit { to, bytes, bundle } => self.outbox.queue(to, bytes, bundle),
-                Output::Deliver(message) => self.deliver(now, message, out)?,
+                Output::Deliver(message) => self.deliver(now, message)?,
                 Output::Event(event) => {
                     let line = match event {
                         Event::Joined { group, member } => format!("* {member} joined {group}"),
@@ -901,15 +1020,17 @@ impl Peer {
                             line
                         }
                     };
+                    // Names and groups came from the network: shown harmless.
+                    let line = visible(&line);
                     log::info!("{line}");
-                    self.say(out, &line)?;
+                    self.say(&line)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn deliver(&mut self, now: Instant, m: Message, out: &mut dyn Write) -> Result<(), PeerError> {
+    fn deliver(&mut self, now: Instant, m: Message) -> Result<(), PeerError> {
         self.measure.delivered += 1;
         self.measure.first_delivery.get_or_insert(now);
         self.measure.last_delivery = Some(now);
@@ -934,10 +1055,14 @@ impl Peer {
         }
         // Formatted straight into the output, and only when there is one (not in script
         // mode): nothing is built per delivery.
-        self.say(
-            out,
-            format_args!("in {} {} says:: {}", m.group, m.author, m.text),
-        )?;
+        if self.screen.is_some() {
+            self.say(format_args!(
+                "in {} {} says:: {}",
+                visible(&m.group),
+                visible(&m.author),
+                visible(&m.text)
+            ))?;
+        }
         Ok(())
     }
 
@@ -1162,20 +1287,30 @@ impl Peer {
         for group in self.core.groups() {
             self.core.leave(&group);
         }
-        let acked = self
-            .link
-            .request(
-                Request::Quit {
-                    username: self.options.username.clone(),
-                },
-                Purpose::Quit,
-            )
-            .is_err();
         self.nacks_seen = (self.core.traffic().nacks_received, now);
+        // Only a registered member may say Quit: a peer whose registration was refused (its
+        // name is taken) must not make the tracker forget the member who has the name. A
+        // registration on its way is answered first (see `handle_reply`).
+        let registering = self.link.is_up() && !self.session;
         self.quitting = Some(Quitting {
             deadline: now + Duration::from_secs(2),
-            acked,
+            acked: !self.session && !registering,
+            told: false,
         });
+        if self.session {
+            self.send_quit();
+        }
+    }
+
+    fn send_quit(&mut self) {
+        let request = Request::Quit {
+            username: self.options.username.clone(),
+        };
+        let sent = self.link.request(request, Purpose::Quit).is_ok();
+        if let Some(q) = self.quitting.as_mut() {
+            q.told = sent;
+            q.acked |= !sent;
+        }
     }
 
     fn quit_done(&mut self, now: Instant) -> bool {
@@ -1187,21 +1322,43 @@ impl Peer {
     }
 }
 
-/// Reads standard input on a helper thread (it blocks, the loop must not), handing each
-/// line to the loop and waking it; `None` means end of input.
-fn spawn_stdin_reader(event_loop: Shutdown) -> Receiver<Option<String>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let stdin = io::stdin();
-        for line in stdin.lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(Some(line)).is_err() {
-                return;
+/// Orders names as a person expects: runs of digits by their value (`g2` before `g10`).
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
             }
-            event_loop.wake();
         }
-        let _ = tx.send(None);
-        event_loop.wake();
-    });
-    rx
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, x), (db, y)) in ca.iter().zip(&cb) {
+        let order = if *da && *db {
+            let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            x.cmp(y)
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_order;
+
+    #[test]
+    fn names_sort_by_the_value_of_their_numbers() {
+        let mut names = vec!["g10", "g2", "g1", "books", "g02x", "a"];
+        names.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(names, ["a", "books", "g1", "g2", "g02x", "g10"]);
+    }
 }

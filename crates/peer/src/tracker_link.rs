@@ -51,6 +51,8 @@ pub struct TrackerLink<P> {
     events: VecDeque<LinkEvent<P>>,
     /// Requests sent since the link was made (for the measurements of control traffic).
     pub requests_sent: u64,
+    /// Connection attempts that failed since the link was last up.
+    failed_attempts: u32,
 }
 
 impl<P> TrackerLink<P> {
@@ -66,12 +68,19 @@ impl<P> TrackerLink<P> {
             backoff: FIRST_BACKOFF,
             events: VecDeque::new(),
             requests_sent: 0,
+            failed_attempts: 0,
         }
     }
 
     /// The tracker's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connection attempts that failed since the link was last up (0 while it is up, or
+    /// before the first attempt).
+    pub fn failed_attempts(&self) -> u32 {
+        self.failed_attempts
     }
 
     /// Whether the connection is established.
@@ -114,6 +123,7 @@ impl<P> TrackerLink<P> {
             match conn.stream.peer_addr() {
                 Ok(_) => {
                     conn.connected = true;
+                    self.failed_attempts = 0;
                     self.backoff = FIRST_BACKOFF;
                     self.events.push_back(LinkEvent::Connected);
                 }
@@ -200,6 +210,7 @@ impl<P> TrackerLink<P> {
         if was_up {
             self.events.push_back(LinkEvent::Disconnected { reason });
         } else {
+            self.failed_attempts = self.failed_attempts.saturating_add(1);
             log::debug!("cannot reach the tracker at {}: {reason}", self.addr);
         }
         self.retry_at = Some(now + self.backoff);

@@ -22,6 +22,9 @@ fn help_explains_every_option_and_bad_arguments_get_one_line() {
         "--json",
         "--deliveries",
         "says::",
+        "at most 64 characters",
+        "!lm GROUP",
+        "!e GROUP",
     ] {
         assert!(text.contains(needle), "--help mentions {needle}:\n{text}");
     }
@@ -52,4 +55,36 @@ fn help_explains_every_option_and_bad_arguments_get_one_line() {
         stderr.contains("cannot read /nonexistent/lines"),
         "{stderr}"
     );
+}
+
+/// Runs the peer with `args`; it must fail at once with one line on standard error.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_peer"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_names_and_ports_are_refused_before_anything_starts() {
+    let long = "n".repeat(5000);
+    let stderr = refused(&["127.0.0.1:0", &long, "127.0.0.1:9"]);
+    assert!(
+        stderr.contains("5000 characters long; at most 64"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.len() < 200,
+        "the name is not echoed in full: {stderr}"
+    );
+    let stderr = refused(&["127.0.0.1:0", "john smith", "127.0.0.1:9"]);
+    assert!(stderr.contains("white space"), "{stderr}");
+    let stderr = refused(&["127.0.0.1:0", "sequencer", "127.0.0.1:9"]);
+    assert!(stderr.contains("reserved"), "{stderr}");
+    let stderr = refused(&["127.0.0.1:99999", "ford", "127.0.0.1:9"]);
+    assert!(stderr.contains("port 99999 is out of range"), "{stderr}");
 }

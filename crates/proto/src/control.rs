@@ -12,6 +12,43 @@ use crate::error::{Error, check_len, classify, reject_array};
 /// near this is a broken or hostile client.
 pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 
+/// Longest username or group name, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a username or group name (`kind` says which) against the rules every program
+/// applies: not empty, at most [`MAX_NAME_LEN`] characters, no control characters (they
+/// would reach other people's terminals) and no white space (`in books john smith says::`
+/// would not say who spoke). The error quotes at most the first 20 characters.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let shown = || {
+        let mut head: String = name
+            .chars()
+            .take(20)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
+        if name.chars().count() > 20 {
+            head.push('…');
+        }
+        format!("\"{head}\"")
+    };
+    let len = name.chars().count();
+    if name.is_empty() {
+        Err(format!("{kind} must not be empty"))
+    } else if len > MAX_NAME_LEN {
+        Err(format!(
+            "{kind} {} is {len} characters long; at most {MAX_NAME_LEN} are allowed",
+            shown()
+        ))
+    } else if name.chars().any(char::is_control) {
+        Err(format!("{kind} {} contains control characters", shown()))
+    } else if name.chars().any(char::is_whitespace) {
+        Err(format!("{kind} {} contains white space", shown()))
+    } else {
+        Ok(())
+    }
+}
+
 /// A registered member as the tracker lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {

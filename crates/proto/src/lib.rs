@@ -28,7 +28,9 @@ mod datagram;
 mod error;
 mod framing;
 
-pub use control::{Envelope, GroupOrder, MAX_REQUEST_LEN, Member, Reply, Request};
+pub use control::{
+    Envelope, GroupOrder, MAX_NAME_LEN, MAX_REQUEST_LEN, Member, Reply, Request, check_name,
+};
 pub use datagram::{
     CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, MAX_DATAGRAM_LEN, MAX_FRONTIER,
     MAX_RANGES, PROTOCOL_VERSION,

@@ -54,6 +54,8 @@ pub fn cristian(
     for _ in 0..samples.max(1) {
         match cristian_sample(server, clock, timeout) {
             Ok(s) => c.add(s),
+            // A server that never answered is not waited for again and again.
+            Err(e) if c.best().is_none() && is_timeout(&e) => return Err(silent(timeout)),
             Err(e) => last_error = Some(e),
         }
     }
@@ -106,8 +108,26 @@ pub fn ntp_query(
         match ntp_sample(&socket, server, clock, timeout) {
             Ok(e) if best.is_none_or(|b| e.rtt_ns < b.rtt_ns) => best = Some(e),
             Ok(_) => {}
+            Err(e) if best.is_none() && is_timeout(&e) => return Err(silent(timeout)),
             Err(e) => last_error = Some(e),
         }
     }
     best.ok_or_else(|| last_error.unwrap_or_else(|| io::ErrorKind::TimedOut.into()))
+}
+
+/// Whether `e` is a read that timed out (which the OS reports as "would block" for a socket
+/// with a read timeout).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// The error for a server that did not answer within `timeout`.
+fn silent(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no answer within {} ms", timeout.as_millis()),
+    )
 }

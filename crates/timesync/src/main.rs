@@ -192,7 +192,7 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
                 } else {
                     client::cristian(target, &clock, query.samples, timeout)
                 }
-                .map_err(|e| format!("no answer from {target}: {e}"))?;
+                .map_err(|e| format!("{target}: {e}"))?;
                 let kind = format!(
                     "{} best of {}",
                     if ntp { "NTP" } else { "Cristian" },
@@ -270,7 +270,7 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
                 human(clock.true_error_ns())
             );
             let push = Duration::from_millis(push_interval_ms.max(10));
-            run_slave(target, &mut clock, &stop, push, |event| match event {
+            let mut on_event = |event| match event {
                 SlaveEvent::OurMaster => {
                     println!("the master is ours: offsets measured with round trips")
                 }
@@ -288,7 +288,24 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
                     human(correction_ns),
                     human(true_error_ns)
                 ),
-            })
+            };
+            // A master not up yet is waited for, as the lab's slaves cannot.
+            let mut told = false;
+            loop {
+                match run_slave(target, &mut clock, &stop, push, &mut on_event) {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused
+                            && !stop.load(Ordering::Relaxed) =>
+                    {
+                        if !told {
+                            println!("waiting for the master at {target} (Ctrl-C stops)");
+                            told = true;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    result => break result,
+                }
+            }
             .map_err(|e| format!("master {target}: {e}"))
         }
     }

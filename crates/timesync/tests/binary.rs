@@ -223,3 +223,44 @@ fn our_slave_and_our_master_recognise_each_other() {
     let slave = line_where(&master_lines, |l| l.trim_start().starts_with("127.0.0.1:"));
     assert!(slave.contains("(± "), "{slave}");
 }
+
+#[test]
+fn a_silent_server_is_reported_after_one_timeout_not_after_every_sample() {
+    // Accepts connections (the kernel does, from the backlog) and datagrams, never answers.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let _udp = std::net::UdpSocket::bind(addr).unwrap();
+    for program in ["cristian", "ntp"] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_timesync"))
+            .args([program, &addr.to_string()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("no answer within 2000 ms"),
+            "{program}: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{program} waited {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_slave_waits_for_a_master_that_is_not_up_yet() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (_slave, lines) = spawn(&["slave", &addr]);
+    line_where(&lines, |l| l.starts_with("waiting for the master"));
+    let (_master, _master_lines) = spawn(&["master", &addr, "--interval-ms", "300"]);
+    line_where(&lines, |l| l.contains("the master is ours"));
+    line_where(&lines, |l| l.starts_with("synchronized time: 20"));
+}

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use proto::{GroupOrder, Member, Reply, Request};
 
-/// Longest username or group name accepted.
-pub const MAX_NAME_LEN: usize = 64;
+/// Longest username or group name accepted, in characters.
+pub use proto::MAX_NAME_LEN;
 
 /// The username the sequencer has in every group (the report's convention).
 pub const SEQUENCER_NAME: &str = "sequencer";
@@ -92,20 +92,6 @@ pub struct Registry {
     uid_prefix: String,
     next_uid: u64,
     evictions: VecDeque<Eviction>,
-}
-
-fn validate_name(kind: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        Err(format!("{kind} must not be empty"))
-    } else if name.chars().count() > MAX_NAME_LEN {
-        Err(format!(
-            "{kind} {name:?} is longer than {MAX_NAME_LEN} characters"
-        ))
-    } else if name.chars().any(char::is_control) {
-        Err(format!("{kind} {name:?} contains control characters"))
-    } else {
-        Ok(())
-    }
 }
 
 impl Registry {
@@ -247,7 +233,7 @@ impl Registry {
         username: &str,
         proto: Option<u32>,
     ) -> Reply {
-        if let Err(reason) = validate_name("username", username) {
+        if let Err(reason) = proto::check_name("username", username) {
             return Reply::failure(reason);
         }
         let Ok(ip_addr) = ip.parse::<IpAddr>() else {
@@ -335,7 +321,7 @@ impl Registry {
         group: &str,
         order: Option<GroupOrder>,
     ) -> Reply {
-        if let Err(reason) = validate_name("group name", group) {
+        if let Err(reason) = proto::check_name("group name", group) {
             return Reply::failure(reason);
         }
         let Some(record) = self.members.get_mut(username) else {
@@ -367,6 +353,7 @@ impl Registry {
                 .entry(group.to_owned())
                 .or_default()
                 .push(username.to_owned());
+            log::info!("{username} joined {group}");
         }
         Reply::ok(members_value(self.members_of(group).unwrap_or_default()))
     }
@@ -383,6 +370,7 @@ impl Registry {
             return Reply::failure(format!("{username:?} is not a member of {group:?}"));
         }
         self.leave_group(username, group);
+        log::info!("{username} left {group}");
         Reply::ok("")
     }
 

@@ -243,7 +243,7 @@ fn a_request_split_over_many_segments_is_answered() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let text = serde_json::to_string_pretty(
-        &json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": 7001, "Username": "split \"}{\" user"}}),
+        &json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": 7001, "Username": "split\"}{\"user"}}),
     )
     .unwrap();
     for chunk in text.as_bytes().chunks(3) {

@@ -1,0 +1,115 @@
+//! The peer at a terminal: a line editor (rustyline) with history and editing, lines from
+//! the group printed above the line being typed without disturbing it, and a prompt that
+//! names the group written to.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use peer::Shutdown;
+use peer::console::{Input, Screen};
+use rustyline::error::ReadlineError;
+use rustyline::{DefaultEditor, ExternalPrinter};
+
+/// How long the editor waits, after a line, for the peer to apply it before it shows the
+/// prompt again (so that the prompt after `!j books` names books). Typing goes on meanwhile:
+/// the terminal keeps the keys.
+const APPLY_WAIT: Duration = Duration::from_millis(500);
+
+/// The prompt as the peer last set it, and whether it has applied every line typed.
+#[derive(Default)]
+struct PromptState {
+    text: String,
+    /// Lines handed to the peer and not yet applied.
+    unapplied: u64,
+}
+
+type SharedPrompt = Arc<(Mutex<PromptState>, Condvar)>;
+
+/// What the peer prints goes through the editor's printer, above the line being typed.
+struct EditorScreen<P: ExternalPrinter> {
+    printer: P,
+    prompt: SharedPrompt,
+}
+
+impl<P: ExternalPrinter> Screen for EditorScreen<P> {
+    fn line(&mut self, text: &str) -> io::Result<()> {
+        // Outside the editor's raw mode the printer writes the text as it is: the line
+        // ending is ours to add (inside it, the editor sees it and adds none).
+        self.printer
+            .print(format!("{text}\n"))
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn prompt(&mut self, prompt: &str, idle: bool) {
+        let (state, changed) = &*self.prompt;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        state.text = prompt.to_owned();
+        if idle {
+            state.unapplied = 0;
+        }
+        changed.notify_all();
+    }
+}
+
+/// Starts the line editor on its own thread; `prompt` is shown until the peer sets another.
+/// Fails when standard input is not a terminal the editor can drive.
+pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box<dyn Screen>)> {
+    let mut editor = DefaultEditor::new().map_err(|e| io::Error::other(e.to_string()))?;
+    let printer = editor
+        .create_external_printer()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let shared: SharedPrompt = Arc::new((
+        Mutex::new(PromptState {
+            text: prompt,
+            unapplied: 0,
+        }),
+        Condvar::new(),
+    ));
+    let (tx, rx) = mpsc::channel();
+    let state = shared.clone();
+    std::thread::spawn(move || {
+        loop {
+            let prompt = {
+                let (lock, changed) = &*state;
+                let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (guard, _) = changed
+                    .wait_timeout_while(guard, APPLY_WAIT, |s| s.unapplied > 0)
+                    .unwrap_or_else(|p| p.into_inner());
+                guard.text.clone()
+            };
+            let item = match editor.readline(&prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    let (lock, _) = &*state;
+                    lock.lock().unwrap_or_else(|p| p.into_inner()).unapplied += 1;
+                    Input::Line(line)
+                }
+                Err(ReadlineError::Interrupted) => Input::Interrupt,
+                Err(ReadlineError::Eof) => Input::End,
+                Err(e) => {
+                    log::warn!("the line editor failed: {e}");
+                    Input::End
+                }
+            };
+            let last = matches!(item, Input::End | Input::Interrupt);
+            if tx.send(item).is_err() {
+                return;
+            }
+            wake.wake();
+            if last {
+                return;
+            }
+        }
+    });
+    Ok((
+        rx,
+        Box::new(EditorScreen {
+            printer,
+            prompt: shared,
+        }),
+    ))
+}

@@ -7,16 +7,15 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::report::send_from_fresh_socket;
+use support::report::{self, send_from_fresh_socket};
 use support::{
     Process, check_deliveries, deliveries, free_port, interactive, lines_file, tracker, tracker_at,
-    tracker_with_sequencer,
+    tracker_for,
 };
 
 const PEERS: usize = 5;
@@ -26,12 +25,7 @@ const MESSAGES: usize = 200;
 /// message exactly once, each sender's in order; in total order all deliver one sequence.
 fn five_script_peers(total: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (tracker, _sequencer) = if total {
-        let (t, s) = tracker_with_sequencer();
-        (t, Some(s))
-    } else {
-        (tracker(&[]), None)
-    };
+    let (tracker, _sequencer) = tracker_for(total);
     let mut peers = Vec::new();
     for p in 0..PEERS {
         let name = format!("p{p}");
@@ -141,39 +135,12 @@ fn an_interactive_session_shows_the_reports_output_lines() {
     // End of input quits as cleanly as !q: the tracker is told.
     katerina.close_stdin();
     assert!(katerina.wait(Duration::from_secs(10)).success());
-    let reply = report_client(tracker.addr, json!({"Type": 1, "Content": {}}));
+    let reply = report::request(tracker.addr, json!({"Type": 1, "Content": {}}));
     assert_eq!(
         reply,
         json!({"Success": true, "Content": []}),
         "every member left"
     );
-}
-
-/// The report's client: one connection per request, indented JSON, one read.
-fn report_client(addr: SocketAddr, request: Value) -> Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(serde_json::to_string_pretty(&request).unwrap().as_bytes())
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).unwrap();
-    serde_json::from_slice(&buf[..n]).unwrap()
-}
-
-/// A datagram with exactly the report's eight keys.
-fn old_datagram(
-    kind: u8,
-    group: &str,
-    me: &str,
-    content: &str,
-    addr: SocketAddr,
-    counter: u64,
-) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "Type": kind, "Group": group, "Username": me, "Content": content,
-        "SrcIp": addr.ip().to_string(), "SrcPort": addr.port(), "Counter": counter, "Origin": me,
-    }))
-    .unwrap()
 }
 
 #[test]
@@ -205,14 +172,14 @@ fn a_client_speaking_only_the_reports_protocol_chats_with_our_peers() {
     udp.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let me = udp.local_addr().unwrap();
-    let reg = report_client(
+    let reg = report::request(
         tracker.addr,
         json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": me.port(), "Username": "old"}}),
     );
     assert_eq!(reg["Success"], true);
     let deadline = Instant::now() + Duration::from_secs(10);
     let members = loop {
-        let joined = report_client(
+        let joined = report::request(
             tracker.addr,
             json!({"Type": 2, "Content": {"Username": "old", "Group": "test"}}),
         );
@@ -233,12 +200,15 @@ fn a_client_speaking_only_the_reports_protocol_chats_with_our_peers() {
         })
         .unwrap();
     // Like the report's client, every datagram from a fresh socket (an ephemeral port).
-    send_from_fresh_socket(&old_datagram(1, "test", "old", "", me, 0), new_addr);
+    send_from_fresh_socket(
+        &report::datagram(1, "test", "old", "", me, 0, "old"),
+        new_addr,
+    );
     // Its one counter spans all its groups, so its counters here have gaps.
     for (i, counter) in [7u64, 8, 10, 11].into_iter().enumerate() {
         std::thread::sleep(Duration::from_millis(20));
         send_from_fresh_socket(
-            &old_datagram(2, "test", "old", &format!("old {i}"), me, counter),
+            &report::datagram(2, "test", "old", &format!("old {i}"), me, counter, "old"),
             new_addr,
         );
     }
@@ -375,7 +345,7 @@ fn messaging_survives_the_trackers_death_and_peers_rejoin_when_it_returns() {
     kat.expect_line("the tracker is back; registered and rejoined our groups");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = report_client(
+        let reply = report::request(
             second.addr,
             json!({"Type": 4, "Content": {"Group": "books"}}),
         );
@@ -512,7 +482,7 @@ fn a_peer_killed_mid_stream_is_evicted_and_the_other_streams_complete() {
     }
     let senders: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
     check_deliveries(dir.path(), &senders, &senders, 600, false);
-    let members = report_client(
+    let members = report::request(
         tracker.addr,
         json!({"Type": 4, "Content": {"Group": "test"}}),
     );
@@ -552,7 +522,7 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
     // Find a's address at the tracker.
     let deadline = Instant::now() + Duration::from_secs(10);
     let a: SocketAddr = loop {
-        let reply = report_client(
+        let reply = report::request(
             tracker.addr,
             json!({"Type": 4, "Content": {"Group": "test"}}),
         );
@@ -570,8 +540,9 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
     std::thread::sleep(Duration::from_millis(300));
     let hostile = UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = hostile.local_addr().unwrap();
-    let good =
-        |name: &str, group: &str, counter: u64| old_datagram(2, group, name, "forged", me, counter);
+    let good = |name: &str, group: &str, counter: u64| {
+        report::datagram(2, group, name, "forged", me, counter, name)
+    };
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("malformed", b"{\"Type\": 2, \"Group\": ".to_vec()),
         ("malformed", b"\x00\x01\x02 not json at all".to_vec()),

@@ -13,7 +13,7 @@ use serde_json::json;
 use support::report::{self, ReportClient, ReportSequencer};
 use support::{
     Process, check_deliveries, deliveries, free_port, interactive, lines_file, tracker, tracker_at,
-    tracker_with_sequencer,
+    tracker_for, tracker_with_sequencer,
 };
 
 const MESSAGES: usize = 100;
@@ -68,12 +68,7 @@ fn wait_for_member(tracker: std::net::SocketAddr, group: &str, name: &str) {
 /// Our peer `new` and the report's client `old` in one group, 100 messages each way.
 fn report_client_and_our_peer(total: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (tracker, _sequencer) = if total {
-        let (t, s) = tracker_with_sequencer();
-        (t, Some(s))
-    } else {
-        (tracker(&[]), None)
-    };
+    let (tracker, _sequencer) = tracker_for(total);
     let mut ours = script_peer(dir.path(), "new", tracker.addr, 2, 2 * MESSAGES, total);
     wait_for_member(tracker.addr, "test", "new");
     let mut old = ReportClient::register(tracker.addr, "old");

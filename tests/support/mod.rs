@@ -231,6 +231,16 @@ pub fn tracker_with_sequencer() -> (Daemon, Daemon) {
     (tracker, seq)
 }
 
+/// A tracker, with a sequencer when `total`.
+pub fn tracker_for(total: bool) -> (Daemon, Option<Daemon>) {
+    if total {
+        let (t, s) = tracker_with_sequencer();
+        (t, Some(s))
+    } else {
+        (tracker(&[]), None)
+    }
+}
+
 /// An interactive peer.
 pub fn interactive(username: &str, tracker: SocketAddr, total: bool) -> Process {
     let mut args = vec![

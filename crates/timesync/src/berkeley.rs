@@ -31,7 +31,7 @@ use clock::berkeley::{self, Round};
 use clock::cristian::Sample;
 use clock::{Estimate, Nanos, seed};
 
-use crate::client::MAX_DRIFT_PPM;
+use crate::client::{MAX_DRIFT_PPM, is_timeout};
 use crate::local_clock::{LocalClock, utc_offset_s};
 
 /// How long our master waits after accepting a slave before it takes the slave's silence
@@ -144,14 +144,7 @@ impl Master {
         let silent = match stream.peek(&mut first) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => false,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                true
-            }
+            Err(e) if is_timeout(&e) => true,
             Err(e) => return Err(e),
         };
         let mut writer = stream.try_clone()?;
@@ -364,32 +357,16 @@ pub fn run_slave(
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    match reader.read_line(&mut line) {
+    let greeted = match reader.read_line(&mut line) {
         Ok(0) => return Ok(()),
-        Ok(_) if line.trim() == GREETING => {}
-        Ok(_) => {
-            // Not our master's greeting: whatever it is, only time strings go back.
-            on_event(SlaveEvent::SeedMaster);
-            return serve_seed_master(reader, writer, line, clock, stop, push_interval, on_event);
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            on_event(SlaveEvent::SeedMaster);
-            return serve_seed_master(
-                reader,
-                writer,
-                String::new(),
-                clock,
-                stop,
-                push_interval,
-                on_event,
-            );
-        }
+        Ok(_) => line.trim() == GREETING,
+        Err(e) if is_timeout(&e) => false,
         Err(e) => return Err(e),
+    };
+    if !greeted {
+        // Silence, or anything but our master's greeting: only time strings go back.
+        on_event(SlaveEvent::SeedMaster);
+        return serve_seed_master(reader, writer, line, clock, stop, push_interval, on_event);
     }
     on_event(SlaveEvent::OurMaster);
     writer.write_all(b"HELLO\n")?;
@@ -401,12 +378,7 @@ pub fn run_slave(
         match reader.read_line(&mut line) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 continue;
             }
             Err(e) => return Err(e),
@@ -454,12 +426,7 @@ fn serve_seed_master(
         match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => pending.push_str(&String::from_utf8_lossy(&buf[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if is_timeout(&e) => {
                 continue;
             }
             Err(e) => return Err(e),

@@ -117,7 +117,7 @@ pub fn ntp_query(
 
 /// Whether `e` is a read that timed out (which the OS reports as "would block" for a socket
 /// with a read timeout).
-fn is_timeout(e: &io::Error) -> bool {
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut

@@ -1,6 +1,7 @@
-//! What the messenger's programs share: parsing `HOST:PORT` arguments, setting up logging
-//! (quiet by default, `-v` or `RUST_LOG` for detail), and turning an error into one clear
-//! line and an exit code.
+//! What the messenger's programs share on their command lines: parsing `HOST:PORT`
+//! arguments, setting up logging (quiet by default, `-v` or `RUST_LOG` for detail), and
+//! turning an error into one clear line and an exit code. What their event loops share at
+//! run time is in `runtime`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -9,13 +10,6 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
 use thiserror::Error;
-
-mod outbox;
-mod shutdown;
-mod udp;
-pub use outbox::{Outbox, OutboxStats};
-pub use shutdown::Shutdown;
-pub use udp::bind_udp;
 
 /// Why an address argument was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -17,9 +17,9 @@ use thiserror::Error;
 
 use crate::command::{self, Command, HELP};
 use crate::console::{Input, Screen, visible};
-use crate::core::{CoreConfig, Event, Message, Mode, Output, PeerCore};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
-use crate::tracker_link::{LinkEvent, TrackerLink};
+use member::{CoreConfig, Event, Message, Mode, Output, PeerCore, Transmit};
+use runtime::{LinkEvent, TrackerLink};
 
 const UDP: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -110,7 +110,7 @@ pub struct PeerOptions {
 }
 
 /// Stops a running [`Peer`] cleanly (the tracker is told, the groups get Bye).
-pub use cli::Shutdown;
+pub use runtime::Shutdown;
 
 #[derive(Debug)]
 enum Purpose {
@@ -198,7 +198,7 @@ pub struct Peer {
     stop: Shutdown,
     link: TrackerLink<Purpose>,
     core: PeerCore,
-    outbox: cli::Outbox,
+    outbox: runtime::Outbox,
     udp_pending: bool,
     registered: bool,
     /// When we registered again after the tracker told us it had evicted us, until its
@@ -252,7 +252,7 @@ fn real_now() -> clock::Nanos {
 impl Peer {
     /// Binds the UDP socket; the tracker is contacted once [`run`](Self::run) starts.
     pub fn bind(mut options: PeerOptions) -> Result<Self, PeerError> {
-        let std_udp = cli::bind_udp(options.addr, 8 << 20, 4 << 20)?;
+        let std_udp = runtime::bind_udp(options.addr, 8 << 20, 4 << 20)?;
         let addr = std_udp.local_addr()?;
         let mut udp = UdpSocket::from_std(std_udp);
         let poll = Poll::new()?;
@@ -285,7 +285,7 @@ impl Peer {
             udp,
             stop,
             core,
-            outbox: cli::Outbox::new().with_max_bundle(max_bundle),
+            outbox: runtime::Outbox::new().with_max_bundle(max_bundle),
             udp_pending: false,
             registered: false,
             registering_again: None,
@@ -981,7 +981,9 @@ impl Peer {
         while let Some(output) = self.core.poll_output() {
             match output {
                 // Queued: the end of the loop's turn sends them, bundled and per member.
-                Output::Transmit { to, bytes, bundle } => self.outbox.queue(to, bytes, bundle),
+                Output::Transmit(Transmit { to, bytes, bundle }) => {
+                    self.outbox.queue(to, bytes, bundle)
+                }
                 Output::Deliver(message) => self.deliver(now, message)?,
                 Output::Event(event) => {
                     let line = match event {

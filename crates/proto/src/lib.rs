@@ -28,6 +28,10 @@ mod datagram;
 mod error;
 mod framing;
 
+/// The username of the sequencer in every group (the report's convention): reserved at the
+/// tracker, and the author of every total-order delivery's copy.
+pub const SEQUENCER: &str = "sequencer";
+
 pub use control::{
     Envelope, GroupOrder, MAX_NAME_LEN, MAX_REQUEST_LEN, Member, Reply, Request, check_name,
 };

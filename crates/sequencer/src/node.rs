@@ -9,8 +9,8 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use member::{MemberInfo, Members, SEQUENCER, Transmit, hello_source};
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
-use peer::{MemberInfo, Members, SEQUENCER, hello_source};
 use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
 
@@ -36,17 +36,6 @@ pub struct NodeTraffic {
     pub spoofed: u64,
     /// Dropped: from a member that never said Hello.
     pub unknown: u64,
-}
-
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub to: SocketAddr,
-    /// The encoded datagram (shared by all destinations of one multicast).
-    pub bytes: Arc<[u8]>,
-    /// The destination reads bundles: the caller may pack this with others queued for it.
-    pub bundle: bool,
 }
 
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a

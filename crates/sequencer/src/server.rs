@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use peer::{LinkEvent, SEQUENCER, TrackerLink};
+use proto::SEQUENCER;
 use proto::{Envelope, PROTOCOL_VERSION, Request};
+use runtime::{LinkEvent, TrackerLink};
 
 use crate::node::SequencerNode;
 
@@ -27,7 +28,7 @@ fn epoch_now() -> u64 {
 }
 
 /// Stops a running [`SequencerServer`].
-pub use cli::Shutdown;
+pub use runtime::Shutdown;
 
 /// What happened between the sequencer and its tracker, for the user to see: the
 /// registration is reported when the tracker confirms it, never before.
@@ -91,7 +92,7 @@ pub struct SequencerServer {
     /// When to tell the user the tracker is unreachable, if still unregistered then.
     patience_until: Option<Instant>,
     news: Vec<TrackerNews>,
-    outbox: cli::Outbox,
+    outbox: runtime::Outbox,
     udp_pending: bool,
     buf: Box<[u8]>,
 }
@@ -103,7 +104,7 @@ impl SequencerServer {
         tracker: Option<SocketAddr>,
         config: ordering::Config,
     ) -> io::Result<Self> {
-        let std_udp = cli::bind_udp(addr, 8 << 20, 8 << 20)?;
+        let std_udp = runtime::bind_udp(addr, 8 << 20, 8 << 20)?;
         let addr = std_udp.local_addr()?;
         let mut udp = UdpSocket::from_std(std_udp);
         let poll = Poll::new()?;
@@ -124,7 +125,7 @@ impl SequencerServer {
             registered: false,
             patience_until: tracker.map(|_| now + REGISTRATION_PATIENCE),
             news: Vec::new(),
-            outbox: cli::Outbox::new(),
+            outbox: runtime::Outbox::new(),
             udp_pending: false,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
         })
@@ -133,12 +134,12 @@ impl SequencerServer {
     /// Sets the largest bundle towards members that read bundles (`Some(0)`: never bundle;
     /// `None`: 16 KiB on loopback, 1472 bytes elsewhere).
     pub fn with_max_bundle(mut self, max: Option<usize>) -> Self {
-        self.outbox = cli::Outbox::new().with_max_bundle(max);
+        self.outbox = runtime::Outbox::new().with_max_bundle(max);
         self
     }
 
     /// What the sequencer sent on the wire: datagrams, bundles among them.
-    pub fn outbox_stats(&self) -> cli::OutboxStats {
+    pub fn outbox_stats(&self) -> runtime::OutboxStats {
         self.outbox.stats()
     }
 

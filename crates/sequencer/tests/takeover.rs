@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use peer::{CoreConfig, Event, Mode, Output, PeerCore};
+use member::{CoreConfig, Event, Mode, Output, PeerCore, Transmit};
 use proto::{Datagram, DatagramType, Member};
 use sequencer::SequencerNode;
 
@@ -100,7 +100,9 @@ impl Net {
                 while let Some(out) = self.peers[i].poll_output() {
                     moved = true;
                     match out {
-                        Output::Transmit { to, bytes, .. } => self.deliver(from, to, &bytes),
+                        Output::Transmit(Transmit { to, bytes, .. }) => {
+                            self.deliver(from, to, &bytes)
+                        }
                         Output::Deliver(m) => {
                             self.delivered[i].push((m.author.to_string(), m.text))
                         }

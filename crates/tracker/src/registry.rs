@@ -5,13 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use proto::{GroupOrder, Member, Reply, Request};
+use proto::{GroupOrder, Member, Reply, Request, SEQUENCER};
 
 /// Longest username or group name accepted, in characters.
 pub use proto::MAX_NAME_LEN;
-
-/// The username the sequencer has in every group (the report's convention).
-pub const SEQUENCER_NAME: &str = "sequencer";
 
 /// Heartbeat interval of members that never announced the newer protocol: the report's
 /// client sends a TCP heartbeat every 60 s.
@@ -107,8 +104,8 @@ impl Registry {
             sequencer: sequencer.map(|addr| Member {
                 ip: addr.ip().to_string(),
                 port: addr.port(),
-                username: SEQUENCER_NAME.into(),
-                uid: SEQUENCER_NAME.into(),
+                username: SEQUENCER.into(),
+                uid: SEQUENCER.into(),
             }),
             uid_prefix: uid_prefix.to_owned(),
             next_uid: 1,
@@ -143,7 +140,7 @@ impl Registry {
             .iter()
             .filter_map(|n| self.members.get(n))
             .map(|r| r.member.clone())
-            .filter(|m| m.username != SEQUENCER_NAME)
+            .filter(|m| m.username != SEQUENCER)
             .collect();
         list.extend(self.sequencer.clone());
         Some(list)
@@ -243,19 +240,19 @@ impl Registry {
             return Reply::failure("port 0 cannot receive datagrams");
         }
         let addr = SocketAddr::new(ip_addr, port);
-        if username == SEQUENCER_NAME {
+        if username == SEQUENCER {
             match &self.sequencer {
                 Some(seq) if (seq.ip.parse::<IpAddr>().ok(), seq.port) == (Some(ip_addr), port) => {
                 }
                 Some(seq) => {
                     return Reply::failure(format!(
-                        "username {SEQUENCER_NAME:?} is reserved for the sequencer at {}:{}",
+                        "username {SEQUENCER:?} is reserved for the sequencer at {}:{}",
                         seq.ip, seq.port
                     ));
                 }
                 None => {
                     return Reply::failure(format!(
-                        "username {SEQUENCER_NAME:?} is reserved for the sequencer, and this tracker has none (its --seq-addr)"
+                        "username {SEQUENCER:?} is reserved for the sequencer, and this tracker has none (its --seq-addr)"
                     ));
                 }
             }
@@ -409,12 +406,11 @@ impl Registry {
             return;
         };
         // The sequencer is in every group without joining any: all of them are told.
-        let groups_of_record: Vec<String> =
-            if username == SEQUENCER_NAME && self.sequencer.is_some() {
-                self.groups.keys().cloned().collect()
-            } else {
-                record.groups.iter().cloned().collect()
-            };
+        let groups_of_record: Vec<String> = if username == SEQUENCER && self.sequencer.is_some() {
+            self.groups.keys().cloned().collect()
+        } else {
+            record.groups.iter().cloned().collect()
+        };
         // A group the eviction emptied is gone, but the sequencer still holds its state.
         let groups = groups_of_record
             .iter()

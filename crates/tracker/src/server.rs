@@ -38,7 +38,7 @@ const LOAD_THRESHOLD: u32 = 100;
 const LOAD_WINDOW: Duration = Duration::from_millis(100);
 
 /// Stops a running [`Tracker`] from another thread (or a signal handler).
-pub use cli::Shutdown;
+pub use runtime::Shutdown;
 
 /// The tracker daemon: bind it, then [`run`](Self::run) it until [`Shutdown::shutdown`].
 #[derive(Debug)]
@@ -452,7 +452,7 @@ fn bind_pair(addr: SocketAddr) -> io::Result<(std::net::TcpListener, std::net::U
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        match cli::bind_udp(SocketAddr::new(addr.ip(), port), 4 << 20, 0) {
+        match runtime::bind_udp(SocketAddr::new(addr.ip(), port), 4 << 20, 0) {
             Ok(udp) => return Ok((listener, udp)),
             Err(e) if addr.port() == 0 => last_error = Some(e),
             Err(e) => return Err(e),

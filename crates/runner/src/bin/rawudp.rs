@@ -78,7 +78,7 @@ fn now_us() -> u64 {
 fn bind() -> Result<std::net::UdpSocket, String> {
     let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
     // The same buffer sizes a peer asks for.
-    let udp = cli::bind_udp(addr, 8 << 20, 4 << 20).map_err(|e| format!("cannot bind: {e}"))?;
+    let udp = runtime::bind_udp(addr, 8 << 20, 4 << 20).map_err(|e| format!("cannot bind: {e}"))?;
     udp.set_nonblocking(false).map_err(|e| e.to_string())?;
     Ok(udp)
 }

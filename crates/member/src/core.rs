@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use ordering::{FifoReceiver, FifoSender, Output as Order, Start, TotalOrderReceiver};
 use proto::bundle::BundleReaders;
-use proto::{CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION};
+use proto::{
+    CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION, SEQUENCER,
+};
 use thiserror::Error;
 
 use crate::membership::{MemberInfo, Members};
-
-/// The username of the sequencer in every group (the report's convention).
-pub const SEQUENCER: &str = "sequencer";
+use crate::transmit::Transmit;
 
 /// How long to wait for a member's answer to our Hello before asking again, and how many
 /// times to ask (about a second: even at 30 % loss each way, twenty tries all fail about
@@ -117,16 +117,8 @@ pub enum Event {
 /// What the core asks its caller to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send these bytes to this address (one datagram).
-    Transmit {
-        /// Destination.
-        to: SocketAddr,
-        /// The encoded datagram; one multicast shares one buffer among its destinations.
-        bytes: Arc<[u8]>,
-        /// The destination reads bundles (it announced [`proto::bundle::BUNDLE_VERSION`]):
-        /// the caller may pack this datagram with others queued for it.
-        bundle: bool,
-    },
+    /// Send this datagram.
+    Transmit(Transmit),
     /// Hand this message to the application.
     Deliver(Message),
     /// Tell the user.
@@ -1283,7 +1275,7 @@ impl PeerCore {
         }
         let bundle = self.bundle_readers.reads(&to);
         self.outputs
-            .push_back(Output::Transmit { to, bytes, bundle });
+            .push_back(Output::Transmit(Transmit { to, bytes, bundle }));
     }
 
     /// The address of `name` in `group`, if it may receive the newer datagram types.
@@ -1464,7 +1456,7 @@ mod tests {
                     while let Some(out) = self.cores[i].poll_output() {
                         moved = true;
                         match out {
-                            Output::Transmit { to, bytes, .. } => {
+                            Output::Transmit(Transmit { to, bytes, .. }) => {
                                 self.sent[i].push((to, Datagram::decode(&bytes).expect("valid")));
                                 if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
                                     self.cores[j].handle_datagram(now, from, &bytes);
@@ -1559,7 +1551,7 @@ mod tests {
         net.cores[1].send(t, "books", "warm-up", 1).expect("joined");
         let mut bundle_flags = Vec::new();
         while let Some(out) = net.cores[1].poll_output() {
-            if let Output::Transmit { to, bytes, bundle } = out {
+            if let Output::Transmit(Transmit { to, bytes, bundle }) = out {
                 bundle_flags.push(bundle);
                 net.cores[0].handle_datagram(t, addr(6002), &bytes);
                 assert_eq!(to, addr(6001));
@@ -1614,7 +1606,7 @@ mod tests {
         // The old peer never gets a datagram marked for bundling.
         net.cores[0].send(t, "books", "to all", 1).expect("joined");
         while let Some(out) = net.cores[0].poll_output() {
-            if let Output::Transmit { to, bundle, .. } = out {
+            if let Output::Transmit(Transmit { to, bundle, .. }) = out {
                 assert_eq!(bundle, to != addr(6003), "to {to}");
             }
         }
@@ -1770,7 +1762,7 @@ mod tests {
         let mut to = Vec::new();
         ford.send(t, "books", "hi old", 1).expect("joined");
         while let Some(o) = ford.poll_output() {
-            if let Output::Transmit { to: dest, .. } = o {
+            if let Output::Transmit(Transmit { to: dest, .. }) = o {
                 to.push(dest);
             }
         }
@@ -1898,7 +1890,7 @@ mod tests {
         }
         let mut kinds = Vec::new();
         while let Some(out) = ford.poll_output() {
-            if let Output::Transmit { to, bytes, .. } = out {
+            if let Output::Transmit(Transmit { to, bytes, .. }) = out {
                 assert_eq!(to, addr(6009));
                 kinds.push(Datagram::decode(&bytes).expect("valid").kind);
             }
@@ -1956,7 +1948,7 @@ mod tests {
         ford.handle_datagram(t, addr(6002), &bytes);
         let acks: Vec<Option<u64>> = std::iter::from_fn(|| ford.poll_output())
             .filter_map(|o| match o {
-                Output::Transmit { bytes, .. } => {
+                Output::Transmit(Transmit { bytes, .. }) => {
                     let d = Datagram::decode(&bytes).expect("valid");
                     (d.kind == DatagramType::HelloAck).then_some(d.start)
                 }

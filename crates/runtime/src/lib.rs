@@ -1,0 +1,23 @@
+//! What the messenger's event loops share, below the programs and above the sans-IO cores:
+//!
+//! - [`Outbox`]: a turn's datagrams, sent per destination back to back, bundled for
+//!   members that read bundles.
+//! - [`TrackerLink`]: the persistent, self-healing connection to the tracker inside a mio
+//!   loop.
+//! - [`bind_udp`]: a UDP socket with the buffer sizes a busy member needs.
+//! - [`Shutdown`]: a handle that stops (or wakes) a loop from another thread or a signal
+//!   handler.
+//!
+//! Argument parsing and logging set-up for the programs live apart, in `cli`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod outbox;
+mod shutdown;
+mod tracker_link;
+mod udp;
+
+pub use outbox::{Outbox, OutboxStats};
+pub use shutdown::Shutdown;
+pub use tracker_link::{LinkEvent, TrackerLink};
+pub use udp::bind_udp;

@@ -61,10 +61,17 @@ pub struct Message {
     pub author: Arc<str>,
     /// Its counter: the author's in FIFO mode, the sequence number in total order.
     pub counter: u64,
-    /// The text.
-    pub text: String,
+    /// What the author sent: UTF-8 text from the report's peers, any bytes from newer ones.
+    pub payload: Vec<u8>,
     /// When the author sent it (µs since the Unix epoch on the author's clock), if it said.
     pub sent_at_us: Option<u64>,
+}
+
+impl Message {
+    /// The payload as text (bytes that are not UTF-8 replaced with U+FFFD).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.payload)
+    }
 }
 
 /// Something about the group worth telling the user.
@@ -133,6 +140,17 @@ pub enum Error {
     NotJoined {
         /// The group named.
         group: String,
+    },
+    /// The payload is not UTF-8 text, and the group has members that speak only the report's
+    /// protocol (or that have not announced theirs yet): they could not read it.
+    #[error(
+        "a payload that is not UTF-8 text cannot go to {group:?}: {member:?} speaks only the report's protocol (or has not said yet)"
+    )]
+    NotText {
+        /// The group.
+        group: String,
+        /// A member that could not read it.
+        member: String,
     },
     /// The message does not fit in one datagram the report's peers can read.
     #[error(
@@ -205,7 +223,7 @@ struct Received {
     origin: Arc<str>,
     /// The author's counter, when the sequencer says (`OriginCounter`).
     origin_counter: Option<u64>,
-    text: String,
+    payload: Vec<u8>,
     sent_at_us: Option<u64>,
 }
 
@@ -476,12 +494,14 @@ impl PeerCore {
         true
     }
 
-    /// Multicasts `text` to `group`, stamped with `sent_at_us`; returns its counter.
+    /// Multicasts `payload` to `group`, stamped with `sent_at_us`; returns its counter.
+    /// UTF-8 text reaches every member; other bytes only groups whose members all speak the
+    /// newer protocol (the report's peers read text only), else [`Error::NotText`].
     pub fn send(
         &mut self,
         now: Instant,
         group: &str,
-        text: &str,
+        payload: &[u8],
         sent_at_us: u64,
     ) -> Result<u64, Error> {
         let counter = self
@@ -494,22 +514,33 @@ impl PeerCore {
             DatagramType::Application,
             group,
             &*self.me,
-            text,
+            "",
             self.addr,
             counter,
             &*self.me,
         );
+        if !d.set_payload(payload)
+            && let Some(member) = self.reader_of_text_only(group)
+        {
+            return Err(Error::NotText {
+                group: group.to_owned(),
+                member,
+            });
+        }
         d.sent_at_us = Some(sent_at_us);
         let bytes = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
-            // What the datagram spends besides the text is the same for any text: the
+            // What the datagram spends besides the payload is the same for any payload: the
             // rest of the limit is what a text of plain characters may take.
-            let escaped = serde_json::to_string(text).map_or(text.len(), |t| t.len() - 2);
+            let carried = d.data.as_ref().map_or_else(
+                || serde_json::to_string(&d.content).map_or(d.content.len(), |t| t.len() - 2),
+                String::len,
+            );
             let overhead = match e {
-                proto::Error::Oversized { len, .. } => len.saturating_sub(escaped),
+                proto::Error::Oversized { len, .. } => len.saturating_sub(carried),
                 _ => 0,
             };
             Error::TooLong {
-                chars: text.chars().count(),
+                chars: String::from_utf8_lossy(payload).chars().count(),
                 max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
             }
         })?;
@@ -531,13 +562,27 @@ impl PeerCore {
                 Received {
                     origin: me.clone(),
                     origin_counter: Some(counter),
-                    text: text.to_owned(),
+                    payload: payload.to_vec(),
                     sent_at_us: Some(sent_at_us),
                 },
             );
         }
         self.pump(now);
         Ok(counter)
+    }
+
+    /// A member of `group` that could not read a binary payload: one of the report's peers,
+    /// or one that has not announced its protocol yet (in total order, the sequencer,
+    /// which forwards it to everyone).
+    fn reader_of_text_only(&self, group: &str) -> Option<String> {
+        let state = self.groups.get(group)?;
+        state
+            .members
+            .iter()
+            .find(|(name, m)| {
+                m.proto.is_none() && (name.as_str() != SEQUENCER || self.mode == Mode::Total)
+            })
+            .map(|(name, _)| name.clone())
     }
 
     /// One datagram that arrived from `from`: a single one, or a bundle of several (each
@@ -1031,8 +1076,16 @@ impl PeerCore {
         }
     }
 
-    fn on_application(&mut self, now: Instant, d: Datagram) {
+    fn on_application(&mut self, now: Instant, mut d: Datagram) {
         let from_sequencer = d.username == SEQUENCER;
+        let Ok(bytes) = d.take_payload() else {
+            self.traffic.malformed += 1;
+            log::debug!(
+                "dropped a message from {:?}: its Data is not base64",
+                d.username
+            );
+            return;
+        };
         let payload = Received {
             origin: Arc::from(
                 if from_sequencer {
@@ -1043,7 +1096,7 @@ impl PeerCore {
                 .as_str(),
             ),
             origin_counter: d.origin_counter,
-            text: d.content,
+            payload: bytes,
             sent_at_us: d.sent_at_us,
         };
         let accepted = match (self.mode, from_sequencer) {
@@ -1380,7 +1433,7 @@ impl PeerCore {
                         group: d.group,
                         author: d.payload.origin,
                         counter: d.counter,
-                        text: d.payload.text,
+                        payload: d.payload.payload,
                         sent_at_us: d.payload.sent_at_us,
                     }));
                 }
@@ -1462,9 +1515,8 @@ mod tests {
                                     self.cores[j].handle_datagram(now, from, &bytes);
                                 }
                             }
-                            Output::Deliver(m) => {
-                                self.delivered[i].push((m.author.to_string(), m.text))
-                            }
+                            Output::Deliver(m) => self.delivered[i]
+                                .push((m.author.to_string(), m.text().into_owned())),
                             Output::Event(e) => self.events[i].push(e),
                         }
                     }
@@ -1498,7 +1550,9 @@ mod tests {
         // Kat acknowledges as it delivers: the window never closes.
         for i in 0..20 {
             assert!(net.cores[0].window_open(t, "books"), "message {i}");
-            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            net.cores[0]
+                .send(t, "books", "m".as_bytes(), 1)
+                .expect("joined");
             net.settle(t);
         }
         assert!(net.cores[0].traffic().acks_received >= 20 / 2 - 1);
@@ -1506,7 +1560,9 @@ mod tests {
         // Now eight messages never reach kat: the window closes on the eighth.
         for _ in 0..8 {
             assert!(net.cores[0].window_open(t, "books"));
-            net.cores[0].send(t, "books", "lost", 1).expect("joined");
+            net.cores[0]
+                .send(t, "books", "lost".as_bytes(), 1)
+                .expect("joined");
             while net.cores[0].poll_output().is_some() {}
         }
         assert!(!net.cores[0].window_open(t, "books"));
@@ -1548,7 +1604,9 @@ mod tests {
         let t = Instant::now();
         let mut net = flow_pair(t, 0);
         // Both announced the current version: each may bundle towards the other.
-        net.cores[1].send(t, "books", "warm-up", 1).expect("joined");
+        net.cores[1]
+            .send(t, "books", "warm-up".as_bytes(), 1)
+            .expect("joined");
         let mut bundle_flags = Vec::new();
         while let Some(out) = net.cores[1].poll_output() {
             if let Output::Transmit(Transmit { to, bytes, bundle }) = out {
@@ -1604,7 +1662,9 @@ mod tests {
         net.cores[0].handle_datagram(t, addr(6002), b"[{\"Type\":2},");
         assert_eq!(net.cores[0].traffic().malformed, 1);
         // The old peer never gets a datagram marked for bundling.
-        net.cores[0].send(t, "books", "to all", 1).expect("joined");
+        net.cores[0]
+            .send(t, "books", "to all".as_bytes(), 1)
+            .expect("joined");
         while let Some(out) = net.cores[0].poll_output() {
             if let Output::Transmit(Transmit { to, bundle, .. }) = out {
                 assert_eq!(bundle, to != addr(6003), "to {to}");
@@ -1629,13 +1689,17 @@ mod tests {
         old.start = None;
         net.cores[0].handle_datagram(t, addr(6003), &old.encode(4096).expect("fits"));
         for _ in 0..8 {
-            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            net.cores[0]
+                .send(t, "books", "m".as_bytes(), 1)
+                .expect("joined");
             net.settle(t);
         }
         assert!(net.cores[0].window_open(t, "books"), "kat acknowledged");
         // Kat freezes: the window closes and stays closed while kat may still answer...
         for _ in 0..8 {
-            net.cores[0].send(t, "books", "m", 1).expect("joined");
+            net.cores[0]
+                .send(t, "books", "m".as_bytes(), 1)
+                .expect("joined");
             while net.cores[0].poll_output().is_some() {}
         }
         assert!(!net.cores[0].window_open(t, "books"));
@@ -1665,9 +1729,13 @@ mod tests {
             }]
         );
         for text in ["one", "two"] {
-            net.cores[0].send(t, "books", text, 1).expect("joined");
+            net.cores[0]
+                .send(t, "books", text.as_bytes(), 1)
+                .expect("joined");
         }
-        net.cores[1].send(t, "books", "three", 1).expect("joined");
+        net.cores[1]
+            .send(t, "books", "three".as_bytes(), 1)
+            .expect("joined");
         net.settle(t);
         // FIFO orders each sender's messages; how the senders interleave is free.
         for (i, delivered) in net.delivered.iter().enumerate() {
@@ -1735,7 +1803,7 @@ mod tests {
     fn texts(core: &mut PeerCore) -> Vec<String> {
         std::iter::from_fn(|| core.poll_output())
             .filter_map(|o| match o {
-                Output::Deliver(m) => Some(m.text),
+                Output::Deliver(m) => Some(m.text().into_owned()),
                 _ => None,
             })
             .collect()
@@ -1760,7 +1828,8 @@ mod tests {
         );
         // Its address in SrcPort is the one it registered: answers go there.
         let mut to = Vec::new();
-        ford.send(t, "books", "hi old", 1).expect("joined");
+        ford.send(t, "books", "hi old".as_bytes(), 1)
+            .expect("joined");
         while let Some(o) = ford.poll_output() {
             if let Output::Transmit(Transmit { to: dest, .. }) = o {
                 to.push(dest);
@@ -1790,6 +1859,50 @@ mod tests {
         );
         assert!(texts(&mut ford).is_empty());
         assert_eq!(ford.traffic().spoofed, 2);
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_reach_newer_peers_and_are_refused_where_report_peers_are() {
+        let t = Instant::now();
+        let mut net = Net::new(vec![
+            core("ford", 6001, Mode::Fifo),
+            core("kat", 6002, Mode::Fifo),
+        ]);
+        net.cores[0].join(t, "books", &[member("ford", 6001)]);
+        net.settle(t);
+        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        net.settle(t);
+        let binary = [0u8, 0xff, 0x80, b'\n'];
+        net.cores[0]
+            .send(t, "books", &binary, 1)
+            .expect("every member speaks the newer protocol");
+        let mut got = Vec::new();
+        while let Some(out) = net.cores[0].poll_output() {
+            if let Output::Transmit(Transmit { to, bytes, .. }) = out {
+                net.cores[1].handle_datagram(t, addr(6001), &bytes);
+                assert_eq!(to, addr(6002));
+            }
+        }
+        while let Some(out) = net.cores[1].poll_output() {
+            if let Output::Deliver(m) = out {
+                got.push(m.payload);
+            }
+        }
+        assert_eq!(got, [binary.to_vec()]);
+        // A member of the report's protocol in the group: text only, and nothing is sent.
+        let sent = net.cores[0].ordering_counters().sent;
+        net.cores[0].handle_datagram(
+            t,
+            addr(40001),
+            &old_datagram(DatagramType::Hello, "old", 6003, 0),
+        );
+        let refused = net.cores[0].send(t, "books", &binary, 1);
+        assert!(
+            matches!(refused, Err(Error::NotText { ref member, .. }) if member == "old"),
+            "{refused:?}"
+        );
+        assert_eq!(net.cores[0].ordering_counters().sent, sent);
+        assert!(net.cores[0].send(t, "books", b"text is fine", 1).is_ok());
     }
 
     #[test]
@@ -1881,7 +1994,8 @@ mod tests {
         );
         ford.handle_datagram(t, addr(6009), &hello.encode(4096).expect("fits"));
         for i in 0..3 {
-            ford.send(t, "books", &format!("m{i}"), 1).expect("joined");
+            ford.send(t, "books", format!("m{i}").as_bytes(), 1)
+                .expect("joined");
         }
         let mut later = t;
         for _ in 0..20 {
@@ -1903,7 +2017,7 @@ mod tests {
         let t = Instant::now();
         let mut ford = core("ford", 6001, Mode::Fifo);
         assert_eq!(
-            ford.send(t, "books", "hi", 1),
+            ford.send(t, "books", "hi".as_bytes(), 1),
             Err(Error::NotJoined {
                 group: "books".into()
             })
@@ -1913,15 +2027,18 @@ mod tests {
         let Err(Error::TooLong {
             chars: 5000,
             max_chars,
-        }) = ford.send(t, "books", &long, 1)
+        }) = ford.send(t, "books", long.as_bytes(), 1)
         else {
             panic!("a 5000-character message must be refused");
         };
         assert_eq!(ford.ordering_counters().sent, 0);
         // The limit it states, in characters, is the true one.
         let over = "x".repeat(max_chars + 1);
-        assert!(ford.send(t, "books", &over, 1).is_err());
-        assert!(ford.send(t, "books", &"x".repeat(max_chars), 1).is_ok());
+        assert!(ford.send(t, "books", over.as_bytes(), 1).is_err());
+        assert!(
+            ford.send(t, "books", "x".repeat(max_chars).as_bytes(), 1)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -1943,7 +2060,8 @@ mod tests {
         let bytes = hello.encode(4096).expect("fits");
         ford.handle_datagram(t, addr(6002), &bytes);
         for i in 0..5 {
-            ford.send(t, "books", &format!("m{i}"), 1).expect("joined");
+            ford.send(t, "books", format!("m{i}").as_bytes(), 1)
+                .expect("joined");
         }
         ford.handle_datagram(t, addr(6002), &bytes);
         let acks: Vec<Option<u64>> = std::iter::from_fn(|| ford.poll_output())
@@ -2014,7 +2132,7 @@ mod fuzz {
                 core.handle_timeout(now);
                 while let Some(out) = core.poll_output() {
                     if let Output::Deliver(m) = out {
-                        prop_assert_eq!(m.text.as_str(), "x", "only what members sent is delivered");
+                        prop_assert_eq!(m.payload.as_slice(), b"x", "only what members sent is delivered");
                     }
                 }
                 prop_assert!(core.fifo.held() <= 64 * 3, "memory bound: {}", core.fifo.held());

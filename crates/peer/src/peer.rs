@@ -775,7 +775,7 @@ impl Peer {
                     .say("no group selected: join one with !j GROUP, or pick one with !w GROUP")?,
                 Some(group) => {
                     let stamp = self.synced_now_us().max(0) as u64;
-                    if let Err(e) = self.core.send(now, &group, &text, stamp) {
+                    if let Err(e) = self.core.send(now, &group, text.as_bytes(), stamp) {
                         self.say(format_args!("error: {e}"))?;
                     }
                 }
@@ -1053,7 +1053,14 @@ impl Peer {
             }
         }
         if let Some(file) = self.deliveries.as_mut() {
-            writeln!(file, "{}\t{}\t{}\t{}", m.group, m.author, m.counter, m.text)?;
+            writeln!(
+                file,
+                "{}\t{}\t{}\t{}",
+                m.group,
+                m.author,
+                m.counter,
+                m.text()
+            )?;
         }
         // Formatted straight into the output, and only when there is one (not in script
         // mode): nothing is built per delivery.
@@ -1062,7 +1069,7 @@ impl Peer {
                 "in {} {} says:: {}",
                 visible(&m.group),
                 visible(&m.author),
-                visible(&m.text)
+                visible(&m.text())
             ))?;
         }
         Ok(())
@@ -1135,7 +1142,12 @@ impl Peer {
                     }
                     if let Some(line) = script.lines.get(next) {
                         self.core
-                            .send(now, &script.group, line, self.synced_now_us().max(0) as u64)
+                            .send(
+                                now,
+                                &script.group,
+                                line.as_bytes(),
+                                self.synced_now_us().max(0) as u64,
+                            )
                             .map_err(|e| {
                                 PeerError::Io(io::Error::new(
                                     io::ErrorKind::InvalidInput,

@@ -182,6 +182,11 @@ pub struct Datagram {
     /// `Ranges`: in Nack and Unavailable, the counters concerned.
     #[serde(rename = "Ranges", default, skip_serializing_if = "Vec::is_empty")]
     pub ranges: Vec<CounterRange>,
+    /// `Data`: a payload that is not UTF-8 text, in standard base64, between newer peers
+    /// only (`Content` is then empty). The report's peers never get it: a binary payload
+    /// is refused for a group that has any.
+    #[serde(rename = "Data", default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     /// `SentAt`: microseconds since the Unix epoch on the author's synchronized clock when the
     /// message was first sent, for one-way latency.
     #[serde(rename = "SentAt", default, skip_serializing_if = "Option::is_none")]
@@ -238,11 +243,45 @@ impl Datagram {
             start: None,
             final_counter: None,
             ranges: Vec::new(),
+            data: None,
             sent_at_us: None,
             origin_counter: None,
             epoch: None,
             resume: None,
             frontier: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the application payload: UTF-8 text goes in `Content`, where the report's peers
+    /// read it; anything else in `Data` (base64), which only newer peers read. Returns
+    /// whether the payload is text.
+    pub fn set_payload(&mut self, payload: &[u8]) -> bool {
+        use base64::Engine as _;
+        match std::str::from_utf8(payload) {
+            Ok(text) => {
+                self.content = text.to_owned();
+                self.data = None;
+                true
+            }
+            Err(_) => {
+                self.content.clear();
+                self.data = Some(base64::engine::general_purpose::STANDARD.encode(payload));
+                false
+            }
+        }
+    }
+
+    /// Takes the application payload out: `Data` decoded when present, else `Content`'s
+    /// bytes (no copy). A `Data` that is not base64 is an error.
+    pub fn take_payload(&mut self) -> Result<Vec<u8>, Error> {
+        use base64::Engine as _;
+        match self.data.take() {
+            Some(data) => base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| Error::Invalid {
+                    detail: format!("Data is not base64: {e}"),
+                }),
+            None => Ok(std::mem::take(&mut self.content).into_bytes()),
         }
     }
 
@@ -304,6 +343,24 @@ impl Datagram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_payloads_stay_in_content_and_others_go_in_data() {
+        let mut d = app(1);
+        assert!(d.set_payload("héllo".as_bytes()));
+        let wire: serde_json::Value =
+            serde_json::from_slice(&d.encode(4096).expect("fits")).expect("json");
+        assert_eq!(wire["Content"], "héllo");
+        assert!(wire.get("Data").is_none(), "the report's form");
+        let binary = [0u8, 0xff, 0xfe, b'x'];
+        assert!(!d.set_payload(&binary));
+        let mut back = Datagram::decode(&d.encode(4096).expect("fits")).expect("decodes");
+        assert_eq!(back.content, "");
+        assert_eq!(back.take_payload().expect("base64"), binary);
+        let mut bad = app(2);
+        bad.data = Some("not base64!".into());
+        assert!(bad.take_payload().is_err());
+    }
 
     fn app(counter: u64) -> Datagram {
         Datagram::new(

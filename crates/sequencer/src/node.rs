@@ -17,8 +17,11 @@ use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
 /// A message as an author submitted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
-    /// The text.
+    /// The text (`Content`; empty when the payload is binary).
     pub text: Arc<str>,
+    /// A binary payload as the author encoded it (`Data`, base64), passed on as it came:
+    /// the sequencer never decodes payloads.
+    pub data: Option<Arc<str>>,
     /// The author's send time, carried through to every member.
     pub sent_at_us: Option<u64>,
 }
@@ -229,6 +232,7 @@ impl SequencerNode {
                 d.counter,
                 Submitted {
                     text: Arc::from(d.content.as_str()),
+                    data: d.data.as_deref().map(Arc::from),
                     sent_at_us: d.sent_at_us,
                 },
             ),
@@ -495,6 +499,7 @@ impl SequencerNode {
             seq,
             &*s.origin,
         );
+        d.data = s.payload.data.as_deref().map(str::to_owned);
         d.sent_at_us = s.payload.sent_at_us;
         d.origin_counter = Some(s.origin_counter);
         encode(&d)

@@ -104,7 +104,7 @@ impl Net {
                             self.deliver(from, to, &bytes)
                         }
                         Output::Deliver(m) => {
-                            self.delivered[i].push((m.author.to_string(), m.text))
+                            self.delivered[i].push((m.author.to_string(), m.text().into_owned()))
                         }
                         Output::Event(e) => self.events[i].push(e),
                     }
@@ -144,7 +144,9 @@ impl Net {
 
     fn send(&mut self, who: usize, text: &str) {
         let now = self.now;
-        self.peers[who].send(now, "g", text, 0).expect("joined");
+        self.peers[who]
+            .send(now, "g", text.as_bytes(), 0)
+            .expect("joined");
         self.settle();
     }
 

@@ -8,101 +8,15 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Process, bin, check_deliveries, lines_file};
+use support::netns::{Namespace, can_run};
+use support::{Process, check_deliveries, lines_file};
 
 const PEERS: usize = 5;
 const TRACKER: &str = "127.0.0.1:5000";
 const SEQUENCER: &str = "127.0.0.1:5001";
-
-struct Namespace(String);
-
-impl Namespace {
-    fn create(tag: &str) -> Result<Self, String> {
-        let name = format!("gc-{tag}-{}", std::process::id());
-        let ok = |args: &[&str]| {
-            Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ok(&["netns", "add", &name]) {
-            return Err("cannot create a network namespace".into());
-        }
-        let ns = Self(name);
-        if !ok(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]) {
-            return Err("cannot bring up lo in the namespace".into());
-        }
-        Ok(ns)
-    }
-
-    /// Drops `percent` % of UDP packets arriving in the namespace, except the tracker's.
-    fn lose(&self, percent: u32) -> Result<(), String> {
-        let p = format!("{:.2}", f64::from(percent) / 100.0);
-        let port = TRACKER.rsplit(':').next().unwrap();
-        let status = Command::new("ip")
-            .args([
-                "netns", "exec", &self.0, "iptables", "-A", "INPUT", "-p", "udp",
-            ])
-            .args(["!", "--sport", port, "!", "--dport", port])
-            .args([
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])
-            .status()
-            .map_err(|e| format!("iptables: {e}"))?;
-        status
-            .success()
-            .then_some(())
-            .ok_or("iptables refused the rule".into())
-    }
-
-    fn spawn(&self, name: &str, args: &[String]) -> Process {
-        let mut all = vec![
-            "netns".to_owned(),
-            "exec".into(),
-            self.0.clone(),
-            bin(name).display().to_string(),
-        ];
-        all.extend(args.iter().cloned());
-        Process::spawn_program("ip", &all)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
-    }
-}
-
-fn can_run() -> Result<(), String> {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        return Err("not root".into());
-    }
-    let iptables = Command::new("sh")
-        .args(["-c", "command -v iptables"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !iptables.status.success() {
-        return Err("iptables is not installed (bash .ci/run installs it)".into());
-    }
-    Ok(())
-}
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -123,7 +37,7 @@ fn lossy_group(
     rate: Option<u32>,
 ) -> (String, MemoryTrace) {
     let ns = Namespace::create(if total { "t" } else { "f" }).unwrap();
-    ns.lose(percent).unwrap();
+    ns.lose(percent, 5000).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _sequencer = total.then(|| ns.spawn("sequencer", &[SEQUENCER.into()]));
     let mut tracker_args = vec![TRACKER.to_owned()];

@@ -43,6 +43,32 @@ const FLOW_PROBE: Duration = Duration::from_millis(20);
 /// and about to be evicted; if not, it recovers what it missed by retransmission requests.
 const FLOW_STALL: Duration = Duration::from_secs(1);
 
+/// After leaving a group, how long we still answer requests for the tail of our stream
+/// there: the members wait `bye_grace` (1 s) for it after our Bye.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// When our Bye is said again after leaving (a lost Bye would leave the members waiting
+/// for our stream, and a lost last message with it unnoticed).
+const BYE_REPEATS: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(250)];
+
+/// A group we left a moment ago.
+#[derive(Debug)]
+struct Departed {
+    members: Members,
+    bye: Arc<[u8]>,
+    left_at: Instant,
+    byes_repeated: usize,
+}
+
+impl Departed {
+    /// When something is next due: a repeated Bye, or the end of the linger.
+    fn due(&self) -> Instant {
+        BYE_REPEATS
+            .get(self.byes_repeated)
+            .map_or(self.left_at + LINGER, |d| self.left_at + *d)
+    }
+}
+
 /// Delivery order of a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -291,6 +317,9 @@ pub struct PeerCore {
     fifo: FifoReceiver<Received>,
     total: TotalOrderReceiver<Received>,
     groups: HashMap<String, GroupState>,
+    /// Groups we left a moment ago: we still answer their members' requests for the tail
+    /// of our stream, and say our Bye again, until [`LINGER`] is over.
+    departed: HashMap<String, Departed>,
     outputs: VecDeque<Output>,
     traffic: Traffic,
     /// See [`ordering::Config::flow_window`].
@@ -345,6 +374,7 @@ impl PeerCore {
             fifo: FifoReceiver::new(config.ordering.clone()),
             total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
             groups: HashMap::new(),
+            departed: HashMap::new(),
             outputs: VecDeque::new(),
             traffic: Traffic::default(),
         }
@@ -415,6 +445,8 @@ impl PeerCore {
     /// every other member and prepares their streams. Joining a group already joined (after
     /// the tracker came back) only greets members not known yet.
     pub fn join(&mut self, now: Instant, group: &str, members: &[proto::Member]) {
+        // Joining again ends what was left of an earlier stay (its stream starts afresh).
+        self.departed.remove(group);
         let start = self.tx.open(group);
         let fresh = !self.groups.contains_key(group);
         let state = self.groups.entry(group.to_owned()).or_default();
@@ -468,9 +500,10 @@ impl PeerCore {
         }
     }
 
-    /// We leave `group`: every member gets a Bye with our final counter. Returns false if
-    /// the group was not joined.
-    pub fn leave(&mut self, group: &str) -> bool {
+    /// We leave `group`: every member gets a Bye with our final counter (again a little
+    /// later, in case it is lost), and for a while we still answer their requests for the
+    /// tail of our stream. Returns false if the group was not joined.
+    pub fn leave(&mut self, now: Instant, group: &str) -> bool {
         let Some(state) = self.groups.remove(group) else {
             return false;
         };
@@ -491,6 +524,15 @@ impl PeerCore {
         }
         self.fifo.remove_group(group);
         self.total.leave(group);
+        self.departed.insert(
+            group.to_owned(),
+            Departed {
+                members: state.members,
+                bye: bytes,
+                left_at: now,
+                byes_repeated: 0,
+            },
+        );
         true
     }
 
@@ -604,6 +646,18 @@ impl PeerCore {
 
     fn handle_one(&mut self, now: Instant, from: SocketAddr, d: Datagram) {
         let Some(state) = self.groups.get_mut(&d.group) else {
+            if let Some(departed) = self.departed.get(&d.group)
+                && d.kind == DatagramType::Nack
+                && departed.members.admits(&d, from).is_some()
+            {
+                // A member of a group we left still recovers the tail of our stream.
+                self.traffic.nacks_received += 1;
+                let _ = self
+                    .tx
+                    .handle_nack(&d.group, &d.username, &ranges_of(&d.ranges));
+                self.pump(now);
+                return;
+            }
             self.traffic.unknown += 1;
             log::debug!("dropped a datagram for group {:?}, not joined", d.group);
             return;
@@ -1120,9 +1174,14 @@ impl PeerCore {
             self.sequencer_lost(now, &d.group, "it said Bye");
             return;
         }
-        if let Some(state) = self.groups.get_mut(&d.group) {
-            state.members.remove(&d.username);
+        // It stays reachable for the tail of its stream (up to its final counter).
+        let was_member = self.groups.get_mut(&d.group).is_some_and(|state| {
             state.forget_streams(&d.username);
+            state.members.depart(&d.username).is_some()
+        });
+        if !was_member {
+            // A repeated Bye (they are sent more than once, in case one is lost).
+            return;
         }
         if self.mode == Mode::Fifo {
             let _ = self
@@ -1193,6 +1252,7 @@ impl PeerCore {
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.linger(now);
         self.tx.handle_timeout(now);
         self.fifo.handle_timeout(now);
         self.total.handle_timeout(now);
@@ -1240,6 +1300,35 @@ impl PeerCore {
         self.pump(now);
     }
 
+    /// Groups we left: our Bye again when due, and the end of the linger (our stream there
+    /// is forgotten).
+    fn linger(&mut self, now: Instant) {
+        let mut again = Vec::new();
+        self.departed.retain(|group, d| {
+            while d.due() <= now && d.byes_repeated < BYE_REPEATS.len() {
+                d.byes_repeated += 1;
+                again.extend(d.members.iter().map(|(_, m)| (m.addr, d.bye.clone())));
+            }
+            let keep = d.due() > now;
+            if !keep {
+                log::debug!("forgot our stream in {group}: nobody asked for its tail");
+            }
+            keep
+        });
+        for (to, bye) in again {
+            self.transmit(to, bye, false);
+        }
+        let gone: Vec<String> = self
+            .tx
+            .closed_groups()
+            .filter(|g| !self.departed.contains_key(*g))
+            .map(str::to_owned)
+            .collect();
+        for group in gone {
+            self.tx.forget(&group);
+        }
+    }
+
     /// The groups whose `timer` is due at `now`.
     fn groups_due(
         &self,
@@ -1269,6 +1358,7 @@ impl PeerCore {
         .chain(self.groups.values().map(|g| g.hello_retry_at))
         .chain(self.groups.values().map(|g| g.sequencer_probe_at))
         .chain(self.groups.values().map(|g| g.flow_probe_at))
+        .chain(self.departed.values().map(|d| Some(d.due())))
         .flatten()
         .min()
     }
@@ -1332,19 +1422,29 @@ impl PeerCore {
     }
 
     /// The address of `name` in `group`, if it may receive the newer datagram types.
+    /// The address of `name` in `group` (a member, or one that said Bye and may still be
+    /// asked for the tail of its stream), if it speaks the newer protocol.
     fn newer_member(&self, group: &str, name: &str) -> Option<SocketAddr> {
-        let m = self.groups.get(group)?.members.get(name)?;
+        let m = self.members_of(group)?.reachable(name)?;
         m.proto.map(|_| m.addr)
+    }
+
+    /// The members of `group`: joined, or left a moment ago (while we still answer for the
+    /// tail of our stream there).
+    fn members_of(&self, group: &str) -> Option<&Members> {
+        self.groups
+            .get(group)
+            .map(|g| &g.members)
+            .or_else(|| self.departed.get(group).map(|d| &d.members))
     }
 
     /// Where our multicasts in `group` go: every other member in FIFO mode, only the
     /// sequencer in total order.
     fn audience(&self, group: &str, newer_only: bool) -> Vec<SocketAddr> {
-        let Some(state) = self.groups.get(group) else {
+        let Some(members) = self.members_of(group) else {
             return Vec::new();
         };
-        state
-            .members
+        members
             .iter()
             .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
             .filter(|(_, m)| !newer_only || m.proto.is_some())
@@ -1903,6 +2003,53 @@ mod tests {
         );
         assert_eq!(net.cores[0].ordering_counters().sent, sent);
         assert!(net.cores[0].send(t, "books", b"text is fine", 1).is_ok());
+    }
+
+    #[test]
+    fn the_last_message_before_a_bye_is_recovered_from_the_member_that_left() {
+        let t = Instant::now();
+        let mut net = Net::new(vec![
+            core("ford", 6001, Mode::Fifo),
+            core("kat", 6002, Mode::Fifo),
+        ]);
+        net.cores[0].join(t, "books", &[member("ford", 6001)]);
+        net.settle(t);
+        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+        net.settle(t);
+        net.cores[0].send(t, "books", b"one", 1).expect("joined");
+        net.settle(t);
+        // "two" is lost on its way to kat; then ford leaves.
+        net.cores[0].send(t, "books", b"two", 1).expect("joined");
+        while net.cores[0].poll_output().is_some() {}
+        assert!(net.cores[0].leave(t, "books"));
+        net.settle(t);
+        // kat asks for the gap below ford's final counter; ford, gone from the group,
+        // still answers.
+        let mut at = t;
+        for _ in 0..20 {
+            at += Duration::from_millis(5);
+            for c in &mut net.cores {
+                c.handle_timeout(at);
+            }
+            net.settle(at);
+        }
+        let kat: Vec<&str> = net.delivered[1]
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .collect();
+        assert_eq!(kat, ["one", "two"]);
+        let lefts = net.events[1]
+            .iter()
+            .filter(|e| matches!(e, Event::Left { .. }))
+            .count();
+        assert_eq!(
+            lefts, 1,
+            "a repeated Bye is one departure: {:?}",
+            net.events[1]
+        );
+        // After the linger, ford forgets its stream there.
+        net.cores[0].handle_timeout(t + LINGER + Duration::from_millis(1));
+        assert_eq!(net.cores[0].tx.closed_groups().count(), 0);
     }
 
     #[test]

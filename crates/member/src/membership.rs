@@ -58,6 +58,10 @@ pub struct Members {
     /// Members the tracker evicted: their address and the first counter of theirs not yet
     /// delivered (see [`resume_point`](Self::resume_point)).
     evicted: HashMap<String, (SocketAddr, u64)>,
+    /// Members that said Bye: no longer members, but the tail of their stream (up to the
+    /// final counter of their Bye) may still be on its way or need asking for, so their
+    /// datagrams are still believed and they can still be asked (bounded).
+    left: HashMap<String, MemberInfo>,
 }
 
 /// Evicted members remembered per group, in case they come back alive.
@@ -76,12 +80,32 @@ impl Members {
 
     /// Adds or replaces a member.
     pub fn insert(&mut self, name: &str, info: MemberInfo) {
+        self.left.remove(name);
         self.by_name.insert(name.to_owned(), info);
     }
 
     /// Forgets a member; returns what was known.
     pub fn remove(&mut self, name: &str) -> Option<MemberInfo> {
         self.by_name.remove(name)
+    }
+
+    /// A member said Bye: it is no longer a member, but its last messages are still
+    /// believed from it and it can still be asked for them ([`reachable`](Self::reachable)),
+    /// until it joins again or is displaced from this bounded memory. Returns what was
+    /// known, `None` if it was not a member.
+    pub fn depart(&mut self, name: &str) -> Option<MemberInfo> {
+        let info = self.by_name.remove(name)?;
+        if self.left.len() >= EVICTIONS_REMEMBERED {
+            self.left.clear();
+        }
+        self.left.insert(name.to_owned(), info.clone());
+        Some(info)
+    }
+
+    /// The member called `name`, or one that said Bye (to ask it for the tail of its
+    /// stream, or to answer it).
+    pub fn reachable(&self, name: &str) -> Option<&MemberInfo> {
+        self.by_name.get(name).or_else(|| self.left.get(name))
     }
 
     /// Every member, by name.
@@ -132,9 +156,10 @@ impl Members {
     /// The registered address of the member `d` names, if `d`, which arrived from `from`,
     /// may be believed to come from it (the source rule of this module): from exactly that
     /// address, or, for a member that never announced the newer protocol, from its IP with
-    /// its address in `SrcIp`/`SrcPort`. The check every datagram but a Hello passes.
+    /// its address in `SrcIp`/`SrcPort`. The check every datagram but a Hello passes; a
+    /// member that said Bye still passes it, for the tail of its stream.
     pub fn admits(&self, d: &Datagram, from: SocketAddr) -> Option<SocketAddr> {
-        let m = self.by_name.get(&d.username)?;
+        let m = self.reachable(&d.username)?;
         let fresh_socket =
             m.proto.is_none() && from.ip() == m.addr.ip() && claimed_addr(d) == Some(m.addr);
         (m.addr == from || fresh_socket).then_some(m.addr)

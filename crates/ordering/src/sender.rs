@@ -51,6 +51,9 @@ impl<T> SendStream<T> {
 pub struct FifoSender<T> {
     config: Config,
     groups: HashMap<Arc<str>, SendStream<T>>,
+    /// Groups closed but not forgotten: their buffers still answer retransmission
+    /// requests (the tail of our stream after our Bye), nothing more.
+    closed: HashMap<Arc<str>, SendStream<T>>,
     timers: TimerQueue<Arc<str>>,
     outputs: VecDeque<Output<T>>,
     counters: Counters,
@@ -62,6 +65,7 @@ impl<T: Clone> FifoSender<T> {
         Self {
             config,
             groups: HashMap::new(),
+            closed: HashMap::new(),
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),
@@ -80,6 +84,7 @@ impl<T: Clone> FifoSender<T> {
         if let Some(stream) = self.groups.get(group) {
             return stream.next;
         }
+        self.closed.remove(group);
         let key: Arc<str> = Arc::from(group);
         self.groups.insert(
             key.clone(),
@@ -96,9 +101,24 @@ impl<T: Clone> FifoSender<T> {
     }
 
     /// Closes `group` (we leave it) and returns the last counter sent in it, for the Bye's
-    /// final counter; `None` if it was not open.
+    /// final counter; `None` if it was not open. Its buffer still answers retransmission
+    /// requests (the members recover the tail of our stream after our Bye) until
+    /// [`forget`](Self::forget).
     pub fn close(&mut self, group: &str) -> Option<u64> {
-        self.groups.remove(group).map(|s| s.next - 1)
+        let (key, stream) = self.groups.remove_entry(group)?;
+        let last = stream.next - 1;
+        self.closed.insert(key, stream);
+        Some(last)
+    }
+
+    /// Forgets a closed group's buffer.
+    pub fn forget(&mut self, group: &str) {
+        self.closed.remove(group);
+    }
+
+    /// The groups closed and not forgotten.
+    pub fn closed_groups(&self) -> impl Iterator<Item = &str> {
+        self.closed.keys().map(|g| &**g)
     }
 
     /// The counter the next message in `group` will get, if it is open.
@@ -191,9 +211,13 @@ impl<T: Clone> FifoSender<T> {
         ranges: &[RangeInclusive<u64>],
         mut budget: u64,
     ) -> Result<(), Error> {
-        let stream = self.groups.get(group).ok_or_else(|| Error::UnknownGroup {
-            group: group.to_owned(),
-        })?;
+        let stream = self
+            .groups
+            .get(group)
+            .or_else(|| self.closed.get(group))
+            .ok_or_else(|| Error::UnknownGroup {
+                group: group.to_owned(),
+            })?;
         let oldest = stream.next - stream.buffer.len() as u64;
         let to: Arc<str> = Arc::from(requester);
         let mut unavailable = Vec::new();
@@ -364,6 +388,34 @@ mod tests {
             }),
             "the new owner learns where the stream ends"
         );
+    }
+
+    #[test]
+    fn a_closed_group_still_answers_for_its_tail_until_forgotten() {
+        let t0 = Instant::now();
+        let mut tx = FifoSender::new(Config::default());
+        tx.open("g");
+        for p in ['a', 'b', 'c'] {
+            tx.send(t0, "g", p).expect("open");
+        }
+        while tx.poll_output().is_some() {}
+        assert_eq!(tx.close("g"), Some(3));
+        assert!(
+            tx.send(t0, "g", 'd').is_err(),
+            "closed: nothing more is sent"
+        );
+        tx.handle_nack("g", "kat", &[3..=3]).expect("still answers");
+        assert!(matches!(
+            tx.poll_output(),
+            Some(Output::Retransmit {
+                counter: 3,
+                payload: 'c',
+                ..
+            })
+        ));
+        tx.forget("g");
+        assert!(tx.handle_nack("g", "kat", &[3..=3]).is_err());
+        assert_eq!(tx.closed_groups().count(), 0);
     }
 
     #[test]

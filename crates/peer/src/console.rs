@@ -22,7 +22,7 @@ pub enum Input {
 }
 
 /// Where the lines for the user go.
-pub trait Screen {
+pub trait Screen: Send {
     /// Shows one line (its network-borne parts already made [`visible`]).
     fn line(&mut self, text: &str) -> io::Result<()>;
     /// The prompt from now on (it names the group written to); `idle` says that every line
@@ -33,7 +33,7 @@ pub trait Screen {
 /// One line per line and no prompt: for a pipe or a file, where a prompt is noise.
 pub struct PlainScreen<W: Write>(pub W);
 
-impl<W: Write> Screen for PlainScreen<W> {
+impl<W: Write + Send> Screen for PlainScreen<W> {
     fn line(&mut self, text: &str) -> io::Result<()> {
         writeln!(self.0, "{text}")?;
         self.0.flush()

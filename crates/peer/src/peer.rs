@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use proto::{Envelope, GroupOrder, PROTOCOL_VERSION, Reply, Request};
 use thiserror::Error;
 
+use crate::channel::{Api, Call, ChannelError, ChannelEvent, Delivery};
 use crate::command::{self, Command, HELP};
 use crate::console::{Input, Screen, visible};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
@@ -123,6 +124,8 @@ enum Purpose {
     ListMembers(String),
     Exit(String),
     Quit,
+    /// A [`Channel`](crate::Channel)'s join, answered on its sender.
+    ApiJoin(String, Sender<Result<Vec<String>, ChannelError>>),
 }
 
 #[derive(Debug)]
@@ -176,6 +179,13 @@ struct Measure {
     evicted: Vec<String>,
 }
 
+/// A [`Channel`](crate::Channel)'s send waiting for the window of its group.
+struct WaitingSend {
+    group: String,
+    payload: Vec<u8>,
+    reply: Sender<Result<u64, ChannelError>>,
+}
+
 /// An interactive peer's console: the user's input, in order, and where lines go.
 pub struct Console {
     /// What the user types (see [`read_lines`](crate::console::read_lines)).
@@ -218,6 +228,10 @@ pub struct Peer {
     nacks_seen: (u64, Instant),
     /// Interactive mode: where lines for the user go.
     screen: Option<RefCell<Box<dyn Screen>>>,
+    /// Embedded (a [`Channel`](crate::Channel)): its calls, and where its events go.
+    api: Option<Api>,
+    /// Embedded: sends waiting for their group's flow-control window, in order.
+    waiting_sends: VecDeque<WaitingSend>,
     /// Interactive mode: what the user typed, in order, not applied yet. A line waits for
     /// what it depends on: our registration, the answer to the tracker request of the line
     /// before it, a tracker connection if it needs one.
@@ -300,6 +314,8 @@ impl Peer {
             quitting: None,
             nacks_seen: (0, now),
             screen: None,
+            api: None,
+            waiting_sends: VecDeque::new(),
             pending: VecDeque::new(),
             awaiting: None,
             session: false,
@@ -353,6 +369,7 @@ impl Peer {
             self.script_step(now)?;
             self.handle_link_events(now)?;
             self.apply_input(now)?;
+            self.apply_calls(now);
             self.drain_core(now)?;
             self.flush_outbox();
             if self.stop.requested() && self.quitting.is_none() {
@@ -405,6 +422,97 @@ impl Peer {
             d.flush()?;
         }
         Ok(self.report.take())
+    }
+
+    /// Runs as the loop of a [`Channel`](crate::Channel) until it is closed.
+    pub(crate) fn run_api(&mut self, api: Api) -> Result<(), PeerError> {
+        self.api = Some(api);
+        let result = self.run(None).map(|_| ());
+        for waiting in self.waiting_sends.drain(..) {
+            let _ = waiting.reply.send(Err(ChannelError::Closed));
+        }
+        result
+    }
+
+    /// Applies a [`Channel`](crate::Channel)'s calls, and the sends that waited for their
+    /// window and may go now.
+    fn apply_calls(&mut self, now: Instant) {
+        let Some(api) = &self.api else {
+            return;
+        };
+        let calls: Vec<Call> = std::iter::from_fn(|| api.calls.try_recv().ok()).collect();
+        for call in calls {
+            if self.quitting.is_some() {
+                break;
+            }
+            match call {
+                Call::Join { group, reply } => {
+                    if self.core.is_joined(&group) {
+                        let _ = reply.send(Ok(Vec::new()));
+                        continue;
+                    }
+                    let request = self.join_request(&group);
+                    if let Err(Purpose::ApiJoin(_, reply)) =
+                        self.link.request(request, Purpose::ApiJoin(group, reply))
+                    {
+                        let _ = reply.send(Err(ChannelError::Unreachable(self.link.addr())));
+                    }
+                }
+                Call::Leave { group, reply } => {
+                    if !self.core.leave(now, &group) {
+                        let _ = reply.send(Err(member::Error::NotJoined { group }.into()));
+                        continue;
+                    }
+                    let request = Request::ExitGroup {
+                        username: self.options.username.clone(),
+                        group: group.clone(),
+                    };
+                    let _ = self.link.request(request, Purpose::Exit(group));
+                    let _ = reply.send(Ok(()));
+                }
+                Call::Send {
+                    group,
+                    payload,
+                    wait,
+                    reply,
+                } => {
+                    let waiting = WaitingSend {
+                        group,
+                        payload,
+                        reply,
+                    };
+                    // Sends keep their order: none overtakes one that waits.
+                    if self.waiting_sends.is_empty()
+                        && (!self.core.is_joined(&waiting.group)
+                            || self.core.window_open(now, &waiting.group))
+                    {
+                        self.api_send(now, waiting);
+                    } else if wait {
+                        self.waiting_sends.push_back(waiting);
+                    } else {
+                        let _ = waiting
+                            .reply
+                            .send(Err(ChannelError::WouldBlock(waiting.group)));
+                    }
+                }
+            }
+        }
+        while let Some(front) = self.waiting_sends.front() {
+            if self.core.is_joined(&front.group) && !self.core.window_open(now, &front.group) {
+                break;
+            }
+            let waiting = self.waiting_sends.pop_front().expect("looked at above");
+            self.api_send(now, waiting);
+        }
+    }
+
+    fn api_send(&mut self, now: Instant, waiting: WaitingSend) {
+        let stamp = self.synced_now_us().max(0) as u64;
+        let result = self
+            .core
+            .send(now, &waiting.group, &waiting.payload, stamp)
+            .map_err(ChannelError::from);
+        let _ = waiting.reply.send(result);
     }
 
     /// Applies what the user typed, in order, as far as what each line depends on allows:
@@ -736,7 +844,7 @@ impl Peer {
                 }
             }
             Ok(Command::Exit(group)) => {
-                if self.core.leave(&group) {
+                if self.core.leave(now, &group) {
                     let request = Request::ExitGroup {
                         username: me,
                         group: group.clone(),
@@ -795,6 +903,9 @@ impl Peer {
                     let _ = self.link.request(request, Purpose::Register);
                 }
                 LinkEvent::Disconnected { reason } => {
+                    self.emit(ChannelEvent::TrackerLost {
+                        reason: reason.clone(),
+                    });
                     self.session = false;
                     self.told_unreachable = false;
                     let line = format!(
@@ -804,6 +915,9 @@ impl Peer {
                     self.say(&line)?;
                 }
                 LinkEvent::Lost(purpose) => match purpose {
+                    Purpose::ApiJoin(_, answer) => {
+                        let _ = answer.send(Err(ChannelError::Unreachable(self.link.addr())));
+                    }
                     Purpose::Quit => {
                         if let Some(q) = self.quitting.as_mut() {
                             q.acked = true;
@@ -845,6 +959,9 @@ impl Peer {
         match purpose {
             Purpose::Register if !reply.success => return Err(PeerError::Refused(reason())),
             Purpose::Register => {
+                if let Some(ready) = self.api.as_mut().and_then(|a| a.ready.take()) {
+                    let _ = ready.send(Ok(()));
+                }
                 self.session = true;
                 self.told_unreachable = false;
                 if self.quitting.as_ref().is_some_and(|q| !q.told) {
@@ -907,6 +1024,17 @@ impl Peer {
                         visible(&group),
                         visible(&writing)
                     ))?;
+                }
+            }
+            Purpose::ApiJoin(group, answer) => {
+                if reply.success {
+                    let members = reply.members().unwrap_or_default();
+                    self.core.join(now, &group, &members);
+                    let names = members.into_iter().map(|m| m.username).collect();
+                    let _ = answer.send(Ok(names));
+                } else {
+                    let reason = reply.text().unwrap_or_else(|_| reply.content.to_string());
+                    let _ = answer.send(Err(ChannelError::JoinRefused { group, reason }));
                 }
             }
             Purpose::Join(group) if self.script.is_some() => {
@@ -986,6 +1114,26 @@ impl Peer {
                 }
                 Output::Deliver(message) => self.deliver(now, message)?,
                 Output::Event(event) => {
+                    if self.api.is_some() {
+                        self.emit(match event.clone() {
+                            Event::Joined { group, member } => {
+                                ChannelEvent::MemberJoined { group, member }
+                            }
+                            Event::Left { group, member } => {
+                                ChannelEvent::MemberLeft { group, member }
+                            }
+                            Event::Evicted { group, member } => {
+                                ChannelEvent::MemberEvicted { group, member }
+                            }
+                            Event::SequencerLost { group, reason } => {
+                                ChannelEvent::SequencerLost { group, reason }
+                            }
+                            Event::SequencerBack { group, new } => {
+                                ChannelEvent::SequencerBack { group, new }
+                            }
+                            Event::WeWereEvicted { group } => ChannelEvent::WeWereEvicted { group },
+                        });
+                    }
                     let line = match event {
                         Event::Joined { group, member } => format!("* {member} joined {group}"),
                         Event::Left { group, member } => format!("* {member} left {group}"),
@@ -1072,7 +1220,24 @@ impl Peer {
                 visible(&m.text())
             ))?;
         }
+        if self.api.is_some() {
+            self.emit(ChannelEvent::Message(Delivery {
+                group: m.group.to_string(),
+                author: m.author.to_string(),
+                payload: m.payload,
+                seq: m.counter,
+                sent_at_us: m.sent_at_us,
+            }));
+        }
         Ok(())
+    }
+
+    /// Hands an event to the embedding program, if there is one (a receiver gone is not
+    /// our concern: the channel is being dropped).
+    fn emit(&self, event: ChannelEvent) {
+        if let Some(api) = &self.api {
+            let _ = api.events.send(event);
+        }
     }
 
     /// Our JoinGroup for `group`, declaring our delivery order: the tracker refuses us if
@@ -1299,7 +1464,7 @@ impl Peer {
             return;
         }
         for group in self.core.groups() {
-            self.core.leave(&group);
+            self.core.leave(now, &group);
         }
         self.nacks_seen = (self.core.traffic().nacks_received, now);
         // Only a registered member may say Quit: a peer whose registration was refused (its

@@ -33,7 +33,7 @@ struct EditorScreen<P: ExternalPrinter> {
     prompt: SharedPrompt,
 }
 
-impl<P: ExternalPrinter> Screen for EditorScreen<P> {
+impl<P: ExternalPrinter + Send> Screen for EditorScreen<P> {
     fn line(&mut self, text: &str) -> io::Result<()> {
         // Outside the editor's raw mode the printer writes the text as it is: the line
         // ending is ours to add (inside it, the editor sees it and adds none).

@@ -244,7 +244,8 @@ impl SequencerNode {
             }
             DatagramType::Bye => {
                 if let Some(members) = self.groups.get_mut(group) {
-                    members.remove(author);
+                    // Still reachable: the tail of its stream may need asking for.
+                    members.depart(author);
                 }
                 self.seq.handle_bye(now, group, author, d.final_counter)
             }
@@ -475,7 +476,7 @@ impl SequencerNode {
     }
 
     fn addr_of(&self, group: &str, name: &str, newer_only: bool) -> Option<SocketAddr> {
-        let m = self.groups.get(group)?.get(name)?;
+        let m = self.groups.get(group)?.reachable(name)?;
         (!newer_only || m.proto.is_some()).then_some(m.addr)
     }
 

@@ -723,6 +723,7 @@ impl Peer {
                 username: self.options.username.clone(),
             },
             proto: Some(PROTOCOL_VERSION),
+            secret: self.link.secret().cloned(),
         }
         .encode();
         let tracker = self.options.tracker;
@@ -959,6 +960,8 @@ impl Peer {
         match purpose {
             Purpose::Register if !reply.success => return Err(PeerError::Refused(reason())),
             Purpose::Register => {
+                // Shown in every request about us from now on.
+                self.link.set_secret(reply.secret.clone());
                 if let Some(ready) = self.api.as_mut().and_then(|a| a.ready.take()) {
                     let _ = ready.send(Ok(()));
                 }

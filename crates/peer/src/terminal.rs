@@ -12,9 +12,10 @@ use peer::console::{Input, Screen};
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 
-/// How long the editor waits, after a line, for the peer to apply it before it shows the
-/// prompt again (so that the prompt after `!j books` names books). Typing goes on meanwhile:
-/// the terminal keeps the keys.
+/// How long the editor waits, after a command line (`!...`), for the peer to apply it
+/// before it shows the prompt again (so that the prompt after `!j books` names books).
+/// Typing goes on meanwhile: the terminal keeps the keys. After a message it does not wait:
+/// the prompt stays as it was.
 const APPLY_WAIT: Duration = Duration::from_millis(500);
 
 /// The prompt as the peer last set it, and whether it has applied every line typed.
@@ -70,13 +71,17 @@ pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box
     let (tx, rx) = mpsc::channel();
     let state = shared.clone();
     std::thread::spawn(move || {
+        let mut after_command = false;
         loop {
             let prompt = {
                 let (lock, changed) = &*state;
-                let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-                let (guard, _) = changed
-                    .wait_timeout_while(guard, APPLY_WAIT, |s| s.unapplied > 0)
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                if after_command {
+                    guard = changed
+                        .wait_timeout_while(guard, APPLY_WAIT, |s| s.unapplied > 0)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 guard.text.clone()
             };
             let item = match editor.readline(&prompt) {
@@ -84,6 +89,7 @@ pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box
                     if !line.trim().is_empty() {
                         let _ = editor.add_history_entry(line.as_str());
                     }
+                    after_command = line.trim_start().starts_with('!');
                     let (lock, _) = &*state;
                     lock.lock().unwrap_or_else(|p| p.into_inner()).unapplied += 1;
                     Input::Line(line)

@@ -146,6 +146,8 @@ struct RawRequest<'a> {
     content: Option<&'a RawValue>,
     #[serde(rename = "Proto", default)]
     proto: Option<u32>,
+    #[serde(rename = "Secret", default)]
+    secret: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -189,13 +191,46 @@ struct UserOnly {
 }
 
 #[derive(Serialize)]
-struct Wire<C> {
+struct Wire<'a, C> {
     #[serde(rename = "Type")]
     kind: u8,
     #[serde(rename = "Content")]
     content: C,
     #[serde(rename = "Proto", skip_serializing_if = "Option::is_none")]
     proto: Option<u32>,
+    #[serde(rename = "Secret", skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+}
+
+/// The secret the tracker gives a newer member at Register, which it shows in every later
+/// request about itself (`Secret`, top-level): only the member can then join, leave, quit
+/// or heartbeat as itself. Compared in constant time; never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret made of `text` (the tracker makes it from at least 128 random bits).
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    /// The secret as it travels.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `shown` is this secret, compared in constant time (its length aside).
+    pub fn matches(&self, shown: &Secret) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(shown.0.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A request as it travels: the request, and the protocol version its client announced.
@@ -211,6 +246,8 @@ pub struct Envelope {
     pub request: Request,
     /// `Proto`: the newer protocol version the client speaks, if it announced one.
     pub proto: Option<u32>,
+    /// `Secret`: the member's proof that the request comes from it (see [`Secret`]).
+    pub secret: Option<Secret>,
 }
 
 impl Envelope {
@@ -222,6 +259,7 @@ impl Envelope {
         Ok(Self {
             request: Request::from_raw(raw.kind, raw.content)?,
             proto: raw.proto,
+            secret: raw.secret.map(Secret),
         })
     }
 
@@ -232,7 +270,8 @@ impl Envelope {
 
     /// Appends the JSON encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        self.request.encode_with(self.proto, out);
+        self.request
+            .encode_with(self.proto, self.secret.as_ref().map(Secret::as_str), out);
     }
 
     /// The JSON encoding.
@@ -323,10 +362,10 @@ impl Request {
 
     /// Appends the JSON encoding (without a `Proto` key: the report's form) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        self.encode_with(None, out);
+        self.encode_with(None, None, out);
     }
 
-    fn encode_with(&self, proto: Option<u32>, out: &mut Vec<u8>) {
+    fn encode_with(&self, proto: Option<u32>, secret: Option<&str>, out: &mut Vec<u8>) {
         let kind = self.code();
         let result = match self {
             Self::ListGroups => serde_json::to_writer(
@@ -335,6 +374,7 @@ impl Request {
                     kind,
                     content: serde_json::Map::new(),
                     proto,
+                    secret,
                 },
             ),
             Self::JoinGroup {
@@ -351,6 +391,7 @@ impl Request {
                         order: *order,
                     },
                     proto,
+                    secret,
                 },
             ),
             Self::ExitGroup { username, group } => serde_json::to_writer(
@@ -362,6 +403,7 @@ impl Request {
                         group: group.clone(),
                     },
                     proto,
+                    secret,
                 },
             ),
             Self::Register { ip, port, username } => serde_json::to_writer(
@@ -374,6 +416,7 @@ impl Request {
                         username: username.clone(),
                     },
                     proto,
+                    secret,
                 },
             ),
             Self::ListMembers { group } => serde_json::to_writer(
@@ -384,6 +427,7 @@ impl Request {
                         group: group.clone(),
                     },
                     proto,
+                    secret,
                 },
             ),
             Self::Quit { username } | Self::Heartbeat { username } => serde_json::to_writer(
@@ -394,6 +438,7 @@ impl Request {
                         username: username.clone(),
                     },
                     proto,
+                    secret,
                 },
             ),
         };
@@ -426,6 +471,10 @@ pub struct Reply {
         skip_serializing_if = "Option::is_none"
     )]
     pub heartbeat_ms: Option<u64>,
+    /// `Secret` (newer peers only, on Register): the member's secret, to show in every
+    /// later request about itself.
+    #[serde(rename = "Secret", default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
 }
 
 impl Reply {
@@ -435,6 +484,7 @@ impl Reply {
             success: true,
             content: content.into(),
             heartbeat_ms: None,
+            secret: None,
         }
     }
 
@@ -444,6 +494,7 @@ impl Reply {
             success: false,
             content: Value::String(reason.into()),
             heartbeat_ms: None,
+            secret: None,
         }
     }
 
@@ -570,10 +621,16 @@ mod tests {
             let envelope = Envelope {
                 request: request.clone(),
                 proto: Some(2),
+                secret: Some(Secret::new("s3cr3t".into())),
             };
             let bytes = envelope.encode();
             let value: Value = serde_json::from_slice(&bytes).expect("json");
             assert_eq!(value["Proto"], 2);
+            assert_eq!(value["Secret"], "s3cr3t");
+            assert!(
+                !format!("{envelope:?}").contains("s3cr3t"),
+                "Debug hides it"
+            );
             assert_eq!(Envelope::decode(&bytes), Ok(envelope));
             assert_eq!(Request::decode(&bytes), Ok(request.clone()));
             assert_eq!(

@@ -33,7 +33,7 @@ mod framing;
 pub const SEQUENCER: &str = "sequencer";
 
 pub use control::{
-    Envelope, GroupOrder, MAX_NAME_LEN, MAX_REQUEST_LEN, Member, Reply, Request, check_name,
+    Envelope, GroupOrder, MAX_NAME_LEN, MAX_REQUEST_LEN, Member, Reply, Request, Secret, check_name,
 };
 pub use datagram::{
     CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, MAX_DATAGRAM_LEN, MAX_FRONTIER,

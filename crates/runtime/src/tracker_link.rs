@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use proto::{Envelope, JsonFramer, PROTOCOL_VERSION, Reply, Request};
+use proto::{Envelope, JsonFramer, PROTOCOL_VERSION, Reply, Request, Secret};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -53,6 +53,8 @@ pub struct TrackerLink<P> {
     pub requests_sent: u64,
     /// Connection attempts that failed since the link was last up.
     failed_attempts: u32,
+    /// Our secret from the tracker's Register reply, shown in every request.
+    secret: Option<Secret>,
 }
 
 impl<P> TrackerLink<P> {
@@ -69,12 +71,25 @@ impl<P> TrackerLink<P> {
             events: VecDeque::new(),
             requests_sent: 0,
             failed_attempts: 0,
+            secret: None,
         }
     }
 
     /// The tracker's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Keeps the secret the tracker gave us at Register (see [`proto::Secret`]): every later
+    /// request shows it, a Register again included (only the member itself may register
+    /// its name again while it is alive). `None` after the tracker forgot us.
+    pub fn set_secret(&mut self, secret: Option<Secret>) {
+        self.secret = secret;
+    }
+
+    /// The secret every request shows, for requests sent another way (UDP heartbeats).
+    pub fn secret(&self) -> Option<&Secret> {
+        self.secret.as_ref()
     }
 
     /// Connection attempts that failed since the link was last up (0 while it is up, or
@@ -97,6 +112,7 @@ impl<P> TrackerLink<P> {
         Envelope {
             request,
             proto: Some(PROTOCOL_VERSION),
+            secret: self.secret.clone(),
         }
         .encode_into(&mut conn.out);
         self.pending.push_back(purpose);

@@ -246,6 +246,8 @@ impl SequencerServer {
                 LinkEvent::Connected => register = true,
                 LinkEvent::Reply(Purpose::Register, reply) => {
                     if reply.success {
+                        // Shown in every request about us from now on.
+                        link.set_secret(reply.secret.clone());
                         if let Some(ms) = reply.heartbeat_ms {
                             self.heartbeat = Duration::from_millis(ms.max(10));
                         }
@@ -296,6 +298,7 @@ impl SequencerServer {
             let beat = Envelope {
                 request: heartbeat,
                 proto: Some(PROTOCOL_VERSION),
+                secret: link.secret().cloned(),
             }
             .encode();
             self.outbox.send(&self.udp, tracker, Arc::from(beat));

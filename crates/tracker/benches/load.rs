@@ -126,11 +126,13 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
             username: "load".into(),
         },
         proto: Some(2),
+        secret: None,
     };
     s.write_all(&register.encode()).unwrap();
     let mut reply = [0u8; 4096];
     let n = s.read(&mut reply).unwrap();
-    assert!(Reply::decode(&reply[..n]).unwrap().success);
+    let reply = Reply::decode(&reply[..n]).unwrap();
+    assert!(reply.success);
     let mut batch = Vec::new();
     for _ in 0..BATCH {
         Envelope {
@@ -138,6 +140,7 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
                 username: "load".into(),
             },
             proto: Some(2),
+            secret: reply.secret.clone(),
         }
         .encode_into(&mut batch);
     }
@@ -187,6 +190,7 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
     let mut framer = JsonFramer::new(1 << 20);
     let mut buf = vec![0u8; 64 * 1024];
     let mut names = Vec::new();
+    let mut secrets = Vec::new();
     for chunk in sockets.chunks(256).enumerate() {
         let (c, socks) = chunk;
         let mut batch = Vec::new();
@@ -199,6 +203,7 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
                     username: name.clone(),
                 },
                 proto: Some(2),
+                secret: None,
             }
             .encode_into(&mut batch);
             names.push(name);
@@ -207,7 +212,9 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
         let mut replies = 0;
         while replies < socks.len() {
             while let Some(frame) = framer.next_frame().unwrap() {
-                assert!(Reply::decode(frame).unwrap().success);
+                let reply = Reply::decode(frame).unwrap();
+                assert!(reply.success);
+                secrets.push(reply.secret);
                 replies += 1;
             }
             if replies < socks.len() {
@@ -218,12 +225,14 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
     }
     let beats: Vec<Vec<u8>> = names
         .iter()
-        .map(|n| {
+        .zip(secrets)
+        .map(|(n, secret)| {
             Envelope {
                 request: Request::Heartbeat {
                     username: n.clone(),
                 },
                 proto: Some(2),
+                secret,
             }
             .encode()
         })

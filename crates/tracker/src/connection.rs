@@ -166,7 +166,7 @@ impl Connection {
                             self.persistent = true;
                         }
                         let reply =
-                            registry.handle(now, envelope.request, envelope.proto, Via::Tcp);
+                            registry.handle_envelope(now, envelope, Via::Tcp(self.peer.ip()));
                         if !reply.success {
                             bump(&stats.failed_requests);
                         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use proto::{GroupOrder, Member, Reply, Request, SEQUENCER};
+use proto::{Envelope, GroupOrder, Member, Reply, Request, SEQUENCER, Secret};
 
 /// Longest username or group name accepted, in characters.
 pub use proto::MAX_NAME_LEN;
@@ -52,8 +52,8 @@ pub struct Eviction {
 /// How a request reached the tracker; decides what a request may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
-    /// A TCP connection (any source address: the client's port is ephemeral).
-    Tcp,
+    /// A TCP connection from this IP address (the client's port is ephemeral).
+    Tcp(IpAddr),
     /// A UDP datagram from this address: only heartbeats, and only from the member's own
     /// registered address.
     Udp(SocketAddr),
@@ -67,6 +67,9 @@ struct Record {
     newer: bool,
     last_heard: Instant,
     groups: BTreeSet<String>,
+    /// A newer member's secret: requests about it must show it. `None` for the report's
+    /// clients, which are believed only from the IP address they registered from.
+    secret: Option<Secret>,
 }
 
 /// The registry of members and groups, with the liveness of each member.
@@ -86,15 +89,14 @@ pub struct Registry {
     /// declare none); forgotten with the group.
     orders: HashMap<String, GroupOrder>,
     sequencer: Option<Member>,
-    uid_prefix: String,
-    next_uid: u64,
     evictions: VecDeque<Eviction>,
 }
 
 impl Registry {
-    /// An empty registry. `uid_prefix` makes ids unique across restarts of the tracker;
-    /// `sequencer` is the sequencer's address, if total order is offered.
-    pub fn new(liveness: Liveness, uid_prefix: &str, sequencer: Option<SocketAddr>) -> Self {
+    /// An empty registry; `sequencer` is the sequencer's address, if total order is
+    /// offered. Ids and secrets are random (128 bits), so they can be neither guessed nor
+    /// repeated by a restarted tracker.
+    pub fn new(liveness: Liveness, sequencer: Option<SocketAddr>) -> Self {
         Self {
             liveness,
             members: HashMap::new(),
@@ -107,8 +109,6 @@ impl Registry {
                 username: SEQUENCER.into(),
                 uid: SEQUENCER.into(),
             }),
-            uid_prefix: uid_prefix.to_owned(),
-            next_uid: 1,
             evictions: VecDeque::new(),
         }
     }
@@ -156,6 +156,31 @@ impl Registry {
         proto: Option<u32>,
         via: Via,
     ) -> Reply {
+        self.handle_envelope(
+            now,
+            Envelope {
+                request,
+                proto,
+                secret: None,
+            },
+            via,
+        )
+    }
+
+    /// Answers one request as it travelled, with the secret it showed. A request that
+    /// changes a member's state (join, exit, quit, heartbeat, registering its name again)
+    /// is carried out only for that member: it must show the member's secret, or, for the
+    /// report's clients (which have none), come from the IP address the member registered
+    /// from. A refused request changes nothing and says why; secrets are never logged.
+    pub fn handle_envelope(&mut self, now: Instant, envelope: Envelope, via: Via) -> Reply {
+        let Envelope {
+            request,
+            proto,
+            secret,
+        } = envelope;
+        if let Err(refusal) = self.authorize(now, &request, secret.as_ref(), via) {
+            return refusal;
+        }
         if let Via::Udp(from) = via {
             return match request {
                 Request::Heartbeat { username } => self.udp_heartbeat(now, &username, from),
@@ -173,7 +198,7 @@ impl Registry {
                 order,
             } => self.join(now, &username, &group, order),
             Request::Register { ip, port, username } => {
-                self.register(now, &ip, port, &username, proto)
+                self.register(now, &ip, port, &username, proto, secret)
             }
             Request::ListMembers { group } => match self.members_of(&group) {
                 Some(list) => Reply::ok(members_value(list)),
@@ -182,6 +207,7 @@ impl Registry {
                     success: false,
                     content: serde_json::Value::Array(Vec::new()),
                     heartbeat_ms: None,
+                    secret: None,
                 },
             },
             Request::ExitGroup { username, group } => self.exit(now, &username, &group),
@@ -190,6 +216,70 @@ impl Registry {
                 true => Reply::ok(""),
                 false => unknown_member(&username),
             },
+        }
+    }
+
+    /// Whether `request` may act on the member it names (see
+    /// [`handle_envelope`](Self::handle_envelope)); requests about nobody registered, and
+    /// those that change no member, pass.
+    fn authorize(
+        &self,
+        now: Instant,
+        request: &Request,
+        shown: Option<&Secret>,
+        via: Via,
+    ) -> Result<(), Reply> {
+        let (name, registering) = match request {
+            Request::JoinGroup { username, .. }
+            | Request::ExitGroup { username, .. }
+            | Request::Heartbeat { username } => (username.as_str(), None),
+            Request::Quit { username } => (
+                self.uids
+                    .get(username)
+                    .map_or(username.as_str(), String::as_str),
+                None,
+            ),
+            Request::Register {
+                username, ip, port, ..
+            } => (username.as_str(), Some((ip.as_str(), *port))),
+            Request::ListGroups | Request::ListMembers { .. } => return Ok(()),
+        };
+        let Some(record) = self.members.get(name) else {
+            return Ok(());
+        };
+        let from = match via {
+            Via::Tcp(ip) => ip,
+            Via::Udp(addr) => addr.ip(),
+        };
+        if let Some((ip, port)) = registering {
+            // Registering again: a live member at the same address (a lost reply, a
+            // reconnection, a restarted process on its host); anything else is decided by
+            // `register`.
+            let same_addr =
+                ip.parse::<IpAddr>().ok() == Some(record.addr.ip()) && port == record.addr.port();
+            if !same_addr || !self.is_live(record, now) {
+                return Ok(());
+            }
+            let proven = matches!((&record.secret, shown), (Some(s), Some(x)) if s.matches(x));
+            return if proven || from == record.addr.ip() {
+                Ok(())
+            } else {
+                Err(Reply::failure(format!(
+                    "{name:?} is registered and alive at {}; only it may register again",
+                    record.addr
+                )))
+            };
+        }
+        match &record.secret {
+            Some(secret) if shown.is_some_and(|s| secret.matches(s)) => Ok(()),
+            Some(_) => Err(Reply::failure(format!(
+                "a request about {name:?} must come from {name:?} itself (it did not show {name:?}'s secret)"
+            ))),
+            None if from == record.addr.ip() => Ok(()),
+            None => Err(Reply::failure(format!(
+                "{name:?} registered from {}; a request about it from {from} is refused",
+                record.addr.ip()
+            ))),
         }
     }
 
@@ -229,6 +319,7 @@ impl Registry {
         port: u16,
         username: &str,
         proto: Option<u32>,
+        shown: Option<Secret>,
     ) -> Reply {
         if let Err(reason) = proto::check_name("username", username) {
             return Reply::failure(reason);
@@ -269,19 +360,26 @@ impl Registry {
                 ));
             }
             if record.addr == addr {
-                // The same member again (it restarted, or its reply was lost): same id.
+                // The same member again (its reply was lost, it reconnected, or it restarted
+                // on its host; `authorize` checked which): same id. It keeps its secret if
+                // it showed it, else (a restart) gets a new one.
                 let record = self.members.get_mut(username).expect("just found");
                 record.last_heard = now;
                 record.interval = interval;
                 record.newer = proto.is_some();
-                let uid = record.member.uid.clone();
-                return self.registered(uid, proto);
+                let kept = match (&record.secret, &shown) {
+                    (Some(s), Some(x)) if s.matches(x) => Some(s.clone()),
+                    _ => None,
+                };
+                record.secret = proto.map(|_| kept.unwrap_or_else(random_secret));
+                let (uid, secret) = (record.member.uid.clone(), record.secret.clone());
+                return self.registered(uid, proto, secret);
             }
             // Held by a member that fell silent and was not swept yet: evict it now.
             self.evict(username, now);
         }
-        let uid = format!("{}{}", self.uid_prefix, self.next_uid);
-        self.next_uid += 1;
+        let uid = random_hex();
+        let secret = proto.map(|_| random_secret());
         let member = Member {
             ip: ip_addr.to_string(),
             port,
@@ -298,15 +396,17 @@ impl Registry {
                 newer: proto.is_some(),
                 last_heard: now,
                 groups: BTreeSet::new(),
+                secret: secret.clone(),
             },
         );
-        self.registered(uid, proto)
+        self.registered(uid, proto, secret)
     }
 
-    fn registered(&self, uid: String, proto: Option<u32>) -> Reply {
+    fn registered(&self, uid: String, proto: Option<u32>, secret: Option<Secret>) -> Reply {
         let mut reply = Reply::ok(uid);
         if proto.is_some() {
             reply.heartbeat_ms = Some(self.liveness.heartbeat.as_millis() as u64);
+            reply.secret = secret;
         }
         reply
     }
@@ -458,9 +558,64 @@ fn unknown_member(username: &str) -> Reply {
     Reply::failure(format!("unknown member {username:?}: register first"))
 }
 
+/// 128 random bits in hex, from the thread's cryptographically secure generator.
+fn random_hex() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// A new member secret.
+fn random_secret() -> Secret {
+    Secret::new(random_hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    thread_local! {
+        /// The secrets the registry gave, by member: the tests act as each member itself.
+        static SECRETS: std::cell::RefCell<HashMap<String, Secret>> = Default::default();
+    }
+
+    /// `Registry::handle`, as the member the request names: its secret shown, if it has one.
+    fn ask(
+        r: &mut Registry,
+        now: Instant,
+        request: Request,
+        proto: Option<u32>,
+        via: Via,
+    ) -> Reply {
+        let name = match &request {
+            Request::Register { username, .. }
+            | Request::JoinGroup { username, .. }
+            | Request::ExitGroup { username, .. }
+            | Request::Quit { username }
+            | Request::Heartbeat { username } => Some(username.clone()),
+            _ => None,
+        };
+        // Quit may name the member by its id.
+        let name = name.map(|n| r.uids.get(&n).cloned().unwrap_or(n));
+        let secret = name
+            .as_ref()
+            .and_then(|n| SECRETS.with(|s| s.borrow().get(n).cloned()));
+        let registers = matches!(request, Request::Register { .. });
+        let reply = r.handle_envelope(
+            now,
+            Envelope {
+                request,
+                proto,
+                secret,
+            },
+            via,
+        );
+        if registers && let (Some(name), Some(secret)) = (name, reply.secret.clone()) {
+            SECRETS.with(|s| s.borrow_mut().insert(name, secret));
+        }
+        reply
+    }
 
     const LIVE: Liveness = Liveness {
         heartbeat: Duration::from_secs(1),
@@ -469,7 +624,7 @@ mod tests {
 
     fn registry() -> (Registry, Instant) {
         (
-            Registry::new(LIVE, "t", Some("127.0.0.1:9000".parse().expect("addr"))),
+            Registry::new(LIVE, Some("127.0.0.1:9000".parse().expect("addr"))),
             Instant::now(),
         )
     }
@@ -481,7 +636,8 @@ mod tests {
         port: u16,
         proto: Option<u32>,
     ) -> Reply {
-        r.handle(
+        ask(
+            r,
             now,
             Request::Register {
                 ip: "127.0.0.1".into(),
@@ -489,12 +645,13 @@ mod tests {
                 username: name.into(),
             },
             proto,
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         )
     }
 
     fn join(r: &mut Registry, now: Instant, name: &str, group: &str) -> Reply {
-        r.handle(
+        ask(
+            r,
             now,
             Request::JoinGroup {
                 username: name.into(),
@@ -502,7 +659,7 @@ mod tests {
                 order: None,
             },
             None,
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         )
     }
 
@@ -531,38 +688,41 @@ mod tests {
             ["ford", "katerina", "sequencer"]
         );
         assert!(join(&mut r, t, "katerina", "distrib").success);
-        let groups = r.handle(t, Request::ListGroups, None, Via::Tcp);
+        let groups = ask(&mut r, t, Request::ListGroups, None, Via::Tcp(LOCAL));
         assert_eq!(groups.names(), Ok(vec!["books".into(), "distrib".into()]));
 
-        let exit = r.handle(
+        let exit = ask(
+            &mut r,
             t,
             Request::ExitGroup {
                 username: "katerina".into(),
                 group: "distrib".into(),
             },
             None,
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         );
         assert_eq!(exit, Reply::ok(""));
         assert_eq!(r.group_names(), ["books"], "an empty group disappears");
 
-        let quit = r.handle(
+        let quit = ask(
+            &mut r,
             t,
             Request::Quit {
                 username: uid.text().expect("uid"),
             },
             None,
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         );
         assert_eq!(quit, Reply::ok(""), "Quit accepts the member's id");
         assert_eq!(
-            names(&r.handle(
+            names(&ask(
+                &mut r,
                 t,
                 Request::ListMembers {
                     group: "books".into()
                 },
                 None,
-                Via::Tcp
+                Via::Tcp(LOCAL)
             )),
             ["katerina", "sequencer"]
         );
@@ -575,7 +735,8 @@ mod tests {
         group: &str,
         order: GroupOrder,
     ) -> Reply {
-        r.handle(
+        ask(
+            r,
             now,
             Request::JoinGroup {
                 username: name.into(),
@@ -583,7 +744,7 @@ mod tests {
                 order: Some(order),
             },
             Some(3),
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         )
     }
 
@@ -602,13 +763,14 @@ mod tests {
             "{reason}"
         );
         assert_eq!(
-            names(&r.handle(
+            names(&ask(
+                &mut r,
                 t,
                 Request::ListMembers {
                     group: "books".into()
                 },
                 None,
-                Via::Tcp
+                Via::Tcp(LOCAL)
             )),
             ["ford", "sequencer"],
             "nothing changed"
@@ -621,7 +783,7 @@ mod tests {
                 username: name.into(),
                 group: "books".into(),
             };
-            assert!(r.handle(t, exit, None, Via::Tcp).success);
+            assert!(ask(&mut r, t, exit, None, Via::Tcp(LOCAL)).success);
         }
         assert!(join_in(&mut r, t, "kat", "books", GroupOrder::Fifo).success);
     }
@@ -629,7 +791,7 @@ mod tests {
     #[test]
     fn total_order_and_the_name_sequencer_need_a_sequencer() {
         let t = Instant::now();
-        let mut r = Registry::new(LIVE, "t", None);
+        let mut r = Registry::new(LIVE, None);
         register(&mut r, t, "ford", 5001, Some(3));
         let refused = join_in(&mut r, t, "ford", "books", GroupOrder::Total);
         assert!(!refused.success);
@@ -703,20 +865,21 @@ mod tests {
                 username: "sequencer".into(),
             },
         ] {
-            let reply = r.handle(t, request.clone(), None, Via::Tcp);
+            let reply = ask(&mut r, t, request.clone(), None, Via::Tcp(LOCAL));
             assert!(!reply.success, "{request:?} must fail");
             assert!(
                 !reply.text().expect("a reason").is_empty(),
                 "{request:?} gives a reason"
             );
         }
-        let unknown = r.handle(
+        let unknown = ask(
+            &mut r,
             t,
             Request::ListMembers {
                 group: "chess".into(),
             },
             None,
-            Via::Tcp,
+            Via::Tcp(LOCAL),
         );
         assert_eq!(
             (unknown.success, unknown.content),
@@ -735,7 +898,8 @@ mod tests {
         r.sweep(t + Duration::from_millis(1500));
         assert!(r.poll_eviction().is_none());
         // katerina keeps heartbeating, by UDP from her own address.
-        let hb = r.handle(
+        let hb = ask(
+            &mut r,
             t + Duration::from_millis(1500),
             Request::Heartbeat {
                 username: "katerina".into(),
@@ -767,13 +931,14 @@ mod tests {
         let port = r.sequencer.as_ref().expect("configured").port;
         assert!(register(&mut r, t, "sequencer", port, Some(2)).success);
         for name in ["ford", "katerina"] {
-            let hb = r.handle(
+            let hb = ask(
+                &mut r,
                 t + Duration::from_millis(1500),
                 Request::Heartbeat {
                     username: name.into(),
                 },
                 None,
-                Via::Tcp,
+                Via::Tcp(LOCAL),
             );
             assert!(hb.success);
         }
@@ -812,7 +977,8 @@ mod tests {
     fn udp_heartbeats_must_come_from_the_members_address() {
         let (mut r, t) = registry();
         register(&mut r, t, "ford", 5001, Some(2));
-        let spoofed = r.handle(
+        let spoofed = ask(
+            &mut r,
             t + Duration::from_millis(1900),
             Request::Heartbeat {
                 username: "ford".into(),
@@ -821,7 +987,8 @@ mod tests {
             Via::Udp("127.0.0.1:6666".parse().expect("addr")),
         );
         assert!(!spoofed.success);
-        let join_by_udp = r.handle(
+        let join_by_udp = ask(
+            &mut r,
             t,
             Request::JoinGroup {
                 username: "ford".into(),

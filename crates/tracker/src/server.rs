@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
@@ -78,16 +78,7 @@ impl Tracker {
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
         let stop = Shutdown::new(poll.registry(), WAKER)?;
-        // Ids stay unique across restarts: they begin with the start time.
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let registry = Registry::new(
-            config.liveness.clone(),
-            &format!("{boot:x}-"),
-            config.sequencer,
-        );
+        let registry = Registry::new(config.liveness.clone(), config.sequencer);
         Ok(Self {
             config,
             poll,
@@ -319,10 +310,7 @@ impl Tracker {
             }
             let reply =
                 match Envelope::decode_limited(&self.buf[..len], self.config.max_request_len) {
-                    Ok(envelope) => {
-                        self.registry
-                            .handle(now, envelope.request, envelope.proto, Via::Udp(from))
-                    }
+                    Ok(envelope) => self.registry.handle_envelope(now, envelope, Via::Udp(from)),
                     Err(e) => Reply::failure(format!("bad datagram: {e}")),
                 };
             if reply.success {

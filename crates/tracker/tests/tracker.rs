@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use proto::{Datagram, DatagramType, Envelope, JsonFramer, Reply, Request};
+use proto::{Datagram, DatagramType, Envelope, JsonFramer, Reply, Request, Secret};
 use serde_json::{Value, json};
 use tracker::{Liveness, Shutdown, Stats, Tracker, TrackerConfig};
 
@@ -74,9 +74,14 @@ fn report_client(addr: SocketAddr, request: Value) -> Value {
 }
 
 /// A newer client: one connection, many requests, replies framed from the stream.
+/// A newer client on one connection, for any number of members: it keeps each member's
+/// secret from its Register reply and shows it in the requests about that member.
 struct Persistent {
     stream: TcpStream,
     framer: JsonFramer,
+    secrets: std::collections::HashMap<String, Secret>,
+    /// Members registered by requests whose replies have not been read yet.
+    registering: std::collections::VecDeque<Option<String>>,
 }
 
 impl Persistent {
@@ -88,22 +93,45 @@ impl Persistent {
         Self {
             stream,
             framer: JsonFramer::new(1 << 20),
+            secrets: Default::default(),
+            registering: Default::default(),
         }
     }
 
     fn send(&mut self, request: Request) {
+        let (name, registers) = match &request {
+            Request::Register { username, .. } => (Some(username.clone()), true),
+            Request::JoinGroup { username, .. }
+            | Request::ExitGroup { username, .. }
+            | Request::Quit { username }
+            | Request::Heartbeat { username } => (Some(username.clone()), false),
+            _ => (None, false),
+        };
+        let secret = name.as_ref().and_then(|n| self.secrets.get(n)).cloned();
+        self.registering.push_back(name.filter(|_| registers));
         let bytes = Envelope {
             request,
             proto: Some(2),
+            secret,
         }
         .encode();
         self.stream.write_all(&bytes).unwrap();
     }
 
+    fn secret_of(&self, name: &str) -> Option<Secret> {
+        self.secrets.get(name).cloned()
+    }
+
     fn reply(&mut self) -> Reply {
         loop {
             if let Some(frame) = self.framer.next_frame().unwrap() {
-                return Reply::decode(frame).unwrap();
+                let reply = Reply::decode(frame).unwrap();
+                if let Some(Some(name)) = self.registering.pop_front()
+                    && let Some(secret) = &reply.secret
+                {
+                    self.secrets.insert(name, secret.clone());
+                }
+                return reply;
             }
             let mut buf = [0u8; 4096];
             let n = self.stream.read(&mut buf).unwrap();
@@ -279,6 +307,7 @@ fn the_sequencer_is_a_member_of_every_group() {
 struct Member {
     name: String,
     udp: UdpSocket,
+    secret: Option<Secret>,
 }
 
 impl Member {
@@ -293,6 +322,7 @@ impl Member {
         Self {
             name: name.into(),
             udp,
+            secret: conn.secret_of(name),
         }
     }
 
@@ -302,6 +332,7 @@ impl Member {
                 username: self.name.clone(),
             },
             proto: Some(2),
+            secret: self.secret.clone(),
         }
         .encode();
         self.udp.send_to(&bytes, tracker).unwrap();
@@ -446,9 +477,9 @@ fn bad_requests_get_a_clear_reply_and_change_nothing() {
             "unknown member",
         ),
         (
-            "unknown group",
+            "another member's exit",
             br#"{"Type": 5, "Content": {"Username": "ford", "Group": "chess"}}"#.to_vec(),
-            "no such group",
+            "must come from \"ford\" itself",
         ),
         (
             "name taken",
@@ -588,4 +619,103 @@ fn the_tracker_serves_time_by_ntp_on_its_udp_port() {
     );
     assert_eq!(t.stats.snapshot().ntp_answers, 1);
     assert_eq!(t.stats.snapshot().datagrams_dropped, 0);
+}
+
+/// One request from a client bound to `from` (another host as far as the tracker can
+/// tell: any 127.x.y.z address is this machine's loopback), the report's way.
+fn request_from(from: &str, tracker: SocketAddr, request: Value) -> Reply {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&tracker.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(serde_json::to_string_pretty(&request).unwrap().as_bytes())
+        .unwrap();
+    // One read, as the report's client does (a request marked `Proto` keeps the
+    // connection open).
+    let mut reply = [0u8; 4096];
+    let n = stream.read(&mut reply).unwrap();
+    Reply::decode(&reply[..n]).unwrap()
+}
+
+#[test]
+fn only_a_member_itself_may_join_leave_quit_or_heartbeat_as_itself() {
+    let t = Running::default();
+    // A newer member: it holds a secret.
+    let mut alice = Persistent::connect(t.addr);
+    let registered = alice.call(register("alice", 7101));
+    assert!(registered.success);
+    let secret = registered
+        .secret
+        .clone()
+        .expect("a newer member gets a secret");
+    assert!(secret.as_str().len() >= 32, "at least 128 bits");
+    let uid = registered.text().unwrap();
+    assert!(uid.len() >= 32, "the id cannot be guessed: {uid}");
+    assert!(alice.call(join("alice", "books")).success);
+    // A stranger on another connection, from the same host, without the secret.
+    for (what, request) in [
+        ("quit", json!({"Type": 6, "Content": {"Username": "alice"}})),
+        (
+            "quit by id",
+            json!({"Type": 6, "Content": {"Username": uid}}),
+        ),
+        (
+            "join",
+            json!({"Type": 2, "Content": {"Username": "alice", "Group": "films"}}),
+        ),
+        (
+            "exit",
+            json!({"Type": 5, "Content": {"Username": "alice", "Group": "books"}}),
+        ),
+        (
+            "heartbeat",
+            json!({"Type": 7, "Content": {"Username": "alice"}}),
+        ),
+        (
+            "register again",
+            json!({"Type": 3, "Content": {"Ip": "127.0.0.1", "Port": 7101, "Username": "alice"}, "Proto": 3}),
+        ),
+    ] {
+        let reply = request_from("127.0.0.2", t.addr, request);
+        assert!(!reply.success, "{what}: {reply:?}");
+        assert!(reply.secret.is_none(), "{what}: no secret handed out");
+    }
+    let mut stranger = Persistent::connect(t.addr);
+    let wrong = stranger.call(Request::Quit {
+        username: "alice".into(),
+    });
+    assert!(!wrong.success, "{wrong:?}");
+    assert_eq!(
+        names(&alice.call(Request::ListMembers {
+            group: "books".into()
+        })),
+        ["alice"]
+    );
+    // Alice herself, showing her secret, may.
+    assert!(
+        alice
+            .call(Request::Heartbeat {
+                username: "alice".into()
+            })
+            .success
+    );
+
+    // A client of the report's protocol has no secret: it is believed from its own IP only.
+    let reply = request_from(
+        "127.0.0.3",
+        t.addr,
+        json!({"Type": 3, "Content": {"Ip": "127.0.0.3", "Port": 7102, "Username": "old"}}),
+    );
+    assert!(reply.success && reply.secret.is_none(), "{reply:?}");
+    let join_old = json!({"Type": 2, "Content": {"Username": "old", "Group": "books"}});
+    assert!(!request_from("127.0.0.4", t.addr, join_old.clone()).success);
+    assert!(request_from("127.0.0.3", t.addr, join_old).success);
+    let quit_old = json!({"Type": 6, "Content": {"Username": "old"}});
+    assert!(!request_from("127.0.0.4", t.addr, quit_old.clone()).success);
+    assert!(request_from("127.0.0.3", t.addr, quit_old).success);
 }

@@ -416,6 +416,17 @@ impl PeerCore {
         })
     }
 
+    /// Where we are in `author`'s stream in `group` (FIFO), or in the group's sequence
+    /// (total order, whatever `author`): the next counter to deliver, and whether the
+    /// handshake fixed the start. A stream starts where the handshake put it: a member
+    /// delivers what an author sent from then on, not what it sent before it heard us.
+    pub fn stream(&self, group: &str, author: &str) -> Option<ordering::StreamStatus> {
+        match self.mode {
+            Mode::Fifo => self.fifo.stream(group, author),
+            Mode::Total => self.total.stream(group),
+        }
+    }
+
     /// Whether the sequencer of `group` is ready for our messages: it told us where its
     /// sequence starts, or it never answered our Hellos (the report's sequencer has no
     /// handshake: its sequence starts with whatever it forwards first).

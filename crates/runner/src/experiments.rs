@@ -96,7 +96,100 @@ pub struct Run {
     pub peers: Vec<Value>,
     /// The figures over all peers.
     pub summary: Summary,
+    /// When the plan was run several rounds: every round's figures and their spread (this
+    /// run is then the round of median throughput).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<Repeated>,
 }
+
+/// The median and the range of one figure over rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// The median.
+    pub median: f64,
+    /// The lowest.
+    pub min: f64,
+    /// The highest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (not empty).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            median: values[values.len() / 2],
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+}
+
+/// A plan run several rounds after a warm-up that is not counted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeated {
+    /// Rounds counted.
+    pub rounds: usize,
+    /// Messages per sender in each counted round (long enough for a round of about a
+    /// second, from the warm-up's rate).
+    pub messages: usize,
+    /// The slowest receiver's deliveries per second.
+    pub throughput: Spread,
+    /// Latency p50 (µs).
+    pub latency_p50_us: Spread,
+    /// Latency p99 (µs).
+    pub latency_p99_us: Spread,
+    /// The warm-up round's figures.
+    pub warmup: Summary,
+    /// Every counted round's figures, in order.
+    pub every_round: Vec<Summary>,
+}
+
+/// Runs `plan` once to warm up, then `rounds` times with enough messages per sender that a
+/// round lasts at least `min_round` at the warm-up's rate (and no fewer than the plan's);
+/// returns the round of median throughput, carrying every round's figures.
+pub fn repeat(
+    bin: &Path,
+    plan: &Plan,
+    rounds: usize,
+    min_round: Duration,
+    stop: &Arc<AtomicBool>,
+    mut progress: impl FnMut(usize, &Run),
+) -> Result<Run, String> {
+    let warmup = run(bin, plan, stop)?;
+    progress(0, &warmup);
+    let needed = (warmup.summary.slowest_throughput * min_round.as_secs_f64() * 1.1) as usize;
+    let mut plan = plan.clone();
+    plan.messages = plan.messages.max(needed.min(MAX_ROUND_MESSAGES));
+    let mut runs = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let r = run(bin, &plan, stop)?;
+        progress(round, &r);
+        runs.push(r);
+    }
+    let spread = |f: fn(&Summary) -> f64| Spread::of(runs.iter().map(|r| f(&r.summary)).collect());
+    let throughput = spread(|s| s.slowest_throughput);
+    let repeated = Repeated {
+        rounds: runs.len(),
+        messages: plan.messages,
+        throughput,
+        latency_p50_us: spread(|s| s.latency_p50_us as f64),
+        latency_p99_us: spread(|s| s.latency_p99_us as f64),
+        warmup: warmup.summary,
+        every_round: runs.iter().map(|r| r.summary.clone()).collect(),
+    };
+    let median = runs
+        .iter()
+        .position(|r| r.summary.slowest_throughput == throughput.median)
+        .unwrap_or(0);
+    let mut chosen = runs.swap_remove(median);
+    chosen.summary.complete = repeated.every_round.iter().all(|s| s.complete);
+    chosen.repeated = Some(repeated);
+    Ok(chosen)
+}
+
+/// Most messages per sender in one round, whatever the warm-up's rate.
+const MAX_ROUND_MESSAGES: usize = 2_000_000;
 
 fn number(v: &Value, path: &[&str]) -> f64 {
     let mut v = v;
@@ -224,6 +317,7 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
         plan: plan.clone(),
         peers,
         summary,
+        repeated: None,
     })
 }
 
@@ -317,8 +411,18 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
         }
         for r in runs.iter().filter(|r| r.plan.peers == peers) {
             let s = &r.summary;
+            let range = r.repeated.as_ref().map_or(String::new(), |rep| {
+                format!(
+                    "  (median of {}: {:.0}-{:.0}/s, p50 {:.0}-{:.0} µs)",
+                    rep.rounds,
+                    rep.throughput.min,
+                    rep.throughput.max,
+                    rep.latency_p50_us.min,
+                    rep.latency_p50_us.max
+                )
+            });
             out += &format!(
-                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
+                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
                 r.plan.peers,
                 r.plan.order.name(),
                 if s.complete { "yes" } else { "NO" },

@@ -19,6 +19,9 @@ use runner::experiments::{self, Order, Plan, Run};
 /// ordering) finds this machine's highest rate with nothing lost, and the messenger's
 /// throughput is shown as a share of it.
 ///
+/// Each Experiment 2 row is run --rounds times after a warm-up, each round long enough to
+/// last --min-round-ms; the tables show the median and the range, the JSON every round.
+///
 /// Both in FIFO and in total order. Everything it starts is stopped at the end, on failure
 /// and on Ctrl-C.
 #[derive(Parser)]
@@ -43,6 +46,16 @@ struct Args {
     /// Experiment 2: messages the one sender sends (enough for a sustained rate).
     #[arg(long, default_value_t = 20_000)]
     stream: usize,
+
+    /// Experiment 2: rounds counted per group size and order, after one warm-up round that
+    /// is not; the tables show the median and the range.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
+
+    /// Experiment 2: each counted round sends at least enough messages to last this long at
+    /// the warm-up's rate (more than --stream when the messenger is fast).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    min_round_ms: u64,
 
     /// Experiment 2 without the raw-UDP baseline.
     #[arg(long)]
@@ -153,8 +166,8 @@ fn run(args: Args) -> Result<(), String> {
     if args.experiment != "1" {
         let bytes = experiments::datagram_bytes(args.payload);
         println!(
-            "Experiment 2: one sender, {} messages of {} bytes ({bytes}-byte datagrams), groups of {:?} peers",
-            args.stream, args.payload, args.peer_counts
+            "Experiment 2: one sender, at least {} messages of {} bytes ({bytes}-byte datagrams), groups of {:?} peers, {} rounds after a warm-up, each of at least {} ms",
+            args.stream, args.payload, args.peer_counts, args.rounds, args.min_round_ms
         );
         let mut scaling = Vec::new();
         for &peers in &args.peer_counts {
@@ -173,14 +186,27 @@ fn run(args: Args) -> Result<(), String> {
             }
             for &order in &orders {
                 let plan = args.plan(2, order, peers, 1, args.stream);
-                eprint!("  {peers} peers, {} order ... ", order.name());
-                let mut run = experiments::run(&bin, &plan, &stop)?;
+                eprint!("  {peers} peers, {} order:", order.name());
+                let mut run = experiments::repeat(
+                    &bin,
+                    &plan,
+                    args.rounds as usize,
+                    std::time::Duration::from_millis(args.min_round_ms),
+                    &stop,
+                    |round, r| {
+                        eprint!(
+                            " {}{:.0}/s",
+                            if round == 0 { "warm-up " } else { "" },
+                            r.summary.slowest_throughput
+                        )
+                    },
+                )?;
                 if let Some(b) = baselines.iter().find(|b| b.peers == peers) {
                     run.summary.of_baseline = (b.lossless_rate() > 0.0)
                         .then(|| run.summary.slowest_throughput / b.lossless_rate());
                 }
                 eprintln!(
-                    "slowest receiver {:.0}/s, p50 {} µs{}",
+                    "; median slowest receiver {:.0}/s, p50 {} µs{}",
                     run.summary.slowest_throughput,
                     run.summary.latency_p50_us,
                     if run.summary.complete {

@@ -7,19 +7,21 @@ use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use crate::baseline::Baseline;
-use crate::experiments::{Order, Run};
+use crate::experiments::{Order, Repeated, Run, Spread};
 
 const SIZE: (u32, u32) = (720, 440);
 const FIFO: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const TOTAL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 const RAW: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 
-/// One line of a plot: its label, colour, dash, and points (peers, value).
+/// One line of a plot: its label, colour, dash, points (peers, value), and the range of
+/// each point over the rounds, when it was measured several times (peers, min, max).
 struct Line {
     label: String,
     color: RGBColor,
     dashed: bool,
     points: Vec<(f64, f64)>,
+    ranges: Vec<(f64, f64, f64)>,
 }
 
 fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, f64)> {
@@ -30,6 +32,21 @@ fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, 
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     points
+}
+
+/// The range over rounds of the figure `spread` picks, for the runs measured in rounds.
+fn ranges(
+    runs: &[Run],
+    order: Order,
+    spread: impl Fn(&Repeated) -> Spread,
+) -> Vec<(f64, f64, f64)> {
+    runs.iter()
+        .filter(|r| r.plan.experiment == 2 && r.plan.order == order)
+        .filter_map(|r| {
+            let s = spread(r.repeated.as_ref()?);
+            Some((r.plan.peers as f64, s.min, s.max))
+        })
+        .collect()
 }
 
 fn color(order: Order) -> RGBColor {
@@ -67,12 +84,14 @@ pub fn experiment2(
             color: color(o),
             dashed: false,
             points: series(runs, o, |r| r.summary.slowest_throughput),
+            ranges: ranges(runs, o, |r| r.throughput),
         })
         .chain(std::iter::once(Line {
             label: "raw UDP, nothing lost".to_owned(),
             color: RAW,
             dashed: true,
             points: raw,
+            ranges: Vec::new(),
         }))
         .filter(|l| !l.points.is_empty())
         .collect();
@@ -85,12 +104,14 @@ pub fn experiment2(
                     color: color(o),
                     dashed: false,
                     points: series(runs, o, |r| r.summary.latency_p50_us as f64),
+                    ranges: ranges(runs, o, |r| r.latency_p50_us),
                 },
                 Line {
                     label: format!("{} p99", o.name()),
                     color: color(o),
                     dashed: true,
                     points: series(runs, o, |r| r.summary.latency_p99_us as f64),
+                    ranges: ranges(runs, o, |r| r.latency_p99_us),
                 },
             ]
         })
@@ -128,7 +149,14 @@ fn draw(
     lines: &[Line],
     log: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let all = || lines.iter().flat_map(|l| l.points.iter());
+    let all = || {
+        lines.iter().flat_map(|l| {
+            l.points
+                .iter()
+                .copied()
+                .chain(l.ranges.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
+        })
+    };
     let x_max = all().map(|p| p.0).fold(2.0, f64::max);
     let y_max = all().map(|p| p.1).fold(1.0, f64::max) * 1.15;
     let y_min = all()
@@ -221,6 +249,15 @@ where
                 .iter()
                 .map(|&p| Circle::new(p, 3, ShapeStyle::from(color).filled())),
         )
+        .map_err(|e| e.to_string())?;
+    // The range over the rounds: a bar from the lowest to the highest.
+    chart
+        .draw_series(line.ranges.iter().map(|&(x, lo, hi)| {
+            PathElement::new(
+                vec![(x, lo), (x, hi)],
+                ShapeStyle::from(color).stroke_width(1),
+            )
+        }))
         .map_err(|e| e.to_string())?;
     Ok(())
 }

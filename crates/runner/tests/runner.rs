@@ -36,6 +36,10 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
         "30",
         "--stream",
         "300",
+        "--rounds",
+        "2",
+        "--min-round-ms",
+        "0",
     ]);
     assert!(stdout.contains("Experiment 1, FIFO order: 3 peers each sending 30 messages"));
     assert!(stdout.contains("all: 270 of 270 deliveries;"), "{stdout}");
@@ -63,7 +67,20 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
             run["summary"]["of_baseline"].as_f64().unwrap() > 0.0,
             "{run}"
         );
+        // Two rounds after a warm-up: every round kept, the median between the extremes.
+        let repeated = &run["repeated"];
+        assert_eq!(repeated["rounds"], 2, "{run}");
+        assert_eq!(repeated["every_round"].as_array().unwrap().len(), 2);
+        let t = &repeated["throughput"];
+        let (lo, mid, hi) = (
+            t["min"].as_f64().unwrap(),
+            t["median"].as_f64().unwrap(),
+            t["max"].as_f64().unwrap(),
+        );
+        assert!(lo <= mid && mid <= hi && lo > 0.0, "{t}");
+        assert_eq!(run["summary"]["slowest_throughput"].as_f64().unwrap(), mid);
     }
+    assert!(stdout.contains("(median of 2: "), "{stdout}");
     for name in ["experiment2-throughput.svg", "experiment2-latency.svg"] {
         let svg = std::fs::read_to_string(dir.path().join(name)).unwrap();
         assert!(svg.starts_with("<svg"), "{name}");
@@ -98,6 +115,10 @@ fn a_flat_out_sender_is_held_to_its_slowest_member_and_nothing_is_lost() {
         "--stream",
         "20000",
         "--no-baseline",
+        "--rounds",
+        "1",
+        "--min-round-ms",
+        "0",
     ]);
     let run = &figures["runs"][0];
     assert_eq!(run["summary"]["complete"], true, "{run}");

@@ -8,6 +8,70 @@
 //!   translation between datagrams and the `ordering` cores. Datagrams and time come in;
 //!   [`Transmit`]s, deliveries and events come out.
 //! - [`Transmit`]: one datagram to send, the one output type of every member core.
+//!
+//! # Driving a `PeerCore`
+//!
+//! Its methods come in four kinds. *Getters* (`username`, `groups`, `is_joined`,
+//! `members_heard`, `stream`, `traffic`, ...) change nothing. *Inputs* feed what happened:
+//! `handle_datagram(now, from, bytes)` for every datagram the socket received,
+//! `handle_timeout(now)` when `poll_timeout()` has passed. *Requests* of the application:
+//! `join(now, group, members)` with the tracker's list after a JoinGroup, `leave(now, group)`,
+//! `send(now, group, payload, sent_at_us)` (ask `window_open(now, group)` first when sending
+//! flat out). *Outputs*: `poll_output()` hands out [`Output::Transmit`] (send these bytes to
+//! this address), [`Output::Deliver`] and [`Output::Event`]; `poll_timeout()` says when to
+//! call `handle_timeout` next.
+//!
+//! The rule that makes it impossible to misuse: after any input or request, drain
+//! `poll_output()` until it returns `None`; then wait for the next datagram or for
+//! `poll_timeout()`, whichever comes first. Time is always an argument; nothing inside reads
+//! a clock or touches a socket, so two cores can talk in memory:
+//!
+//! ```
+//! use std::time::Instant;
+//! use member::{CoreConfig, Mode, Output, PeerCore};
+//!
+//! let core = |name: &str, port: u16| {
+//!     PeerCore::new(CoreConfig {
+//!         username: name.into(),
+//!         addr: ([127, 0, 0, 1], port).into(),
+//!         tracker: ([127, 0, 0, 1], 5000).into(),
+//!         mode: Mode::Fifo,
+//!         ordering: ordering::Config::default(),
+//!     })
+//! };
+//! let listed = |name: &str, port: u16| proto::Member {
+//!     ip: "127.0.0.1".into(),
+//!     port,
+//!     username: name.into(),
+//!     uid: name.into(),
+//! };
+//! let (mut ford, mut kat) = (core("ford", 6001), core("kat", 6002));
+//! let now = Instant::now();
+//! // The tracker's lists after each JoinGroup: ford first, then both.
+//! ford.join(now, "books", &[listed("ford", 6001)]);
+//! kat.join(now, "books", &[listed("ford", 6001), listed("kat", 6002)]);
+//! ford.send(now, "books", b"hello, books", 1).unwrap();
+//!
+//! // A network that loses nothing: drain each core, hand its datagrams to the other.
+//! let mut said = Vec::new();
+//! for _ in 0..4 {
+//!     for (from, to) in [(&mut ford, &mut kat), (&mut kat, &mut ford)] {
+//!         let source = from.addr();
+//!         while let Some(out) = from.poll_output() {
+//!             match out {
+//!                 Output::Transmit(t) if t.to == to.addr() => {
+//!                     to.handle_datagram(now, source, &t.bytes)
+//!                 }
+//!                 Output::Deliver(m) => said.push((from.username().to_owned(), m.text().into_owned())),
+//!                 _ => {}
+//!             }
+//!         }
+//!     }
+//! }
+//! // A multicast reaches its sender too.
+//! assert!(said.contains(&("ford".into(), "hello, books".into())));
+//! assert!(said.contains(&("kat".into(), "hello, books".into())));
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

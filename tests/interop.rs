@@ -287,3 +287,33 @@ fn the_sequencer_reports_its_registration_truthfully_and_keeps_its_connection() 
         seq.seen
     );
 }
+
+#[test]
+fn a_peer_bound_to_every_interface_registers_an_address_the_others_reach() {
+    let tracker = tracker(&[]);
+    let mut anywhere = Process::spawn(
+        "peer",
+        &["0.0.0.0:0".into(), "ann".into(), tracker.addr.to_string()],
+    );
+    anywhere.expect(|l| l.starts_with("registered as ann"), "registered");
+    let listed = report::request(
+        tracker.addr,
+        json!({"Type": 3, "Content": {"Ip": "0.0.0.0", "Port": 5011, "Username": "nowhere"}}),
+    );
+    assert_eq!(listed["Success"], false, "{listed}");
+    anywhere.send("!j books");
+    anywhere.expect_line("joined books; writing to books");
+    let reply = report::request(
+        tracker.addr,
+        json!({"Type": 4, "Content": {"Group": "books"}}),
+    );
+    assert_eq!(reply["Content"][0]["Ip"], "127.0.0.1", "{reply}");
+    let mut bob = interactive("bob", tracker.addr, false);
+    bob.expect(|l| l.starts_with("registered as bob"), "registered");
+    bob.send("!j books");
+    bob.expect_line("joined books; writing to books");
+    bob.send("hello, ann");
+    anywhere.expect_line("in books bob says:: hello, ann");
+    anywhere.send("hello, bob");
+    bob.expect_line("in books ann says:: hello, bob");
+}

@@ -41,9 +41,11 @@ pub struct ChannelConfig {
     pub name: String,
     /// The tracker.
     pub tracker: SocketAddr,
-    /// The UDP address to receive on and register with the tracker (default 127.0.0.1
-    /// with a free port; on a network, an address the other members can reach).
+    /// The UDP address to receive on (default 127.0.0.1 with a free port). Bound to
+    /// `0.0.0.0`, we register the address of our interface towards the tracker.
     pub bind: SocketAddr,
+    /// The address the other members reach us at, if not the bound one (behind a NAT).
+    pub advertise: Option<SocketAddr>,
     /// Delivery order of every group this channel joins.
     pub order: Mode,
     /// Windows and timers of the ordering core (its `flow_window` bounds how far a sender
@@ -60,6 +62,7 @@ impl ChannelConfig {
             name: name.to_owned(),
             tracker,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
             order: Mode::Fifo,
             ordering: ordering::Config::default(),
             connect_timeout: Duration::from_secs(5),
@@ -225,6 +228,7 @@ impl Channel {
         proto::check_name("name", &config.name).map_err(ChannelError::Refused)?;
         let mut peer = Peer::bind(PeerOptions {
             addr: config.bind,
+            advertise: config.advertise,
             username: config.name.clone(),
             tracker: config.tracker,
             mode: config.order,

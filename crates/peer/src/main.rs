@@ -23,7 +23,8 @@ mod terminal;
 #[derive(Parser)]
 #[command(version, after_help = peer::command::HELP)]
 struct Args {
-    /// UDP address to receive group messages on (port 0 picks a free one).
+    /// UDP address to receive group messages on (port 0 picks a free one). Bound to
+    /// 0.0.0.0, the peer registers the address of its interface towards the tracker.
     #[arg(value_name = "HOST:PORT")]
     addr: String,
 
@@ -34,6 +35,11 @@ struct Args {
     /// The tracker's address.
     #[arg(value_name = "TRACKER_HOST:PORT")]
     tracker: String,
+
+    /// The address the other members reach us at, when it is not the one bound (behind a
+    /// NAT, say); it is what the tracker hands out.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
 
     /// Total order: deliver every group's messages in the sequencer's order (the tracker
     /// must know a sequencer: its --seq-addr).
@@ -138,8 +144,15 @@ fn run(args: Args) -> Result<bool, String> {
         }
     };
     let scripted = script.is_some();
+    let advertise = args
+        .advertise
+        .as_deref()
+        .map(cli::parse_addr)
+        .transpose()
+        .map_err(|e| format!("--advertise: {e}"))?;
     let mut peer = Peer::bind(PeerOptions {
         addr,
+        advertise,
         username: args.username.clone(),
         tracker,
         mode: if args.total { Mode::Total } else { Mode::Fifo },

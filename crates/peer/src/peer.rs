@@ -89,8 +89,12 @@ pub struct Script {
 /// What a peer is started with.
 #[derive(Debug, Clone)]
 pub struct PeerOptions {
-    /// The UDP address to bind and register.
+    /// The UDP address to bind (and to register, unless `advertise` says otherwise).
     pub addr: SocketAddr,
+    /// The address the other members reach us at, registered with the tracker. `None`:
+    /// the bound address; bound to `0.0.0.0`, the address of our interface towards the
+    /// tracker, with the bound port.
+    pub advertise: Option<SocketAddr>,
     /// Our name.
     pub username: String,
     /// The tracker's address.
@@ -267,7 +271,14 @@ impl Peer {
     /// Binds the UDP socket; the tracker is contacted once [`run`](Self::run) starts.
     pub fn bind(mut options: PeerOptions) -> Result<Self, PeerError> {
         let std_udp = runtime::bind_udp(options.addr, 8 << 20, 4 << 20)?;
-        let addr = std_udp.local_addr()?;
+        let bound = std_udp.local_addr()?;
+        let addr = match options.advertise {
+            Some(addr) => addr,
+            None if bound.ip().is_unspecified() => {
+                SocketAddr::new(route_towards(options.tracker)?, bound.port())
+            }
+            None => bound,
+        };
         let mut udp = UdpSocket::from_std(std_udp);
         let poll = Poll::new()?;
         poll.registry()
@@ -1502,6 +1513,19 @@ impl Peer {
         let (acked, deadline) = (q.acked, q.deadline);
         now >= deadline || (acked && self.quiet(now))
     }
+}
+
+/// The address of our interface that datagrams to `to` leave from (no datagram is sent:
+/// connecting a UDP socket only asks the routing table).
+fn route_towards(to: SocketAddr) -> io::Result<std::net::IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any)?;
+    probe.connect(to)?;
+    Ok(probe.local_addr()?.ip())
 }
 
 /// Orders names as a person expects: runs of digits by their value (`g2` before `g10`).

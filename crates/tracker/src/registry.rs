@@ -327,6 +327,11 @@ impl Registry {
         let Ok(ip_addr) = ip.parse::<IpAddr>() else {
             return Reply::failure(format!("{ip:?} is not an IP address"));
         };
+        if ip_addr.is_unspecified() {
+            return Reply::failure(format!(
+                "{ip} is not an address others can send to: register the address of an interface"
+            ));
+        }
         if port == 0 {
             return Reply::failure("port 0 cannot receive datagrams");
         }
@@ -797,6 +802,19 @@ mod tests {
         assert!(!refused.success);
         assert!(refused.text().expect("a reason").contains("--seq-addr"));
         assert!(r.group_names().is_empty(), "nothing changed");
+        let anywhere = ask(
+            &mut r,
+            t,
+            Request::Register {
+                ip: "0.0.0.0".into(),
+                port: 5010,
+                username: "ann".into(),
+            },
+            None,
+            Via::Tcp(LOCAL),
+        );
+        assert!(!anywhere.success);
+        assert!(anywhere.text().expect("a reason").contains("interface"));
         let reserved = register(&mut r, t, "sequencer", 5009, None);
         assert!(!reserved.success);
         assert!(reserved.text().expect("a reason").contains("reserved"));

@@ -22,10 +22,12 @@
 
 pub mod berkeley;
 pub mod cristian;
+mod discipline;
 pub mod ntp;
 pub mod seed;
 mod skew;
 mod time;
 
+pub use discipline::{Discipline, MAX_DRIFT_PPM, MIN_SPAN_NS, WANDER_PPM};
 pub use skew::SkewedClock;
 pub use time::{Estimate, Nanos, human};

@@ -253,6 +253,8 @@ pub struct Peer {
     /// the tracker's: the synchronized clock is their sum.
     local: clock::SkewedClock,
     sync: Option<clock::Estimate>,
+    /// The tracker's clock carried forward between syncs at its measured rate.
+    discipline: clock::Discipline,
     sync_burst: Option<clock::Estimate>,
     sync_outstanding: VecDeque<clock::Nanos>,
     sync_left: u32,
@@ -339,6 +341,7 @@ impl Peer {
                 real_now(),
             ),
             sync: None,
+            discipline: clock::Discipline::new(),
             sync_burst: None,
             sync_outstanding: VecDeque::new(),
             sync_left: 0,
@@ -627,7 +630,10 @@ impl Peer {
     /// with and latencies are measured by.
     fn synced_now_us(&self) -> i64 {
         let local = self.local_now();
-        self.sync.map_or(local, |e| e.apply(local)).as_micros()
+        self.discipline
+            .estimate_at(local)
+            .map_or(local, |e| e.apply(local))
+            .as_micros()
     }
 
     /// Sends the next NTP request of a burst to the tracker when it is due.
@@ -682,6 +688,7 @@ impl Peer {
                 if self.sync_burst.is_none_or(|b| e.rtt_ns < b.rtt_ns) {
                     self.sync_burst = Some(e);
                     self.sync = Some(e);
+                    self.discipline.update(received, e);
                     log::debug!(
                         "clock: the tracker is {} ahead (± {})",
                         clock::human(e.offset_ns),
@@ -1388,7 +1395,9 @@ impl Peer {
             .arrivals
             .iter()
             .map(|(sent, arrived)| {
-                self.sync
+                // The tracker's offset at that moment, carried at its measured rate.
+                self.discipline
+                    .estimate_at(*arrived)
                     .map_or(*arrived, |e| e.apply(*arrived))
                     .as_micros()
                     - sent

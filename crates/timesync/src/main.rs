@@ -179,6 +179,9 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
             let target = addr(&server)?;
             let clock = query.skew.clock();
             let simulated = query.skew.clock_offset_ms != 0.0 || query.skew.clock_drift_ppm != 0.0;
+            // Between rounds the offset is carried at the measured rate (NTP's frequency
+            // discipline); every round refines it.
+            let mut discipline = clock::Discipline::new();
             for round in 0..query.rounds {
                 if round > 0 {
                     std::thread::sleep(Duration::from_millis(query.interval_ms));
@@ -199,6 +202,19 @@ fn run(cli: Cli, stop: Arc<AtomicBool>) -> Result<(), String> {
                     query.samples
                 );
                 println!("{}", describe(&kind, &e, &clock, simulated));
+                discipline.update(clock.now(), e);
+                if let Some(rate) = discipline.rate_ppm() {
+                    // The server's rate against ours: ours drifts the other way.
+                    println!(
+                        "our clock drifts {:+.1} ppm against the server's, measured over the rounds{}",
+                        -rate,
+                        if simulated {
+                            format!(" (truly {:+.1})", query.skew.clock_drift_ppm)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
                 println!(
                     "synchronized time: {}",
                     seed::format(clock.now().plus(e.offset_ns), utc_offset_s())

@@ -264,3 +264,39 @@ fn a_slave_waits_for_a_master_that_is_not_up_yet() {
     line_where(&lines, |l| l.contains("the master is ours"));
     line_where(&lines, |l| l.starts_with("synchronized time: 20"));
 }
+
+#[test]
+fn a_client_measures_its_clocks_drift_over_rounds() {
+    let (_server, lines) = spawn(&["server", "127.0.0.1:0"]);
+    let banner = line_where(&lines, |l| l.starts_with("time server on"));
+    let addr = banner
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_timesync"))
+        .args([
+            "ntp",
+            &addr,
+            "--clock-drift-ppm",
+            "150",
+            "--rounds",
+            "2",
+            "--interval-ms",
+            "2100",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("our clock drifts"))
+        .unwrap_or_else(|| panic!("no drift measured: {text}"));
+    let ppm: f64 = line
+        .split_whitespace()
+        .nth(3)
+        .and_then(|p| p.trim_start_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((ppm - 150.0).abs() < 10.0, "{line}");
+}

@@ -581,13 +581,15 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
 
 #[test]
 fn total_order_waits_out_a_sequencer_crash_and_resumes_with_its_successor() {
-    // The tracker evicts the dead sequencer (within 400 ms) and tells the members.
-    sequencer_outage(Outage::Restart(Duration::from_millis(1000)));
+    // The tracker evicts the dead sequencer (two 200 ms intervals, then 500 ms of probes)
+    // and tells the members.
+    sequencer_outage(Outage::Restart(Duration::from_millis(1200)));
 }
 
 #[test]
 fn a_sequencer_frozen_past_its_eviction_is_found_alive_and_total_order_goes_on() {
-    sequencer_outage(Outage::Freeze(Duration::from_millis(800)));
+    // Past its eviction: two 200 ms intervals of silence, then 500 ms of probes.
+    sequencer_outage(Outage::Freeze(Duration::from_millis(1500)));
 }
 
 enum Outage {
@@ -688,7 +690,8 @@ fn evicted_while_alive(total: bool) {
     let tracker = tracker(&tracker_args);
     let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, total);
     std::thread::sleep(Duration::from_millis(1000));
-    freeze(&peers[0], Duration::from_millis(800));
+    // Past its eviction: two 200 ms intervals of silence, then 500 ms of probes.
+    freeze(&peers[0], Duration::from_millis(1500));
     for (i, p) in peers.iter_mut().enumerate() {
         assert!(
             p.wait(Duration::from_secs(30)).success(),

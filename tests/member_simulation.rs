@@ -103,6 +103,7 @@ impl Sim {
         let liveness = Liveness {
             heartbeat: HEARTBEAT,
             multiplier: 2,
+            ..Liveness::default()
         };
         let registry = Registry::new(liveness, (mode == Mode::Total).then_some(seq_addr));
         let sequencer = (mode == Mode::Total)

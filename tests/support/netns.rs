@@ -11,7 +11,10 @@ pub struct Namespace(pub String);
 impl Namespace {
     /// Creates one named after `tag` and this process.
     pub fn create(tag: &str) -> Result<Self, String> {
-        let name = format!("gc-{tag}-{}", std::process::id());
+        // Unique in this process too: tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("gc-{tag}-{}-{n}", std::process::id());
         let ok = |args: &[&str]| {
             Command::new("ip")
                 .args(args)
@@ -58,6 +61,36 @@ impl Namespace {
             return Err("iptables refused the rule".into());
         }
         self.check_spared(spared)
+    }
+
+    /// Drops `percent` % of every UDP packet arriving in the namespace, the tracker's too.
+    pub fn lose_all(&self, percent: u32) -> Result<(), String> {
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        let status = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "udp",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])
+            .status()
+            .map_err(|e| format!("iptables: {e}"))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or("iptables refused the rule".into())
     }
 
     /// Sends 200 datagrams to the spared port inside the namespace and checks, by the

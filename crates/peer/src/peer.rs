@@ -712,6 +712,15 @@ impl Peer {
                     let answer = self.buf[..n].to_vec();
                     self.handle_sync_answer(&answer);
                 }
+                Ok((n, from))
+                    if from == self.options.tracker && runtime::is_probe(&self.buf[..n]) =>
+                {
+                    // The tracker suspects we are gone (our heartbeats were lost or late):
+                    // answer at once.
+                    log::info!("the tracker asked whether we are alive: answering");
+                    self.next_heartbeat = Some(now);
+                    self.heartbeat_if_due(now);
+                }
                 Ok((n, from)) => self.core.handle_datagram(now, from, &self.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -248,3 +248,16 @@ fn flush(conn: &mut Connection) -> io::Result<()> {
     conn.out.drain(..written);
     Ok(())
 }
+
+/// Whether `bytes`, arriving from the tracker's address, ask whether we are alive: a
+/// Heartbeat request in our name, the tracker's probe of a member it suspects. A member
+/// answers with a heartbeat at once.
+pub fn is_probe(bytes: &[u8]) -> bool {
+    matches!(
+        Envelope::decode(bytes),
+        Ok(Envelope {
+            request: Request::Heartbeat { .. },
+            ..
+        })
+    )
+}

@@ -215,6 +215,14 @@ impl SequencerServer {
         self.udp_pending = false;
         for _ in 0..READ_BATCH {
             match self.udp.recv_from(&mut self.buf) {
+                Ok((n, from))
+                    if Some(from) == self.link.as_ref().map(TrackerLink::addr)
+                        && runtime::is_probe(&self.buf[..n]) =>
+                {
+                    // The tracker suspects we are gone: answer at once.
+                    log::info!("the tracker asked whether the sequencer is alive: answering");
+                    self.next_heartbeat = Some(now);
+                }
                 Ok((n, from)) => self.node.handle_datagram(now, from, &self.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -29,9 +29,16 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     heartbeat_ms: u64,
 
-    /// A member silent for more than this many intervals is evicted.
+    /// A member silent for more than this many intervals is suspect: a newer member is
+    /// probed (--probe-ms) and evicted if it does not answer; one of the report's clients is
+    /// evicted at once.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     multiplier: u32,
+
+    /// How long a suspect member is probed before it is evicted, in milliseconds (a lost
+    /// heartbeat or a busy host is not a crash); 0 evicts at once.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    probe_ms: u64,
 
     /// Most TCP connections open at once; more are answered "busy" and closed.
     #[arg(long, value_name = "N", default_value_t = 1024)]
@@ -64,6 +71,7 @@ fn run(args: Args) -> Result<(), String> {
         liveness: Liveness {
             heartbeat: Duration::from_millis(args.heartbeat_ms),
             multiplier: args.multiplier,
+            probe: Duration::from_millis(args.probe_ms),
         },
         max_connections: args.max_connections,
         max_request_len: args.max_request_bytes,

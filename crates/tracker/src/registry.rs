@@ -19,8 +19,13 @@ pub const LEGACY_HEARTBEAT: Duration = Duration::from_secs(60);
 pub struct Liveness {
     /// The interval at which newer members heartbeat (they learn it on Register).
     pub heartbeat: Duration,
-    /// Silence of more than `multiplier` intervals gets a member evicted (2 in the report).
+    /// Silence of more than `multiplier` intervals makes a member suspect (2 in the
+    /// report, which evicted it then).
     pub multiplier: u32,
+    /// A suspect newer member is probed this long (twice: at once and halfway) before it
+    /// is evicted; any sign of life in between clears it. Zero evicts at once, as the
+    /// report did. The report's members cannot answer probes and are evicted at once.
+    pub probe: Duration,
 }
 
 impl Default for Liveness {
@@ -28,8 +33,19 @@ impl Default for Liveness {
         Self {
             heartbeat: Duration::from_secs(1),
             multiplier: 2,
+            probe: Duration::from_millis(500),
         }
     }
+}
+
+/// A suspect member to ask whether it is alive: a datagram to its address, which a newer
+/// member answers with a heartbeat at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The member.
+    pub username: String,
+    /// Where it receives.
+    pub addr: SocketAddr,
 }
 
 /// A member removed because it fell silent: what the tracker logs, and the groups whose
@@ -70,6 +86,8 @@ struct Record {
     /// A newer member's secret: requests about it must show it. `None` for the report's
     /// clients, which are believed only from the IP address they registered from.
     secret: Option<Secret>,
+    /// Since when it is suspect (silent too long) and being probed, and probes sent.
+    suspected: Option<(Instant, u32)>,
 }
 
 /// The registry of members and groups, with the liveness of each member.
@@ -90,6 +108,7 @@ pub struct Registry {
     orders: HashMap<String, GroupOrder>,
     sequencer: Option<Member>,
     evictions: VecDeque<Eviction>,
+    probes: VecDeque<Probe>,
 }
 
 impl Registry {
@@ -110,6 +129,7 @@ impl Registry {
                 uid: SEQUENCER.into(),
             }),
             evictions: VecDeque::new(),
+            probes: VecDeque::new(),
         }
     }
 
@@ -402,6 +422,7 @@ impl Registry {
                 last_heard: now,
                 groups: BTreeSet::new(),
                 secret: secret.clone(),
+                suspected: None,
             },
         );
         self.registered(uid, proto, secret)
@@ -536,17 +557,61 @@ impl Registry {
         });
     }
 
-    /// Evicts every member silent for more than `multiplier` times its interval.
+    /// Checks every member's liveness. One silent for more than `multiplier` times its
+    /// interval becomes suspect: a newer member is probed (see [`poll_probe`](Self::poll_probe))
+    /// and evicted only if it stays silent for the probe time too; the report's members are
+    /// evicted at once. A lost heartbeat or two, or a member descheduled for a moment, is
+    /// not a crash: the suspicion and its outcome are logged.
     pub fn sweep(&mut self, now: Instant) {
-        let silent: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(_, r)| !self.is_live(r, now))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for username in silent {
+        let probe = self.liveness.probe;
+        let mut evict = Vec::new();
+        for (name, r) in &mut self.members {
+            let silent = now.saturating_duration_since(r.last_heard);
+            let live = silent <= r.interval * self.liveness.multiplier;
+            match (&mut r.suspected, live) {
+                (Some((since, _)), true) => {
+                    log::info!(
+                        "{name:?} was suspected {:.2?} ago and answered: not evicted",
+                        now.saturating_duration_since(*since)
+                    );
+                    r.suspected = None;
+                }
+                (None, true) => {}
+                (None, false) if r.newer && !probe.is_zero() => {
+                    log::info!(
+                        "{name:?} is suspect: silent for {silent:.2?} (more than {} x {:?}); probing it for {probe:?}",
+                        self.liveness.multiplier,
+                        r.interval
+                    );
+                    r.suspected = Some((now, 1));
+                    self.probes.push_back(Probe {
+                        username: name.clone(),
+                        addr: r.addr,
+                    });
+                }
+                (Some((since, sent)), false) => {
+                    let waited = now.saturating_duration_since(*since);
+                    if waited >= probe {
+                        evict.push(name.clone());
+                    } else if *sent < 2 && waited >= probe / 2 {
+                        *sent += 1;
+                        self.probes.push_back(Probe {
+                            username: name.clone(),
+                            addr: r.addr,
+                        });
+                    }
+                }
+                (None, false) => evict.push(name.clone()),
+            }
+        }
+        for username in evict {
             self.evict(&username, now);
         }
+    }
+
+    /// The next probe to send, if any.
+    pub fn poll_probe(&mut self) -> Option<Probe> {
+        self.probes.pop_front()
     }
 
     /// The next eviction to announce, if any.
@@ -622,9 +687,11 @@ mod tests {
         reply
     }
 
+    /// The report's rule: evicted at once after two silent intervals (no probing).
     const LIVE: Liveness = Liveness {
         heartbeat: Duration::from_secs(1),
         multiplier: 2,
+        probe: Duration::ZERO,
     };
 
     fn registry() -> (Registry, Instant) {
@@ -976,6 +1043,56 @@ mod tests {
             ],
             "every group, though the sequencer joined none; not the sequencer itself"
         );
+    }
+
+    #[test]
+    fn a_suspect_is_probed_and_evicted_only_if_it_stays_silent() {
+        let t = Instant::now();
+        let mut r = Registry::new(
+            Liveness {
+                probe: Duration::from_millis(500),
+                ..LIVE
+            },
+            None,
+        );
+        for (name, port) in [("ford", 5001), ("kat", 5002)] {
+            assert!(register(&mut r, t, name, port, Some(3)).success);
+            assert!(join(&mut r, t, name, "books").success);
+        }
+        // Both silent past two intervals: suspect, probed, not evicted.
+        let t1 = t + Duration::from_millis(2100);
+        r.sweep(t1);
+        assert!(r.poll_eviction().is_none());
+        let probed: Vec<String> = std::iter::from_fn(|| r.poll_probe())
+            .map(|p| p.username)
+            .collect();
+        assert_eq!(probed.len(), 2, "{probed:?}");
+        // ford answers the probe (a heartbeat); kat does not.
+        let beat = Request::Heartbeat {
+            username: "ford".into(),
+        };
+        assert!(
+            ask(
+                &mut r,
+                t1 + Duration::from_millis(10),
+                beat,
+                Some(3),
+                Via::Udp(([127, 0, 0, 1], 5001).into())
+            )
+            .success
+        );
+        // Halfway: a second probe to kat only.
+        r.sweep(t1 + Duration::from_millis(260));
+        let again: Vec<String> = std::iter::from_fn(|| r.poll_probe())
+            .map(|p| p.username)
+            .collect();
+        assert_eq!(again, ["kat"]);
+        r.sweep(t1 + Duration::from_millis(510));
+        let evicted: Vec<String> = std::iter::from_fn(|| r.poll_eviction())
+            .map(|e| e.member.username)
+            .collect();
+        assert_eq!(evicted, ["kat"]);
+        assert!(r.is_member("ford"));
     }
 
     #[test]

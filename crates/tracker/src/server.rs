@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
-use proto::{Datagram, DatagramType, Envelope, LEGACY_DATAGRAM_LEN, Reply};
+use proto::{
+    Datagram, DatagramType, Envelope, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION, Reply, Request,
+};
 
 use crate::config::TrackerConfig;
 use crate::connection::{Connection, Status};
@@ -156,6 +158,7 @@ impl Tracker {
                 self.close_expired(now);
                 next_sweep = now + self.sweep_interval();
             }
+            self.send_probes();
             self.announce_evictions();
             self.flush_outbox()?;
         }
@@ -348,6 +351,25 @@ impl Tracker {
     /// Logs each eviction with its reason, and queues a Bye on the evicted member's behalf
     /// to every remaining member of each of its groups, and to the member itself if it speaks
     /// the newer protocol.
+    /// Asks each suspect member whether it is alive: a Heartbeat request in its name, sent
+    /// to its address, which a newer member answers with a heartbeat at once.
+    fn send_probes(&mut self) {
+        while let Some(probe) = self.registry.poll_probe() {
+            let bytes = Envelope {
+                request: Request::Heartbeat {
+                    username: probe.username,
+                },
+                proto: Some(PROTOCOL_VERSION),
+                secret: None,
+            }
+            .encode();
+            if self.outbox.len() >= OUTBOX_LIMIT {
+                self.outbox.pop_front();
+            }
+            self.outbox.push_back((probe.addr, Arc::from(bytes)));
+        }
+    }
+
     fn announce_evictions(&mut self) {
         while let Some(eviction) = self.registry.poll_eviction() {
             bump(&self.stats.evictions);

@@ -348,10 +348,12 @@ impl Member {
 #[test]
 fn a_silent_member_is_evicted_between_two_and_three_intervals_and_the_others_are_told() {
     let interval = Duration::from_millis(400);
+    // Without probing (the report's rule): evicted as soon as it is suspect.
     let t = Running::start(|c| {
         c.liveness = Liveness {
             heartbeat: interval,
             multiplier: 2,
+            probe: Duration::ZERO,
         }
     });
     let mut conn = Persistent::connect(t.addr);
@@ -416,6 +418,7 @@ fn members_that_keep_heartbeating_are_never_evicted() {
         c.liveness = Liveness {
             heartbeat: interval,
             multiplier: 2,
+            ..Liveness::default()
         }
     });
     let mut conn = Persistent::connect(t.addr);
@@ -718,4 +721,69 @@ fn only_a_member_itself_may_join_leave_quit_or_heartbeat_as_itself() {
     let quit_old = json!({"Type": 6, "Content": {"Username": "old"}});
     assert!(!request_from("127.0.0.4", t.addr, quit_old.clone()).success);
     assert!(request_from("127.0.0.3", t.addr, quit_old).success);
+}
+
+#[test]
+fn a_suspect_that_answers_the_probe_stays_and_a_silent_one_is_evicted_after_it() {
+    let interval = Duration::from_millis(200);
+    let probe = Duration::from_millis(400);
+    let t = Running::start(|c| {
+        c.liveness = Liveness {
+            heartbeat: interval,
+            multiplier: 2,
+            probe,
+        }
+    });
+    let mut conn = Persistent::connect(t.addr);
+    let answers = Member::new(&t, &mut conn, "answers", "books");
+    let silent = Member::new(&t, &mut conn, "silent", "books");
+    let witness = Member::new(&t, &mut conn, "witness", "books");
+    let started = Instant::now();
+    answers
+        .udp
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut probes = 0;
+    let mut bye = None;
+    // Only the witness heartbeats; `answers` answers each probe with a heartbeat.
+    while started.elapsed() < Duration::from_secs(3) && bye.is_none() {
+        witness.heartbeat(t.addr);
+        let mut buf = [0u8; 4096];
+        if let Ok((n, from)) = answers.udp.recv_from(&mut buf) {
+            assert_eq!(from, t.addr);
+            // A probe (the Bye for `silent` may come too: it is in the group).
+            if let Ok(probe) = Envelope::decode(&buf[..n]) {
+                assert_eq!(
+                    probe.request,
+                    Request::Heartbeat {
+                        username: "answers".into()
+                    }
+                );
+                probes += 1;
+                answers.heartbeat(t.addr);
+            }
+        }
+        witness
+            .udp
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        bye = witness.bye();
+    }
+    let evicted_after = started.elapsed();
+    let bye = bye.expect("the silent member was evicted and the witness told");
+    assert_eq!(bye.username, "silent");
+    assert!(probes >= 1, "the suspect was probed");
+    assert!(
+        evicted_after >= interval * 2 + probe - Duration::from_millis(50),
+        "evicted only after the probe time: {evicted_after:?}"
+    );
+    assert!(
+        evicted_after < interval * 2 + probe + Duration::from_millis(600),
+        "{evicted_after:?}"
+    );
+    let listed = names(&conn.call(Request::ListMembers {
+        group: "books".into(),
+    }));
+    assert_eq!(listed, ["answers", "witness"]);
+    drop(silent);
 }

@@ -37,45 +37,32 @@ impl Namespace {
     /// datagrams to P were dropped). The rule is checked by its counters: a datagram to the
     /// spared port is sent and must not be counted as dropped.
     pub fn lose(&self, percent: u32, spared: u16) -> Result<(), String> {
-        let p = format!("{:.2}", f64::from(percent) / 100.0);
-        let port = spared.to_string();
-        let status = Command::new("ip")
-            .args([
-                "netns", "exec", &self.0, "iptables", "-A", "INPUT", "-p", "udp",
-            ])
-            .args(["-m", "udp", "!", "--sport", &port])
-            .args(["-m", "udp", "!", "--dport", &port])
-            .args([
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])
-            .status()
-            .map_err(|e| format!("iptables: {e}"))?;
-        if !status.success() {
-            return Err("iptables refused the rule".into());
-        }
+        self.drop_rule(percent, Some(spared))?;
         self.check_spared(spared)
     }
 
     /// Drops `percent` % of every UDP packet arriving in the namespace, the tracker's too.
     pub fn lose_all(&self, percent: u32) -> Result<(), String> {
+        self.drop_rule(percent, None)
+    }
+
+    /// The rule: a share of UDP dropped in INPUT (a DROP in OUTPUT would make `sendto`
+    /// fail), sparing a port if asked.
+    fn drop_rule(&self, percent: u32, spared: Option<u16>) -> Result<(), String> {
         let p = format!("{:.2}", f64::from(percent) / 100.0);
-        let status = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "iptables",
-                "-A",
-                "INPUT",
-                "-p",
-                "udp",
+        let mut rule: Vec<String> = [
+            "netns", "exec", &self.0, "iptables", "-A", "INPUT", "-p", "udp",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(port) = spared {
+            let port = port.to_string();
+            for dir in ["--sport", "--dport"] {
+                rule.extend(["-m", "udp", "!", dir, &port].map(str::to_owned));
+            }
+        }
+        rule.extend(
+            [
                 "-m",
                 "statistic",
                 "--mode",
@@ -84,7 +71,11 @@ impl Namespace {
                 &p,
                 "-j",
                 "DROP",
-            ])
+            ]
+            .map(str::to_owned),
+        );
+        let status = Command::new("ip")
+            .args(&rule)
             .status()
             .map_err(|e| format!("iptables: {e}"))?;
         status

@@ -1639,6 +1639,11 @@ mod tests {
         }
     }
 
+    /// Ford and kat in FIFO, handshake done, the default windows.
+    fn fifo_pair(t: Instant) -> Net {
+        flow_pair(t, ordering::Config::default().flow_window)
+    }
+
     /// Ford and kat in FIFO, handshake done, ford's flow-control window `window`.
     fn flow_pair(t: Instant, window: u64) -> Net {
         let mut ford = core("ford", 6001, Mode::Fifo);
@@ -1822,15 +1827,7 @@ mod tests {
     #[test]
     fn two_members_handshake_and_deliver_fifo_including_to_themselves() {
         let t = Instant::now();
-        let mut net = Net::new(vec![
-            core("ford", 6001, Mode::Fifo),
-            core("kat", 6002, Mode::Fifo),
-        ]);
-        net.cores[0].join(t, "books", &[member("ford", 6001)]);
-        net.settle(t);
-        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
-        net.settle(t);
-        assert_eq!(net.cores[0].members_heard("books"), 1);
+        let mut net = fifo_pair(t);
         assert_eq!(net.cores[1].members_heard("books"), 1);
         assert_eq!(
             net.events[0],
@@ -1975,14 +1972,7 @@ mod tests {
     #[test]
     fn bytes_that_are_not_text_reach_newer_peers_and_are_refused_where_report_peers_are() {
         let t = Instant::now();
-        let mut net = Net::new(vec![
-            core("ford", 6001, Mode::Fifo),
-            core("kat", 6002, Mode::Fifo),
-        ]);
-        net.cores[0].join(t, "books", &[member("ford", 6001)]);
-        net.settle(t);
-        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
-        net.settle(t);
+        let mut net = fifo_pair(t);
         let binary = [0u8, 0xff, 0x80, b'\n'];
         net.cores[0]
             .send(t, "books", &binary, 1)
@@ -2019,14 +2009,7 @@ mod tests {
     #[test]
     fn the_last_message_before_a_bye_is_recovered_from_the_member_that_left() {
         let t = Instant::now();
-        let mut net = Net::new(vec![
-            core("ford", 6001, Mode::Fifo),
-            core("kat", 6002, Mode::Fifo),
-        ]);
-        net.cores[0].join(t, "books", &[member("ford", 6001)]);
-        net.settle(t);
-        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
-        net.settle(t);
+        let mut net = fifo_pair(t);
         net.cores[0].send(t, "books", b"one", 1).expect("joined");
         net.settle(t);
         // "two" is lost on its way to kat; then ford leaves.
@@ -2066,14 +2049,7 @@ mod tests {
     #[test]
     fn a_newer_peer_is_believed_only_from_its_bound_socket() {
         let t = Instant::now();
-        let mut net = Net::new(vec![
-            core("ford", 6001, Mode::Fifo),
-            core("kat", 6002, Mode::Fifo),
-        ]);
-        net.cores[0].join(t, "books", &[member("ford", 6001)]);
-        net.settle(t);
-        net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
-        net.settle(t);
+        let mut net = fifo_pair(t);
         let mut ford = net.cores.swap_remove(0);
         assert_eq!(
             ford.members_heard("books"),

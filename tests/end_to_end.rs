@@ -581,9 +581,9 @@ fn a_peer_drops_and_counts_hostile_datagrams_and_keeps_delivering() {
 
 #[test]
 fn total_order_waits_out_a_sequencer_crash_and_resumes_with_its_successor() {
-    // The tracker evicts the dead sequencer (two 200 ms intervals, then 500 ms of probes)
-    // and tells the members.
-    sequencer_outage(Outage::Restart(Duration::from_millis(1200)));
+    // The tracker evicts the dead sequencer (two 200 ms intervals, then 500 ms of probes:
+    // about a second) and tells the members; the successor comes a second after that.
+    sequencer_outage(Outage::Restart(Duration::from_millis(2000)));
 }
 
 #[test]

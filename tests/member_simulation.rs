@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use member::{CoreConfig, Mode, Output, PeerCore, Transmit};
-use proto::{Datagram, DatagramType, Envelope, GroupOrder, LEGACY_DATAGRAM_LEN, Request, Secret};
+use proto::{Envelope, GroupOrder, Request, Secret};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sequencer::SequencerNode;
@@ -296,27 +296,16 @@ impl Sim {
             }
             self.registry.sweep(at);
             while let Some(eviction) = self.registry.poll_eviction() {
-                let m = &eviction.member;
-                let src: SocketAddr = format!("{}:{}", m.ip, m.port).parse().unwrap();
-                for (group, remaining) in &eviction.groups {
-                    let bye = Datagram::new(
-                        DatagramType::Bye,
-                        group.as_str(),
-                        m.username.as_str(),
-                        "",
-                        src,
-                        0,
-                        m.username.as_str(),
-                    )
-                    .encode(LEGACY_DATAGRAM_LEN)
-                    .unwrap();
-                    for r in remaining {
-                        let to: SocketAddr = format!("{}:{}", r.ip, r.port).parse().unwrap();
-                        self.sent += 1;
-                        let arrival = self.now + Duration::from_micros(20);
-                        self.net
-                            .push(Reverse((arrival, self.sent, self.tracker, to, bye.clone())));
-                    }
+                for (to, bye) in eviction.notices() {
+                    self.sent += 1;
+                    let arrival = self.now + Duration::from_micros(20);
+                    self.net.push(Reverse((
+                        arrival,
+                        self.sent,
+                        self.tracker,
+                        to,
+                        bye.to_vec(),
+                    )));
                 }
             }
         }

@@ -3,9 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::{Envelope, GroupOrder, Member, Reply, Request, SEQUENCER, Secret};
+use proto::{
+    Datagram, DatagramType, Envelope, GroupOrder, LEGACY_DATAGRAM_LEN, Member, Reply, Request,
+    SEQUENCER, Secret,
+};
 
 /// Longest username or group name accepted, in characters.
 pub use proto::MAX_NAME_LEN;
@@ -63,6 +67,42 @@ pub struct Eviction {
     pub newer: bool,
     /// Each group it was in, with the members that remain there (the sequencer included).
     pub groups: Vec<(String, Vec<Member>)>,
+}
+
+impl Eviction {
+    /// What the tracker sends about this eviction: to each remaining member of each group,
+    /// a Bye on the evicted member's behalf (the report's peers understand it too); to the
+    /// evicted member itself too when it speaks the newer protocol, so that, alive after
+    /// all (its heartbeats were lost or late), it learns it must register and greet its
+    /// groups again. One encoded datagram per group, shared by its destinations.
+    pub fn notices(&self) -> Vec<(SocketAddr, Arc<[u8]>)> {
+        let addr = |m: &Member| format!("{}:{}", m.ip, m.port).parse::<SocketAddr>().ok();
+        let m = &self.member;
+        let Some(src) = addr(m) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (group, remaining) in &self.groups {
+            let bye = Datagram::new(
+                DatagramType::Bye,
+                group.as_str(),
+                m.username.as_str(),
+                "",
+                src,
+                0,
+                m.username.as_str(),
+            );
+            let Ok(bytes) = bye.encode(LEGACY_DATAGRAM_LEN) else {
+                continue;
+            };
+            let bytes: Arc<[u8]> = bytes.into();
+            let evicted = self.newer.then_some(src);
+            for to in evicted.into_iter().chain(remaining.iter().filter_map(addr)) {
+                out.push((to, bytes.clone()));
+            }
+        }
+        out
+    }
 }
 
 /// How a request reached the tracker; decides what a request may do.

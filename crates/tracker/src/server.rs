@@ -10,9 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
-use proto::{
-    Datagram, DatagramType, Envelope, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION, Reply, Request,
-};
+use proto::{Envelope, PROTOCOL_VERSION, Reply, Request};
 
 use crate::config::TrackerConfig;
 use crate::connection::{Connection, Status};
@@ -385,36 +383,12 @@ impl Tracker {
                 eviction.interval,
                 eviction.groups.len()
             );
-            let Ok(src) = format!("{}:{}", m.ip, m.port).parse::<SocketAddr>() else {
-                continue;
-            };
-            for (group, remaining) in &eviction.groups {
-                let bye = Datagram::new(
-                    DatagramType::Bye,
-                    group.as_str(),
-                    m.username.as_str(),
-                    "",
-                    src,
-                    0,
-                    m.username.as_str(),
-                );
-                let Ok(bytes) = bye.encode(LEGACY_DATAGRAM_LEN) else {
-                    continue;
-                };
-                let bytes: Arc<[u8]> = bytes.into();
-                // The evicted member is told too: if it is alive after all (its heartbeats
-                // were lost or late), it learns it must register and greet its groups again.
-                let evicted = eviction.newer.then_some(src);
-                let others = remaining
-                    .iter()
-                    .filter_map(|member| format!("{}:{}", member.ip, member.port).parse().ok());
-                for to in evicted.into_iter().chain(others) {
-                    if self.outbox.len() >= OUTBOX_LIMIT {
-                        self.outbox.pop_front();
-                    }
-                    bump(&self.stats.byes_sent);
-                    self.outbox.push_back((to, bytes.clone()));
+            for (to, bytes) in eviction.notices() {
+                if self.outbox.len() >= OUTBOX_LIMIT {
+                    self.outbox.pop_front();
                 }
+                bump(&self.stats.byes_sent);
+                self.outbox.push_back((to, bytes));
             }
         }
     }

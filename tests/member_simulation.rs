@@ -232,7 +232,7 @@ impl Sim {
                     Output::Deliver(m) => self.peers[i]
                         .delivered
                         .push((m.author.to_string(), m.text().into_owned())),
-                    Output::Event(_) => {}
+                    Output::Event(_) | Output::Tracker(_) => {}
                 }
             }
         }

@@ -16,6 +16,7 @@ use proto::{
 };
 use thiserror::Error;
 
+use crate::member::{Answer, JoinFailure, Registration, Ticket, TrackerRequest};
 use crate::membership::{MemberInfo, Members};
 use crate::transmit::Transmit;
 
@@ -145,6 +146,41 @@ pub enum Event {
         /// Whether it is a new sequencer, which took over after what members delivered.
         new: bool,
     },
+    /// The tracker accepted our registration (a [`Member`](crate::Member)'s event).
+    Registered(Registration),
+    /// The tracker refused our registration (the name is taken, or not a valid name): the
+    /// member cannot go on under this name.
+    RegistrationRefused {
+        /// The tracker's words.
+        reason: String,
+    },
+    /// A join of the application succeeded: we are in the group.
+    GroupJoined {
+        /// The ticket [`Member::join`](crate::Member::join) returned.
+        ticket: Ticket,
+        /// The group.
+        group: String,
+        /// Its members, as the tracker listed them (us included).
+        members: Vec<String>,
+    },
+    /// A join did not happen: the application's (with its ticket), or one of our groups
+    /// joined again after registering again (no ticket).
+    JoinFailed {
+        /// The ticket [`Member::join`](crate::Member::join) returned, if it was the
+        /// application's join.
+        ticket: Option<Ticket>,
+        /// The group.
+        group: String,
+        /// Why.
+        reason: JoinFailure,
+    },
+    /// The tracker answered a question of the application.
+    Answered {
+        /// The ticket [`Member::ask`](crate::Member::ask) returned.
+        ticket: Ticket,
+        /// Its answer.
+        answer: Answer,
+    },
 }
 
 /// What the core asks its caller to do.
@@ -156,6 +192,9 @@ pub enum Output {
     Deliver(Message),
     /// Tell the user.
     Event(Event),
+    /// Send this request over the tracker connection (a [`Member`](crate::Member)'s
+    /// output; a bare `PeerCore` never asks).
+    Tracker(TrackerRequest),
 }
 
 /// Why a request of the application was refused; nothing changed.
@@ -178,6 +217,18 @@ pub enum Error {
         /// A member that could not read it.
         member: String,
     },
+    /// The group was joined already.
+    #[error("already a member of group {group:?}")]
+    AlreadyJoined {
+        /// The group named.
+        group: String,
+    },
+    /// The request needs the tracker, and we are not registered on a connection to it.
+    #[error("the tracker cannot be reached now: try again once it can")]
+    NoTracker,
+    /// The member is quitting.
+    #[error("quitting: nothing more is sent")]
+    Quitting,
     /// The message does not fit in one datagram the report's peers can read.
     #[error(
         "message too long: {chars} characters, and at most {max_chars} fit in one datagram (fewer if they are not plain ASCII)"
@@ -1629,6 +1680,7 @@ mod tests {
                             Output::Deliver(m) => self.delivered[i]
                                 .push((m.author.to_string(), m.text().into_owned())),
                             Output::Event(e) => self.events[i].push(e),
+                            Output::Tracker(t) => panic!("a bare core asked the tracker: {t:?}"),
                         }
                     }
                 }

@@ -7,7 +7,64 @@
 //!   behaviour), the checks every datagram passes, flow control, sequencer takeover, and the
 //!   translation between datagrams and the `ordering` cores. Datagrams and time come in;
 //!   [`Transmit`]s, deliveries and events come out.
+//! - [`Member`]: a whole peer — a `PeerCore` plus the dialog with the tracker (register,
+//!   join, leave, heartbeats, answering its probes, rejoining after it restarts, registering
+//!   again after it evicted us, quitting) and clock synchronization with it
+//!   ([`clock_sync`]). What a driver adds is only I/O: a UDP socket, the tracker connection,
+//!   a clock.
 //! - [`Transmit`]: one datagram to send, the one output type of every member core.
+//!
+//! # Driving a `Member`
+//!
+//! As a `PeerCore` (below), plus the tracker connection, which the driver owns: when it is
+//! up, call `tracker_connected(now)`; when it breaks, `tracker_disconnected(now)`. Send
+//! every [`Output::Tracker`] request over it, keeping its [`Ask`]; hand the answer back
+//! with `handle_tracker_reply(now, ask, &reply)`, or `tracker_unanswered(now, ask)` if the
+//! connection went first. Requests of the application (`join`, `ask`) return a [`Ticket`]
+//! that the event answering them carries ([`Event::GroupJoined`], [`Event::JoinFailed`],
+//! [`Event::Answered`]). The same rule holds: after any input, drain `poll_output()`.
+//!
+//! ```
+//! use std::time::Instant;
+//! use member::{Ask, CoreConfig, Event, Member, MemberConfig, Mode, Output, Registration};
+//!
+//! let now = Instant::now();
+//! let mut ford = Member::new(
+//!     MemberConfig {
+//!         core: CoreConfig {
+//!             username: "ford".into(),
+//!             addr: ([127, 0, 0, 1], 6001).into(),
+//!             tracker: ([127, 0, 0, 1], 5000).into(),
+//!             mode: Mode::Fifo,
+//!             ordering: ordering::Config::default(),
+//!         },
+//!         clock: None,
+//!     },
+//!     now,
+//! );
+//! // The driver connected to the tracker: the member registers.
+//! ford.tracker_connected(now);
+//! let Some(Output::Tracker(register)) = ford.poll_output() else { panic!() };
+//! assert_eq!(register.ask, Ask::Register);
+//! // The tracker's answer (here made up; a driver reads it from the connection).
+//! ford.handle_tracker_reply(now, register.ask, &proto::Reply::ok("welcome"));
+//! assert_eq!(
+//!     ford.poll_output(),
+//!     Some(Output::Event(Event::Registered(Registration::First)))
+//! );
+//! // A join: the request goes out, the tracker's list comes back, the event names the ticket.
+//! let ticket = ford.join(now, "books").unwrap();
+//! let Some(Output::Tracker(join)) = ford.poll_output() else { panic!() };
+//! let listed = serde_json::json!([
+//!     {"ip": "127.0.0.1", "port": 6001, "username": "ford", "uid": "1"}
+//! ]);
+//! ford.handle_tracker_reply(now, join.ask, &proto::Reply::ok(listed));
+//! let joined = std::iter::from_fn(|| ford.poll_output())
+//!     .any(|o| matches!(o, Output::Event(Event::GroupJoined { ticket: t, .. }) if t == ticket));
+//! assert!(joined && ford.core().is_joined("books"));
+//! // Heartbeats are timers: `poll_timeout` says when.
+//! assert!(ford.poll_timeout().is_some());
+//! ```
 //!
 //! # Driving a `PeerCore`
 //!
@@ -63,7 +120,7 @@
 //!                     Output::Deliver(m) => {
 //!                         said.push((cores[i].username().to_owned(), m.text().into_owned()))
 //!                     }
-//!                     Output::Event(_) => {}
+//!                     Output::Event(_) | Output::Tracker(_) => {}
 //!                 }
 //!             }
 //!         }
@@ -86,11 +143,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock_sync;
 mod core;
+mod member;
 mod membership;
 mod transmit;
 
 pub use crate::core::{CoreConfig, Error, Event, Message, Mode, Output, PeerCore, Traffic};
+pub use crate::member::{
+    Answer, Ask, JoinFailure, LocalClock, Member, MemberConfig, Query, Registration, Ticket,
+    TrackerRequest, is_probe,
+};
 pub use membership::{MemberInfo, Members, claimed_addr, hello_source};
 pub use proto::SEQUENCER;
 pub use transmit::Transmit;

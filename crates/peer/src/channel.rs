@@ -142,6 +142,13 @@ pub enum ChannelEvent {
         /// Why.
         reason: String,
     },
+    /// We registered with the tracker again and asked to rejoin our groups: after it had
+    /// evicted us (`evicted`), or on a new connection (it restarted, or the connection
+    /// broke).
+    Rejoined {
+        /// Whether the tracker had evicted us.
+        evicted: bool,
+    },
 }
 
 /// Why a [`Channel`] call failed; nothing changed.

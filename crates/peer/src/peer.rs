@@ -1,9 +1,10 @@
 //! The peer daemon: one mio loop over the UDP socket, the user's input (read by a helper
-//! thread that wakes the loop, see [`crate::console`]), the tracker link and timers. It feeds the [`PeerCore`] and
-//! does what the core asks; it makes no protocol decisions of its own.
+//! thread that wakes the loop, see [`crate::console`]), the tracker link and timers. It feeds
+//! the sans-IO [`Member`] (the whole member protocol, the tracker dialog included) and does
+//! what it asks; it makes no protocol decisions of its own.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use proto::{Envelope, GroupOrder, PROTOCOL_VERSION, Reply, Request};
 use thiserror::Error;
 
 use crate::channel::{Api, Call, ChannelError, ChannelEvent, Delivery};
 use crate::command::{self, Command, HELP};
 use crate::console::{Input, Screen, visible};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
-use member::{CoreConfig, Event, Message, Mode, Output, PeerCore, Transmit};
+use member::{
+    Answer, Ask, CoreConfig, Event, JoinFailure, Member, MemberConfig, Message, Mode, Output,
+    Query, Registration, Ticket, Transmit,
+};
 use runtime::{LinkEvent, TrackerLink};
 
 const UDP: Token = Token(0);
@@ -39,11 +42,6 @@ const LINGER: Duration = Duration::from_millis(300);
 /// Most latency samples a script keeps (see `Measure::arrivals`).
 const MAX_LATENCY_SAMPLES: usize = 20_000;
 
-/// Clock synchronization with the tracker (NTP on its UDP port): a burst of requests at
-/// start and every `SYNC_PERIOD`; the answer with the smallest delay of each burst wins.
-const SYNC_BURST: u32 = 5;
-const SYNC_SPACING: Duration = Duration::from_millis(20);
-const SYNC_PERIOD: Duration = Duration::from_secs(10);
 /// How long a script waits for a first synchronization before it sends unsynchronized.
 const SYNC_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -117,19 +115,16 @@ pub struct PeerOptions {
 /// Stops a running [`Peer`] cleanly (the tracker is told, the groups get Bye).
 pub use runtime::Shutdown;
 
-#[derive(Debug)]
-enum Purpose {
-    Register,
-    /// A heartbeat over the tracker connection, which keeps it from being closed as idle.
-    KeepAlive,
-    Join(String),
-    Rejoin(String),
-    ListGroups,
-    ListMembers(String),
-    Exit(String),
-    Quit,
+/// Who asked the tracker something, to hand the answer to.
+enum Origin {
+    /// A line the user typed (the lines after it wait for the answer).
+    Line(String),
+    /// A line asking for the members of a group.
+    Members(String, String),
     /// A [`Channel`](crate::Channel)'s join, answered on its sender.
-    ApiJoin(String, Sender<Result<Vec<String>, ChannelError>>),
+    Api(Sender<Result<Vec<String>, ChannelError>>),
+    /// The script's join.
+    Script,
 }
 
 #[derive(Debug)]
@@ -154,15 +149,6 @@ enum Phase {
         since: Instant,
     },
     Done,
-}
-
-#[derive(Debug)]
-struct Quitting {
-    deadline: Instant,
-    /// The tracker answered our Quit, or there is nobody to tell.
-    acked: bool,
-    /// Our Quit went out.
-    told: bool,
 }
 
 #[derive(Debug, Default)]
@@ -205,30 +191,21 @@ pub struct Peer {
     script: Option<Arc<Script>>,
     /// The script waits for the flow-control window of its group to open.
     flow_blocked: bool,
-    /// Datagrams sent to the tracker, not counted as group traffic.
-    tracker_udp: u64,
     poll: Poll,
     udp: UdpSocket,
     stop: Shutdown,
-    link: TrackerLink<Purpose>,
-    core: PeerCore,
+    link: TrackerLink<Ask>,
+    member: Member,
     outbox: runtime::Outbox,
     udp_pending: bool,
-    registered: bool,
-    /// When we registered again after the tracker told us it had evicted us, until its
-    /// answer.
-    registering_again: Option<Instant>,
-    heartbeat: Duration,
-    next_heartbeat: Option<Instant>,
-    /// Messages to the tracker (heartbeats, keep-alives, clock queries), for the report.
-    heartbeats_sent: u64,
-    /// UDP heartbeats alone: every tenth is also sent over the tracker connection.
-    udp_heartbeats: u64,
+    /// Requests to the tracker waiting for their answer, by ticket.
+    tickets: HashMap<Ticket, Origin>,
     selected: Option<String>,
     phase: Phase,
     measure: Measure,
     deliveries: Option<io::BufWriter<std::fs::File>>,
-    quitting: Option<Quitting>,
+    /// When quitting, the latest we wait for the tracker's answer and the others' requests.
+    quit_deadline: Option<Instant>,
     nacks_seen: (u64, Instant),
     /// Interactive mode: where lines for the user go.
     screen: Option<RefCell<Box<dyn Screen>>>,
@@ -243,26 +220,13 @@ pub struct Peer {
     /// The line whose tracker request is out: the lines after it wait for its answer, and it
     /// is applied again if the connection is lost before the answer.
     awaiting: Option<String>,
-    /// Registered on the current tracker connection (a lost connection clears it).
-    session: bool,
     /// We told the user the tracker cannot be reached (told once per outage).
     told_unreachable: bool,
     report: Option<Report>,
     buf: Box<[u8]>,
-    /// This process's clock (simulated skew, if asked for) and its estimated offset from
-    /// the tracker's: the synchronized clock is their sum.
+    /// This process's clock (simulated skew, if asked for); the member's clock
+    /// synchronization reads the same.
     local: clock::SkewedClock,
-    sync: Option<clock::Estimate>,
-    /// The tracker's clock carried forward between syncs at its measured rate.
-    discipline: clock::Discipline,
-    sync_burst: Option<clock::Estimate>,
-    sync_outstanding: VecDeque<clock::Nanos>,
-    sync_left: u32,
-    next_sync: Option<Instant>,
-    registered_at: Option<Instant>,
-    /// When the first burst's last answer is due: a script stamps nothing before, so every
-    /// message carries the best estimate of that burst.
-    first_burst_done: Option<Instant>,
 }
 
 fn real_now() -> clock::Nanos {
@@ -287,14 +251,24 @@ impl Peer {
             .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
         let stop = Shutdown::new(poll.registry(), WAKER)?;
         let now = Instant::now();
-        let core = PeerCore::new(CoreConfig {
-            username: options.username.clone(),
-            addr,
-            tracker: options.tracker,
-            mode: options.mode,
-            ordering: options.ordering.clone(),
-        });
-        let options_skew = (options.clock_offset_ms, options.clock_drift_ppm);
+        let local = clock::SkewedClock::new(
+            (options.clock_offset_ms * 1e6) as i64,
+            options.clock_drift_ppm,
+            real_now(),
+        );
+        let member = Member::new(
+            MemberConfig {
+                core: CoreConfig {
+                    username: options.username.clone(),
+                    addr,
+                    tracker: options.tracker,
+                    mode: options.mode,
+                    ordering: options.ordering.clone(),
+                },
+                clock: Some(Box::new(move |_| local.read(real_now()))),
+            },
+            now,
+        );
         let deliveries = match options.script.as_ref().and_then(|s| s.deliveries.as_ref()) {
             Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
             None => None,
@@ -306,48 +280,29 @@ impl Peer {
             link: TrackerLink::new(options.tracker, TRACKER, now),
             script,
             flow_blocked: false,
-            tracker_udp: 0,
             options: PeerOptions { addr, ..options },
             poll,
             udp,
             stop,
-            core,
+            member,
             outbox: runtime::Outbox::new().with_max_bundle(max_bundle),
             udp_pending: false,
-            registered: false,
-            registering_again: None,
-            heartbeat: Duration::from_secs(1),
-            next_heartbeat: None,
-            heartbeats_sent: 0,
-            udp_heartbeats: 0,
+            tickets: HashMap::new(),
             selected: None,
             phase: Phase::Starting,
             measure: Measure::default(),
             deliveries,
-            quitting: None,
+            quit_deadline: None,
             nacks_seen: (0, now),
             screen: None,
             api: None,
             waiting_sends: VecDeque::new(),
             pending: VecDeque::new(),
             awaiting: None,
-            session: false,
             told_unreachable: false,
             report: None,
             buf: vec![0; 64 * 1024].into_boxed_slice(),
-            local: clock::SkewedClock::new(
-                (options_skew.0 * 1e6) as i64,
-                options_skew.1,
-                real_now(),
-            ),
-            sync: None,
-            discipline: clock::Discipline::new(),
-            sync_burst: None,
-            sync_outstanding: VecDeque::new(),
-            sync_left: 0,
-            next_sync: None,
-            registered_at: None,
-            first_burst_done: None,
+            local,
         })
     }
 
@@ -375,18 +330,16 @@ impl Peer {
         loop {
             let now = Instant::now();
             self.link.handle_timeout(self.poll.registry(), now);
-            if self.core.poll_timeout().is_some_and(|at| at <= now) {
-                self.core.handle_timeout(now);
+            if self.member.poll_timeout().is_some_and(|at| at <= now) {
+                self.member.handle_timeout(now);
             }
-            self.heartbeat_if_due(now);
-            self.sync_if_due(now);
             self.script_step(now)?;
             self.handle_link_events(now)?;
             self.apply_input(now)?;
             self.apply_calls(now);
             self.drain_core(now)?;
             self.flush_outbox();
-            if self.stop.requested() && self.quitting.is_none() {
+            if self.stop.requested() && self.quit_deadline.is_none() {
                 self.begin_quit(now);
                 self.drain_core(now)?;
                 self.flush_outbox();
@@ -456,33 +409,26 @@ impl Peer {
         };
         let calls: Vec<Call> = std::iter::from_fn(|| api.calls.try_recv().ok()).collect();
         for call in calls {
-            if self.quitting.is_some() {
+            if self.member.is_quitting() {
                 break;
             }
             match call {
-                Call::Join { group, reply } => {
-                    if self.core.is_joined(&group) {
-                        let _ = reply.send(Ok(Vec::new()));
-                        continue;
+                Call::Join { group, reply } => match self.member.join(now, &group) {
+                    Ok(ticket) => {
+                        self.tickets.insert(ticket, Origin::Api(reply));
                     }
-                    let request = self.join_request(&group);
-                    if let Err(Purpose::ApiJoin(_, reply)) =
-                        self.link.request(request, Purpose::ApiJoin(group, reply))
-                    {
+                    Err(member::Error::AlreadyJoined { .. }) => {
+                        let _ = reply.send(Ok(Vec::new()));
+                    }
+                    Err(member::Error::NoTracker) => {
                         let _ = reply.send(Err(ChannelError::Unreachable(self.link.addr())));
                     }
-                }
-                Call::Leave { group, reply } => {
-                    if !self.core.leave(now, &group) {
-                        let _ = reply.send(Err(member::Error::NotJoined { group }.into()));
-                        continue;
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
                     }
-                    let request = Request::ExitGroup {
-                        username: self.options.username.clone(),
-                        group: group.clone(),
-                    };
-                    let _ = self.link.request(request, Purpose::Exit(group));
-                    let _ = reply.send(Ok(()));
+                },
+                Call::Leave { group, reply } => {
+                    let _ = reply.send(self.member.leave(now, &group).map_err(Into::into));
                 }
                 Call::Send {
                     group,
@@ -497,8 +443,8 @@ impl Peer {
                     };
                     // Sends keep their order: none overtakes one that waits.
                     if self.waiting_sends.is_empty()
-                        && (!self.core.is_joined(&waiting.group)
-                            || self.core.window_open(now, &waiting.group))
+                        && (!self.member.core().is_joined(&waiting.group)
+                            || self.member.window_open(now, &waiting.group))
                     {
                         self.api_send(now, waiting);
                     } else if wait {
@@ -512,7 +458,9 @@ impl Peer {
             }
         }
         while let Some(front) = self.waiting_sends.front() {
-            if self.core.is_joined(&front.group) && !self.core.window_open(now, &front.group) {
+            if self.member.core().is_joined(&front.group)
+                && !self.member.window_open(now, &front.group)
+            {
                 break;
             }
             let waiting = self.waiting_sends.pop_front().expect("looked at above");
@@ -521,10 +469,9 @@ impl Peer {
     }
 
     fn api_send(&mut self, now: Instant, waiting: WaitingSend) {
-        let stamp = self.synced_now_us().max(0) as u64;
         let result = self
-            .core
-            .send(now, &waiting.group, &waiting.payload, stamp)
+            .member
+            .send(now, &waiting.group, &waiting.payload)
             .map_err(ChannelError::from);
         let _ = waiting.reply.send(result);
     }
@@ -537,26 +484,26 @@ impl Peer {
         if self.screen.is_none() {
             return Ok(());
         }
-        if !self.registered && !self.told_unreachable && self.link_tried() {
+        if !self.member.is_registered() && !self.told_unreachable && self.link_tried() {
             self.told_unreachable = true;
             self.say(format_args!(
                 "cannot reach the tracker at {} yet; retrying, and what you type waits for it",
                 self.link.addr()
             ))?;
         }
-        while self.quitting.is_none() && self.awaiting.is_none() {
+        while !self.member.is_quitting() && self.awaiting.is_none() {
             let Some(item) = self.pending.front() else {
                 break;
             };
             // Quitting waits only for a registration on its way (then the tracker is told);
             // any other line for our registration, and for the tracker if it asks it.
-            let registering = self.link.is_up() && !self.session;
+            let registering = self.link.is_up() && !self.member.in_session();
             let ready = match item {
                 Input::End | Input::Interrupt => !registering,
                 Input::Line(line) | Input::Mangled(line) => match command::parse(line) {
                     Ok(Command::Quit) => !registering,
-                    Ok(c) if c.needs_tracker() => self.session,
-                    _ => self.registered,
+                    Ok(c) if c.needs_tracker() => self.member.in_session(),
+                    _ => self.member.is_registered(),
                 },
             };
             if !ready {
@@ -604,15 +551,10 @@ impl Peer {
             }
             Phase::Starting | Phase::Done => None,
         };
-        let quitting = self
-            .quitting
-            .as_ref()
-            .map(|_| now + Duration::from_millis(20));
+        let quitting = self.quit_deadline.map(|_| now + Duration::from_millis(20));
         [
-            self.core.poll_timeout(),
+            self.member.poll_timeout(),
             self.link.poll_timeout(),
-            self.next_heartbeat,
-            self.next_sync,
             script,
             quitting,
         ]
@@ -621,107 +563,11 @@ impl Peer {
         .min()
     }
 
-    /// This process's clock now (with its simulated skew, if any).
-    fn local_now(&self) -> clock::Nanos {
-        self.local.read(real_now())
-    }
-
-    /// The synchronized clock in microseconds since the epoch: what messages are stamped
-    /// with and latencies are measured by.
-    fn synced_now_us(&self) -> i64 {
-        let local = self.local_now();
-        self.discipline
-            .estimate_at(local)
-            .map_or(local, |e| e.apply(local))
-            .as_micros()
-    }
-
-    /// Sends the next NTP request of a burst to the tracker when it is due.
-    fn sync_if_due(&mut self, now: Instant) {
-        if self.next_sync.is_none_or(|at| at > now) {
-            return;
-        }
-        if self.sync_left == 0 {
-            self.sync_left = SYNC_BURST;
-            self.sync_burst = None;
-        }
-        let sent = self.local_now();
-        let request = clock::ntp::request(sent);
-        self.sync_outstanding.push_back(sent);
-        if self.sync_outstanding.len() > 2 * SYNC_BURST as usize {
-            self.sync_outstanding.pop_front();
-        }
-        let tracker = self.options.tracker;
-        self.send_datagram(tracker, Arc::from(&request[..]));
-        self.heartbeats_sent += 1;
-        self.sync_left -= 1;
-        if self.sync_left == 0 {
-            self.first_burst_done.get_or_insert(now + SYNC_SPACING);
-        }
-        self.next_sync = Some(
-            now + if self.sync_left == 0 {
-                SYNC_PERIOD
-            } else {
-                SYNC_SPACING
-            },
-        );
-    }
-
-    /// An NTP answer from the tracker: keeps the burst's best estimate.
-    fn handle_sync_answer(&mut self, bytes: &[u8]) {
-        let received = self.local_now();
-        let Ok(packet) = clock::ntp::Packet::decode(bytes) else {
-            return;
-        };
-        let Some(i) = self
-            .sync_outstanding
-            .iter()
-            .position(|t| clock::ntp::NtpTime::from_nanos(*t) == packet.origin)
-        else {
-            return;
-        };
-        let Some(sent) = self.sync_outstanding.remove(i) else {
-            return;
-        };
-        match clock::ntp::estimate(bytes, sent, received) {
-            Ok(e) => {
-                if self.sync_burst.is_none_or(|b| e.rtt_ns < b.rtt_ns) {
-                    self.sync_burst = Some(e);
-                    self.sync = Some(e);
-                    self.discipline.update(received, e);
-                    log::debug!(
-                        "clock: the tracker is {} ahead (± {})",
-                        clock::human(e.offset_ns),
-                        clock::human(e.bound_ns)
-                    );
-                }
-            }
-            Err(e) => log::debug!("clock: unusable NTP answer: {e}"),
-        }
-    }
-
     fn read_udp(&mut self, now: Instant) {
         self.udp_pending = false;
         for _ in 0..READ_BATCH {
             match self.udp.recv_from(&mut self.buf) {
-                Ok((n, from))
-                    if from == self.options.tracker
-                        && n >= clock::ntp::PACKET_LEN
-                        && self.buf[0] & 7 == clock::ntp::MODE_SERVER =>
-                {
-                    let answer = self.buf[..n].to_vec();
-                    self.handle_sync_answer(&answer);
-                }
-                Ok((n, from))
-                    if from == self.options.tracker && runtime::is_probe(&self.buf[..n]) =>
-                {
-                    // The tracker suspects we are gone (our heartbeats were lost or late):
-                    // answer at once.
-                    log::info!("the tracker asked whether we are alive: answering");
-                    self.next_heartbeat = Some(now);
-                    self.heartbeat_if_due(now);
-                }
-                Ok((n, from)) => self.core.handle_datagram(now, from, &self.buf[..n]),
+                Ok((n, from)) => self.member.handle_datagram(now, from, &self.buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => log::debug!("udp: {e}"),
@@ -731,58 +577,8 @@ impl Peer {
         self.udp_pending = true;
     }
 
-    /// Sends a datagram to the tracker (heartbeats, clock queries) at once.
-    fn send_datagram(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
-        self.tracker_udp += 1;
-        self.outbox.send(&self.udp, to, bytes);
-    }
-
     fn flush_outbox(&mut self) {
         self.outbox.flush(&self.udp);
-    }
-
-    fn heartbeat_if_due(&mut self, now: Instant) {
-        if !self.registered || self.next_heartbeat.is_some_and(|at| at > now) {
-            return;
-        }
-        let beat = Envelope {
-            request: Request::Heartbeat {
-                username: self.options.username.clone(),
-            },
-            proto: Some(PROTOCOL_VERSION),
-            secret: self.link.secret().cloned(),
-        }
-        .encode();
-        let tracker = self.options.tracker;
-        self.send_datagram(tracker, Arc::from(beat));
-        self.heartbeats_sent += 1;
-        self.udp_heartbeats += 1;
-        self.next_heartbeat = Some(now + self.heartbeat);
-        // Heartbeats go by UDP; the tracker connection would look idle and be closed (the
-        // tracker's default is 30 s), so every tenth also goes over it.
-        if self.udp_heartbeats % 10 == 0 && self.link.is_up() {
-            let request = Request::Heartbeat {
-                username: self.options.username.clone(),
-            };
-            if self.link.request(request, Purpose::KeepAlive).is_ok() {
-                self.heartbeats_sent += 1;
-            }
-        }
-    }
-
-    /// Prints a line for the user, keeping the prompt tidy on a terminal.
-    /// Registers with the tracker again (it evicted us), once however many groups tell us;
-    /// its answer rejoins our groups.
-    fn register_again(&mut self, now: Instant) {
-        if self
-            .registering_again
-            .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.registering_again = Some(now);
-        let request = Request::register(self.options.addr, &self.options.username);
-        let _ = self.link.request(request, Purpose::Register);
     }
 
     /// In script mode, where standard output is the report, one line of news about the
@@ -813,27 +609,30 @@ impl Peer {
 
     fn show_prompt(&self) {
         if let Some(screen) = &self.screen
-            && self.quitting.is_none()
+            && !self.member.is_quitting()
         {
-            let idle = self.registered && self.pending.is_empty() && self.awaiting.is_none();
+            let idle =
+                self.member.is_registered() && self.pending.is_empty() && self.awaiting.is_none();
             screen.borrow_mut().prompt(&self.prompt(), idle);
         }
     }
 
     /// Sends a tracker request for the user's `line`; the lines after it wait for the answer.
-    fn ask(&mut self, line: &str, request: Request, purpose: Purpose) {
-        match self.link.request(request, purpose) {
-            Ok(()) => self.awaiting = Some(line.to_owned()),
+    fn ask(&mut self, line: &str, asked: Result<Ticket, member::Error>, origin: Origin) {
+        match asked {
+            Ok(ticket) => {
+                self.tickets.insert(ticket, origin);
+                self.awaiting = Some(line.to_owned());
+            }
             // The connection went between the check and now: the line waits for the next.
             Err(_) => self.pending.push_front(Input::Line(line.to_owned())),
         }
     }
 
     fn handle_line(&mut self, now: Instant, line: &str) -> Result<(), PeerError> {
-        if self.quitting.is_some() {
+        if self.member.is_quitting() {
             return Ok(());
         }
-        let me = self.options.username.clone();
         match command::parse(line) {
             Err(usage) => self.say(visible(&usage))?,
             Ok(Command::Nothing) => {}
@@ -842,26 +641,26 @@ impl Peer {
                     self.say(l)?;
                 }
             }
-            Ok(Command::ListGroups) => self.ask(line, Request::ListGroups, Purpose::ListGroups),
-            Ok(Command::ListMembers(group)) => self.ask(
-                line,
-                Request::ListMembers {
-                    group: group.clone(),
-                },
-                Purpose::ListMembers(group),
-            ),
+            Ok(Command::ListGroups) => {
+                let asked = self.member.ask(now, Query::Groups);
+                self.ask(line, asked, Origin::Line(line.to_owned()));
+            }
+            Ok(Command::ListMembers(group)) => {
+                let asked = self.member.ask(now, Query::Members(group.clone()));
+                self.ask(line, asked, Origin::Members(line.to_owned(), group));
+            }
             Ok(Command::Join(group)) => {
-                if self.core.is_joined(&group) {
+                if self.member.core().is_joined(&group) {
                     self.selected = Some(group.clone());
                     let group = visible(&group);
                     self.say(format_args!("already in {group}; writing to {group}"))?;
                 } else {
-                    let request = self.join_request(&group);
-                    self.ask(line, request, Purpose::Join(group));
+                    let asked = self.member.join(now, &group);
+                    self.ask(line, asked, Origin::Line(line.to_owned()));
                 }
             }
             Ok(Command::Write(group)) => {
-                if self.core.is_joined(&group) {
+                if self.member.core().is_joined(&group) {
                     self.say(format_args!("writing to {}", visible(&group)))?;
                     self.selected = Some(group);
                 } else {
@@ -872,21 +671,10 @@ impl Peer {
                 }
             }
             Ok(Command::Exit(group)) => {
-                if self.core.leave(now, &group) {
-                    let request = Request::ExitGroup {
-                        username: me,
-                        group: group.clone(),
-                    };
-                    if self
-                        .link
-                        .request(request, Purpose::Exit(group.clone()))
-                        .is_err()
-                    {
-                        log::info!("could not tell the tracker we left {group}");
-                    }
+                if self.member.leave(now, &group).is_ok() {
                     let left = visible(&group).into_owned();
                     if self.selected.as_deref() == Some(group.as_str()) {
-                        let mut rest = self.core.groups();
+                        let mut rest = self.member.core().groups();
                         rest.sort_by(|a, b| natural_order(a, b));
                         self.selected = rest.into_iter().next();
                         match &self.selected {
@@ -910,8 +698,7 @@ impl Peer {
                 None => self
                     .say("no group selected: join one with !j GROUP, or pick one with !w GROUP")?,
                 Some(group) => {
-                    let stamp = self.synced_now_us().max(0) as u64;
-                    if let Err(e) = self.core.send(now, &group, text.as_bytes(), stamp) {
+                    if let Err(e) = self.member.send(now, &group, text.as_bytes()) {
                         self.say(format_args!("error: {e}"))?;
                     }
                 }
@@ -927,14 +714,13 @@ impl Peer {
             match event {
                 LinkEvent::Connected => {
                     log::info!("connected to the tracker at {}", self.link.addr());
-                    let request = Request::register(self.options.addr, &self.options.username);
-                    let _ = self.link.request(request, Purpose::Register);
+                    self.member.tracker_connected(now);
                 }
                 LinkEvent::Disconnected { reason } => {
+                    self.member.tracker_disconnected(now);
                     self.emit(ChannelEvent::TrackerLost {
                         reason: reason.clone(),
                     });
-                    self.session = false;
                     self.told_unreachable = false;
                     let line = format!(
                         "lost the tracker ({reason}); messaging in joined groups goes on, reconnecting"
@@ -942,111 +728,74 @@ impl Peer {
                     log::info!("{line}");
                     self.say(&line)?;
                 }
-                LinkEvent::Lost(purpose) => match purpose {
-                    Purpose::ApiJoin(_, answer) => {
-                        let _ = answer.send(Err(ChannelError::Unreachable(self.link.addr())));
-                    }
-                    Purpose::Quit => {
-                        if let Some(q) = self.quitting.as_mut() {
-                            q.acked = true;
-                        }
-                    }
-                    Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_) => {
-                        // Asked again once we are registered on a new connection.
-                        if let Some(line) = self.awaiting.take() {
-                            self.pending.push_front(Input::Line(line));
-                        }
-                    }
-                    Purpose::Register
-                    | Purpose::KeepAlive
-                    | Purpose::Rejoin(_)
-                    | Purpose::Exit(_) => {}
-                },
-                LinkEvent::Reply(purpose, reply) => self.handle_reply(now, purpose, reply)?,
+                LinkEvent::Lost(ask) => self.member.tracker_unanswered(now, ask),
+                LinkEvent::Reply(ask, reply) => self.member.handle_tracker_reply(now, ask, &reply),
             }
+            self.drain_core(now)?;
         }
         Ok(())
     }
 
-    fn handle_reply(
-        &mut self,
-        now: Instant,
-        purpose: Purpose,
-        reply: Reply,
-    ) -> Result<(), PeerError> {
-        let reason = || {
-            let text = reply.text().unwrap_or_else(|_| reply.content.to_string());
-            visible(&text).into_owned()
-        };
-        if matches!(
-            purpose,
-            Purpose::ListGroups | Purpose::ListMembers(_) | Purpose::Join(_)
-        ) {
-            self.awaiting = None;
-        }
-        match purpose {
-            Purpose::Register if !reply.success => return Err(PeerError::Refused(reason())),
-            Purpose::Register => {
-                // Shown in every request about us from now on.
-                self.link.set_secret(reply.secret.clone());
+    /// What the member tells about our dealings with the tracker.
+    fn tracker_news(&mut self, now: Instant, event: Event) -> Result<(), PeerError> {
+        match event {
+            Event::RegistrationRefused { reason } => {
+                return Err(PeerError::Refused(visible(&reason).into_owned()));
+            }
+            Event::Registered(how) => {
+                self.told_unreachable = false;
                 if let Some(ready) = self.api.as_mut().and_then(|a| a.ready.take()) {
                     let _ = ready.send(Ok(()));
                 }
-                self.session = true;
-                self.told_unreachable = false;
-                if self.quitting.as_ref().is_some_and(|q| !q.told) {
-                    // We were asked to quit while our registration was on its way: now the
-                    // tracker knows us, tell it we leave.
-                    self.send_quit();
-                }
-                if let Some(ms) = reply.heartbeat_ms {
-                    self.heartbeat = Duration::from_millis(ms.max(10));
-                }
-                self.next_heartbeat = Some(now + self.heartbeat);
-                self.next_sync.get_or_insert(now);
-                self.registered_at.get_or_insert(now);
-                if self.registered {
-                    // The tracker came back, or had evicted us: join our groups again.
-                    let evicted = self.registering_again.take().is_some();
-                    for group in self.core.groups() {
-                        let request = self.join_request(&group);
-                        let _ = self.link.request(request, Purpose::Rejoin(group));
+                if let Some(script) = &self.script {
+                    // The script's group, once (again, if the connection went before the
+                    // tracker answered).
+                    let asked = self.tickets.values().any(|o| matches!(o, Origin::Script));
+                    if matches!(self.phase, Phase::Starting) && !asked {
+                        let group = script.group.clone();
+                        if let Ok(ticket) = self.member.join(now, &group) {
+                            self.tickets.insert(ticket, Origin::Script);
+                        }
                     }
-                    self.say(if evicted {
-                        "registered again and rejoined our groups"
-                    } else {
-                        "the tracker is back; registered and rejoined our groups"
-                    })?;
-                } else {
-                    self.registered = true;
-                    if let Some(script) = &self.script {
-                        let request = self.join_request(&script.group);
-                        let _ = self
-                            .link
-                            .request(request, Purpose::Join(script.group.clone()));
-                    } else {
-                        self.say(format_args!(
-                                "registered as {} with the tracker at {} ({} order); !h lists the commands",
-                                self.options.username,
-                                self.link.addr(),
-                                match self.options.mode {
-                                    Mode::Fifo => "FIFO",
-                                    Mode::Total => "total",
-                                }
-                            ),
-                        )?;
+                }
+                match how {
+                    Registration::First => match &self.script {
+                        Some(_) => {}
+                        None => self.say(format_args!(
+                            "registered as {} with the tracker at {} ({} order); !h lists the commands",
+                            self.options.username,
+                            self.link.addr(),
+                            match self.options.mode {
+                                Mode::Fifo => "FIFO",
+                                Mode::Total => "total",
+                            }
+                        ))?,
+                    },
+                    Registration::AfterEviction => {
+                        self.emit(ChannelEvent::Rejoined { evicted: true });
+                        self.say("registered again and rejoined our groups")?;
+                    }
+                    Registration::TrackerBack => {
+                        self.emit(ChannelEvent::Rejoined { evicted: false });
+                        self.say("the tracker is back; registered and rejoined our groups")?;
                     }
                 }
             }
-            Purpose::Join(group) | Purpose::Rejoin(group) if reply.success => {
-                let members = reply.members().unwrap_or_default();
-                let fresh = !self.core.is_joined(&group);
-                self.core.join(now, &group, &members);
-                if self.script.is_some() {
+            Event::GroupJoined {
+                ticket,
+                group,
+                members,
+            } => match self.tickets.remove(&ticket) {
+                Some(Origin::Api(answer)) => {
+                    let _ = answer.send(Ok(members));
+                }
+                Some(Origin::Script) => {
                     if matches!(self.phase, Phase::Starting) {
                         self.phase = Phase::Waiting { since: now };
                     }
-                } else if fresh {
+                }
+                Some(Origin::Line(_) | Origin::Members(..)) | None => {
+                    self.awaiting = None;
                     self.selected.get_or_insert_with(|| group.clone());
                     let writing = self.selected.clone().unwrap_or_default();
                     self.say(format_args!(
@@ -1055,94 +804,115 @@ impl Peer {
                         visible(&writing)
                     ))?;
                 }
-            }
-            Purpose::ApiJoin(group, answer) => {
-                if reply.success {
-                    let members = reply.members().unwrap_or_default();
-                    self.core.join(now, &group, &members);
-                    let names = members.into_iter().map(|m| m.username).collect();
-                    let _ = answer.send(Ok(names));
-                } else {
-                    let reason = reply.text().unwrap_or_else(|_| reply.content.to_string());
-                    let _ = answer.send(Err(ChannelError::JoinRefused { group, reason }));
+            },
+            Event::JoinFailed {
+                ticket,
+                group,
+                reason,
+            } => {
+                let origin = ticket.and_then(|t| self.tickets.remove(&t));
+                match (origin, reason) {
+                    (Some(Origin::Api(answer)), JoinFailure::Refused(reason)) => {
+                        let _ = answer.send(Err(ChannelError::JoinRefused { group, reason }));
+                    }
+                    (Some(Origin::Api(answer)), JoinFailure::Unanswered) => {
+                        let _ = answer.send(Err(ChannelError::Unreachable(self.link.addr())));
+                    }
+                    (Some(Origin::Script), JoinFailure::Refused(reason)) => {
+                        return Err(PeerError::JoinRefused {
+                            group,
+                            reason: visible(&reason).into_owned(),
+                        });
+                    }
+                    // Asked again once we are registered on a new connection.
+                    (Some(Origin::Script), JoinFailure::Unanswered) => {}
+                    (
+                        Some(Origin::Line(line) | Origin::Members(line, _)),
+                        JoinFailure::Unanswered,
+                    ) => {
+                        // Asked again once we are registered on a new connection.
+                        self.awaiting = None;
+                        self.pending.push_front(Input::Line(line));
+                    }
+                    (_, reason) => {
+                        self.awaiting = None;
+                        let why = match reason {
+                            JoinFailure::Refused(reason) => reason,
+                            JoinFailure::Unanswered => "the tracker did not answer".into(),
+                        };
+                        let line =
+                            format!("error: cannot join {}: {}", visible(&group), visible(&why));
+                        log::info!("{line}");
+                        self.say(&line)?;
+                    }
                 }
             }
-            Purpose::Join(group) if self.script.is_some() => {
-                return Err(PeerError::JoinRefused {
-                    group,
-                    reason: reason(),
-                });
-            }
-            Purpose::Join(group) | Purpose::Rejoin(group) => {
-                let line = format!("error: cannot join {}: {}", visible(&group), reason());
-                log::info!("{line}");
-                self.say(&line)?;
-            }
-            Purpose::ListGroups => {
-                let mut names = reply.names().unwrap_or_default();
-                names.sort_by(|a, b| natural_order(a, b));
-                let list = if names.is_empty() {
-                    "(none)".to_owned()
-                } else {
-                    names
-                        .iter()
-                        .map(|g| {
-                            let mark = if self.core.is_joined(g) {
-                                " (joined)"
-                            } else {
-                                ""
-                            };
-                            format!("[{}]{mark}", visible(g))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                self.say(format_args!("groups: {list}"))?;
-            }
-            Purpose::ListMembers(group) => {
-                if reply.success {
-                    let list = reply
-                        .members()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|m| format!("({})", visible(&m.username)))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    self.say(format_args!("members: {list}"))?;
-                } else {
-                    self.say(format_args!("no such group: {}", visible(&group)))?;
+            Event::Answered { ticket, answer } => {
+                self.awaiting = None;
+                let origin = self.tickets.remove(&ticket);
+                match (answer, origin) {
+                    (Answer::Unanswered, Some(Origin::Line(line) | Origin::Members(line, _))) => {
+                        self.pending.push_front(Input::Line(line));
+                    }
+                    (Answer::Groups(mut names), _) => {
+                        names.sort_by(|a, b| natural_order(a, b));
+                        let list = if names.is_empty() {
+                            "(none)".to_owned()
+                        } else {
+                            names
+                                .iter()
+                                .map(|g| {
+                                    let mark = if self.member.core().is_joined(g) {
+                                        " (joined)"
+                                    } else {
+                                        ""
+                                    };
+                                    format!("[{}]{mark}", visible(g))
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        self.say(format_args!("groups: {list}"))?;
+                    }
+                    (Answer::Members(names), _) => {
+                        let list = names
+                            .iter()
+                            .map(|m| format!("({})", visible(m)))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        self.say(format_args!("members: {list}"))?;
+                    }
+                    (Answer::NoSuchGroup, Some(Origin::Members(_, group))) => {
+                        self.say(format_args!("no such group: {}", visible(&group)))?;
+                    }
+                    (Answer::NoSuchGroup | Answer::Unanswered, _) => {}
                 }
             }
-            Purpose::Exit(group) => {
-                if !reply.success {
-                    log::info!("the tracker did not let us leave {group}: {}", reason());
-                }
-            }
-            Purpose::Quit => {
-                if let Some(q) = self.quitting.as_mut() {
-                    q.acked = true;
-                }
-            }
-            Purpose::KeepAlive if !reply.success && self.registering_again.is_none() => {
-                // The tracker no longer knows us: it evicted us and its notice was lost.
-                log::info!("the tracker refused our heartbeat: {}", reason());
-                for group in self.core.groups() {
-                    self.core.on_self_evicted(now, &group);
-                }
-            }
-            Purpose::KeepAlive => {}
+            _ => {}
         }
         Ok(())
     }
 
     fn drain_core(&mut self, now: Instant) -> Result<(), PeerError> {
-        while let Some(output) = self.core.poll_output() {
+        while let Some(output) = self.member.poll_output() {
             match output {
                 // Queued: the end of the loop's turn sends them, bundled and per member.
                 Output::Transmit(Transmit { to, bytes, bundle }) => {
                     self.outbox.queue(to, bytes, bundle)
                 }
+                Output::Tracker(request) => {
+                    if let Err(ask) = self.link.send(&request.envelope, request.ask) {
+                        self.member.tracker_unanswered(now, ask);
+                    }
+                }
                 Output::Deliver(message) => self.deliver(now, message)?,
+                Output::Event(
+                    event @ (Event::Registered(_)
+                    | Event::RegistrationRefused { .. }
+                    | Event::GroupJoined { .. }
+                    | Event::JoinFailed { .. }
+                    | Event::Answered { .. }),
+                ) => self.tracker_news(now, event)?,
                 Output::Event(event) => {
                     if self.api.is_some() {
                         self.emit(match event.clone() {
@@ -1162,6 +932,7 @@ impl Peer {
                                 ChannelEvent::SequencerBack { group, new }
                             }
                             Event::WeWereEvicted { group } => ChannelEvent::WeWereEvicted { group },
+                            _ => continue,
                         });
                     }
                     let line = match event {
@@ -1180,7 +951,6 @@ impl Peer {
                             line
                         }
                         Event::WeWereEvicted { group } => {
-                            self.register_again(now);
                             let line = format!(
                                 "* the tracker had evicted us from {group} (our heartbeats did not reach it in time); \
                                  registering again and greeting the group afresh"
@@ -1199,6 +969,7 @@ impl Peer {
                             self.tell_stderr(&line);
                             line
                         }
+                        _ => continue,
                     };
                     // Names and groups came from the network: shown harmless.
                     let line = visible(&line);
@@ -1270,19 +1041,6 @@ impl Peer {
         }
     }
 
-    /// Our JoinGroup for `group`, declaring our delivery order: the tracker refuses us if
-    /// the group uses the other one.
-    fn join_request(&self, group: &str) -> Request {
-        Request::JoinGroup {
-            username: self.options.username.clone(),
-            group: group.to_owned(),
-            order: Some(match self.options.mode {
-                Mode::Fifo => GroupOrder::Fifo,
-                Mode::Total => GroupOrder::Total,
-            }),
-        }
-    }
-
     fn script_step(&mut self, now: Instant) -> Result<(), PeerError> {
         let Some(script) = self.script.clone() else {
             return Ok(());
@@ -1293,13 +1051,14 @@ impl Peer {
         match self.phase {
             Phase::Starting | Phase::Done => {}
             Phase::Waiting { since } => {
-                let heard = self.core.members_heard(&script.group) + 1 >= script.members;
+                let core = self.member.core();
+                let heard = core.members_heard(&script.group) + 1 >= script.members;
                 let ordered =
-                    self.options.mode == Mode::Fifo || self.core.sequencer_ready(&script.group);
-                let synced = (self.sync.is_some()
-                    && self.first_burst_done.is_some_and(|at| now >= at))
+                    self.options.mode == Mode::Fifo || core.sequencer_ready(&script.group);
+                let synced = self.member.clock().is_some_and(|c| c.settled(now))
                     || self
-                        .registered_at
+                        .member
+                        .registered_at()
                         .is_some_and(|at| now - at > SYNC_PATIENCE);
                 if heard && ordered && synced {
                     log::debug!("all {} members are here: sending", script.members);
@@ -1331,18 +1090,13 @@ impl Peer {
                     if now < next_at {
                         break;
                     }
-                    if !self.core.window_open(now, &script.group) {
+                    if !self.member.window_open(now, &script.group) {
                         self.flow_blocked = true;
                         break;
                     }
                     if let Some(line) = script.lines.get(next) {
-                        self.core
-                            .send(
-                                now,
-                                &script.group,
-                                line.as_bytes(),
-                                self.synced_now_us().max(0) as u64,
-                            )
+                        self.member
+                            .send(now, &script.group, line.as_bytes())
                             .map_err(|e| {
                                 PeerError::Io(io::Error::new(
                                     io::ErrorKind::InvalidInput,
@@ -1379,7 +1133,7 @@ impl Peer {
 
     /// True when no retransmission request has come for [`LINGER`].
     fn quiet(&mut self, now: Instant) -> bool {
-        let nacks = self.core.traffic().nacks_received;
+        let nacks = self.member.core().traffic().nacks_received;
         if nacks != self.nacks_seen.0 {
             self.nacks_seen = (nacks, now);
         }
@@ -1396,8 +1150,8 @@ impl Peer {
             (Some(a), Some(b)) if b > a => b - a,
             _ => Duration::ZERO,
         };
-        let traffic = self.core.traffic();
-        let order = self.core.ordering_counters();
+        let traffic = self.member.core().traffic();
+        let order = self.member.core().ordering_counters();
         // Signed: a clock badly out of step shows as a negative latency, not as zero.
         let mut latencies: Vec<i64> = self
             .measure
@@ -1405,11 +1159,7 @@ impl Peer {
             .iter()
             .map(|(sent, arrived)| {
                 // The tracker's offset at that moment, carried at its measured rate.
-                self.discipline
-                    .estimate_at(*arrived)
-                    .map_or(*arrived, |e| e.apply(*arrived))
-                    .as_micros()
-                    - sent
+                self.member.synchronized(*arrived).as_micros() - sent
             })
             .collect();
         if self.measure.first_send.is_none()
@@ -1421,7 +1171,10 @@ impl Peer {
             duration += Duration::from_micros(first.max(0) as u64);
         }
         let wire = self.outbox.stats();
-        let datagrams = wire.datagrams.saturating_sub(self.tracker_udp);
+        let sync = self.member.clock().and_then(|c| c.estimate());
+        let datagrams = wire
+            .datagrams
+            .saturating_sub(self.member.tracker_datagrams());
         let messages = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
         Report {
             username: self.options.username.clone(),
@@ -1450,7 +1203,7 @@ impl Peer {
             } else {
                 messages as f64 / datagrams as f64
             },
-            tracker_messages_sent: self.link.requests_sent + self.heartbeats_sent,
+            tracker_messages_sent: self.member.tracker_messages(),
             datagrams_per_message: if self.measure.sent == 0 {
                 0.0
             } else {
@@ -1465,9 +1218,9 @@ impl Peer {
             },
             evicted: self.measure.evicted.clone(),
             times_evicted: traffic.times_evicted,
-            clock_synced: self.sync.is_some(),
-            clock_offset_us: self.sync.map_or(0, |e| e.offset_ns / 1000),
-            clock_bound_us: self.sync.map_or(0, |e| (e.bound_ns + 999) / 1000),
+            clock_synced: sync.is_some(),
+            clock_offset_us: sync.map_or(0, |e| e.offset_ns / 1000),
+            clock_bound_us: sync.map_or(0, |e| (e.bound_ns + 999) / 1000),
             recovery: Recovery {
                 nacks_sent: order.nacks_sent,
                 retransmissions_sent: order.retransmissions_sent,
@@ -1492,44 +1245,21 @@ impl Peer {
     /// Leaves every group (Bye with our final counter), tells the tracker, and from then on
     /// only answers retransmission requests until they stop.
     fn begin_quit(&mut self, now: Instant) {
-        if self.quitting.is_some() {
+        if self.quit_deadline.is_some() {
             return;
         }
-        for group in self.core.groups() {
-            self.core.leave(now, &group);
-        }
-        self.nacks_seen = (self.core.traffic().nacks_received, now);
-        // Only a registered member may say Quit: a peer whose registration was refused (its
-        // name is taken) must not make the tracker forget the member who has the name. A
-        // registration on its way is answered first (see `handle_reply`).
-        let registering = self.link.is_up() && !self.session;
-        self.quitting = Some(Quitting {
-            deadline: now + Duration::from_secs(2),
-            acked: !self.session && !registering,
-            told: false,
-        });
-        if self.session {
-            self.send_quit();
-        }
-    }
-
-    fn send_quit(&mut self) {
-        let request = Request::Quit {
-            username: self.options.username.clone(),
-        };
-        let sent = self.link.request(request, Purpose::Quit).is_ok();
-        if let Some(q) = self.quitting.as_mut() {
-            q.told = sent;
-            q.acked |= !sent;
-        }
+        self.member.quit(now);
+        self.quit_deadline = Some(now + Duration::from_secs(2));
+        self.nacks_seen = (self.member.core().traffic().nacks_received, now);
     }
 
     fn quit_done(&mut self, now: Instant) -> bool {
-        let Some(q) = &self.quitting else {
-            return false;
-        };
-        let (acked, deadline) = (q.acked, q.deadline);
-        now >= deadline || (acked && self.quiet(now))
+        match self.quit_deadline {
+            None => false,
+            Some(deadline) => {
+                now >= deadline || (self.member.quit_acknowledged() && self.quiet(now))
+            }
+        }
     }
 }
 

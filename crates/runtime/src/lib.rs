@@ -19,5 +19,5 @@ mod udp;
 
 pub use outbox::{Outbox, OutboxStats};
 pub use shutdown::Shutdown;
-pub use tracker_link::{LinkEvent, TrackerLink, is_probe};
+pub use tracker_link::{LinkEvent, TrackerLink};
 pub use udp::bind_udp;

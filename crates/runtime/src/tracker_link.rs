@@ -106,15 +106,21 @@ impl<P> TrackerLink<P> {
     /// Sends `request`; its reply comes back as [`LinkEvent::Reply`] with `purpose`. When
     /// there is no connection the request is refused at once, handing `purpose` back.
     pub fn request(&mut self, request: Request, purpose: P) -> Result<(), P> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(purpose);
-        };
-        Envelope {
+        let envelope = Envelope {
             request,
             proto: Some(PROTOCOL_VERSION),
             secret: self.secret.clone(),
-        }
-        .encode_into(&mut conn.out);
+        };
+        self.send(&envelope, purpose)
+    }
+
+    /// Sends a request its caller wrapped itself (a member core's, which shows its own
+    /// secret); otherwise as [`request`](Self::request).
+    pub fn send(&mut self, envelope: &Envelope, purpose: P) -> Result<(), P> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(purpose);
+        };
+        envelope.encode_into(&mut conn.out);
         self.pending.push_back(purpose);
         self.requests_sent += 1;
         if conn.connected {
@@ -247,17 +253,4 @@ fn flush(conn: &mut Connection) -> io::Result<()> {
     }
     conn.out.drain(..written);
     Ok(())
-}
-
-/// Whether `bytes`, arriving from the tracker's address, ask whether we are alive: a
-/// Heartbeat request in our name, the tracker's probe of a member it suspects. A member
-/// answers with a heartbeat at once.
-pub fn is_probe(bytes: &[u8]) -> bool {
-    matches!(
-        Envelope::decode(bytes),
-        Ok(Envelope {
-            request: Request::Heartbeat { .. },
-            ..
-        })
-    )
 }

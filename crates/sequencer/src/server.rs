@@ -217,7 +217,7 @@ impl SequencerServer {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, from))
                     if Some(from) == self.link.as_ref().map(TrackerLink::addr)
-                        && runtime::is_probe(&self.buf[..n]) =>
+                        && member::is_probe(&self.buf[..n]) =>
                 {
                     // The tracker suspects we are gone: answer at once.
                     log::info!("the tracker asked whether the sequencer is alive: answering");

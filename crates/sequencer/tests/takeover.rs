@@ -107,6 +107,7 @@ impl Net {
                             self.delivered[i].push((m.author.to_string(), m.text().into_owned()))
                         }
                         Output::Event(e) => self.events[i].push(e),
+                        Output::Tracker(t) => panic!("a bare core asked the tracker: {t:?}"),
                     }
                 }
             }

@@ -1,0 +1,653 @@
+use super::flow::{FLOW_PROBE, FLOW_STALL};
+use super::groups::LINGER;
+use super::*;
+use proto::Member;
+
+const TRACKER: &str = "127.0.0.1:5000";
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn core(name: &str, port: u16, mode: Mode) -> PeerCore {
+    PeerCore::new(CoreConfig {
+        username: name.into(),
+        addr: addr(port),
+        tracker: TRACKER.parse().expect("addr"),
+        mode,
+        ordering: ordering::Config::default(),
+    })
+}
+
+fn member(name: &str, port: u16) -> Member {
+    Member {
+        ip: "127.0.0.1".into(),
+        port,
+        username: name.into(),
+        uid: name.into(),
+    }
+}
+
+/// Runs the cores against each other until no datagram is left in flight; returns the
+/// deliveries and events of each, and the datagrams each sent.
+struct Net {
+    cores: Vec<PeerCore>,
+    delivered: Vec<Vec<(String, String)>>,
+    events: Vec<Vec<Event>>,
+    sent: Vec<Vec<(SocketAddr, Datagram)>>,
+}
+
+impl Net {
+    fn new(cores: Vec<PeerCore>) -> Self {
+        let n = cores.len();
+        Self {
+            cores,
+            delivered: vec![Vec::new(); n],
+            events: vec![Vec::new(); n],
+            sent: vec![Vec::new(); n],
+        }
+    }
+
+    fn settle(&mut self, now: Instant) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                let from = self.cores[i].addr;
+                while let Some(out) = self.cores[i].poll_output() {
+                    moved = true;
+                    match out {
+                        Output::Transmit(Transmit { to, bytes, .. }) => {
+                            self.sent[i].push((to, Datagram::decode(&bytes).expect("valid")));
+                            if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
+                                self.cores[j].handle_datagram(now, from, &bytes);
+                            }
+                        }
+                        Output::Deliver(m) => {
+                            self.delivered[i].push((m.author.to_string(), m.text().into_owned()))
+                        }
+                        Output::Event(e) => self.events[i].push(e),
+                        Output::Tracker(t) => panic!("a bare core asked the tracker: {t:?}"),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
+/// Ford and kat in FIFO, handshake done, the default windows.
+fn fifo_pair(t: Instant) -> Net {
+    flow_pair(t, ordering::Config::default().flow_window)
+}
+
+/// Ford and kat in FIFO, handshake done, ford's flow-control window `window`.
+fn flow_pair(t: Instant, window: u64) -> Net {
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.flow_window = window;
+    let mut kat = core("kat", 6002, Mode::Fifo);
+    kat.flow_window = window;
+    let mut net = Net::new(vec![ford, kat]);
+    net.cores[0].join(t, "books", &[member("ford", 6001)]);
+    net.settle(t);
+    net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+    net.settle(t);
+    assert_eq!(net.cores[0].members_heard("books"), 1);
+    net
+}
+
+#[test]
+fn flow_control_holds_a_sender_to_its_slowest_member_and_asks_it_how_far_it_is() {
+    let t = Instant::now();
+    let mut net = flow_pair(t, 8);
+    // Kat acknowledges as it delivers: the window never closes.
+    for i in 0..20 {
+        assert!(net.cores[0].window_open(t, "books"), "message {i}");
+        net.cores[0]
+            .send(t, "books", "m".as_bytes(), 1)
+            .expect("joined");
+        net.settle(t);
+    }
+    assert!(net.cores[0].traffic().acks_received >= 20 / 2 - 1);
+    assert_eq!(net.cores[0].traffic().window_closed, 0);
+    // Now eight messages never reach kat: the window closes on the eighth.
+    for _ in 0..8 {
+        assert!(net.cores[0].window_open(t, "books"));
+        net.cores[0]
+            .send(t, "books", "lost".as_bytes(), 1)
+            .expect("joined");
+        while net.cores[0].poll_output().is_some() {}
+    }
+    assert!(!net.cores[0].window_open(t, "books"));
+    assert_eq!(net.cores[0].traffic().window_closed, 1);
+    // After 20 ms ford asks kat (a Digest); kat requests what it lacks, ford sends it,
+    // kat delivers and acknowledges, and the window opens again.
+    let later = t + FLOW_PROBE;
+    assert!(net.cores[0].poll_timeout().is_some_and(|at| at <= later));
+    net.cores[0].handle_timeout(later);
+    net.settle(later);
+    assert!(
+        net.sent[0]
+            .iter()
+            .any(|(to, d)| *to == addr(6002) && d.kind == DatagramType::Digest && d.counter == 28),
+        "ford asked kat"
+    );
+    let after = later + Duration::from_millis(10);
+    net.cores[1].handle_timeout(after);
+    net.settle(after);
+    assert_eq!(
+        net.delivered[1]
+            .iter()
+            .filter(|(_, text)| text == "lost")
+            .count(),
+        8
+    );
+    assert!(
+        net.sent[1].iter().any(|(to, d)| *to == addr(6001)
+            && d.kind == DatagramType::Ack
+            && d.counter == 28
+            && d.origin == "ford"),
+        "kat acknowledged all 28"
+    );
+    assert!(net.cores[0].window_open(after, "books"));
+}
+
+#[test]
+fn a_bundle_is_handled_item_by_item_and_only_newer_members_are_sent_bundles() {
+    let t = Instant::now();
+    let mut net = flow_pair(t, 0);
+    // Both announced the current version: each may bundle towards the other.
+    net.cores[1]
+        .send(t, "books", "warm-up".as_bytes(), 1)
+        .expect("joined");
+    let mut bundle_flags = Vec::new();
+    while let Some(out) = net.cores[1].poll_output() {
+        if let Output::Transmit(Transmit { to, bytes, bundle }) = out {
+            bundle_flags.push(bundle);
+            net.cores[0].handle_datagram(t, addr(6002), &bytes);
+            assert_eq!(to, addr(6001));
+        }
+    }
+    assert_eq!(bundle_flags, [true]);
+    // An old peer (no Proto) joins.
+    let old = Datagram::new(
+        DatagramType::Hello,
+        "books",
+        "old",
+        "",
+        addr(6003),
+        0,
+        "old",
+    );
+    net.cores[0].handle_datagram(t, addr(6003), &old.encode(4096).expect("fits"));
+    // Kat's next two messages arrive in one bundle, with a forged third item claiming
+    // to be from the old peer: the two are delivered in order, the forgery is dropped.
+    let item = |counter: u64, name: &str, text: &str| {
+        let mut d = Datagram::new(
+            DatagramType::Application,
+            "books",
+            name,
+            text,
+            addr(6002),
+            counter,
+            name,
+        );
+        d.sent_at_us = Some(1);
+        d.encode(4096).expect("fits")
+    };
+    let mut w = proto::bundle::BundleWriter::new();
+    w.push(&item(2, "kat", "two"));
+    w.push(&item(3, "kat", "three"));
+    w.push(&item(1, "old", "forged"));
+    let bundle = w.finish().to_vec();
+    while net.cores[0].poll_output().is_some() {}
+    let spoofed = net.cores[0].traffic().spoofed;
+    net.cores[0].handle_datagram(t, addr(6002), &bundle);
+    net.settle(t);
+    let texts: Vec<&str> = net.delivered[0]
+        .iter()
+        .filter(|(a, _)| a == "kat")
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert_eq!(texts, ["two", "three"]);
+    assert_eq!(net.cores[0].traffic().spoofed, spoofed + 1);
+    // A broken bundle is one malformed datagram, nothing else.
+    net.cores[0].handle_datagram(t, addr(6002), b"[{\"Type\":2},");
+    assert_eq!(net.cores[0].traffic().malformed, 1);
+    // The old peer never gets a datagram marked for bundling.
+    net.cores[0]
+        .send(t, "books", "to all".as_bytes(), 1)
+        .expect("joined");
+    while let Some(out) = net.cores[0].poll_output() {
+        if let Output::Transmit(Transmit { to, bundle, .. }) = out {
+            assert_eq!(bundle, to != addr(6003), "to {to}");
+        }
+    }
+}
+
+#[test]
+fn neither_an_old_peer_nor_a_frozen_member_holds_the_sender_back() {
+    let t = Instant::now();
+    let mut net = flow_pair(t, 8);
+    // An old peer (it never announces the newer protocol) joins: never waited for.
+    let mut old = Datagram::new(
+        DatagramType::Hello,
+        "books",
+        "old",
+        "",
+        addr(6003),
+        0,
+        "old",
+    );
+    old.start = None;
+    net.cores[0].handle_datagram(t, addr(6003), &old.encode(4096).expect("fits"));
+    for _ in 0..8 {
+        net.cores[0]
+            .send(t, "books", "m".as_bytes(), 1)
+            .expect("joined");
+        net.settle(t);
+    }
+    assert!(net.cores[0].window_open(t, "books"), "kat acknowledged");
+    // Kat freezes: the window closes and stays closed while kat may still answer...
+    for _ in 0..8 {
+        net.cores[0]
+            .send(t, "books", "m".as_bytes(), 1)
+            .expect("joined");
+        while net.cores[0].poll_output().is_some() {}
+    }
+    assert!(!net.cores[0].window_open(t, "books"));
+    assert!(!net.cores[0].window_open(t + Duration::from_millis(900), "books"));
+    // ...and opens once kat has been silent for a second.
+    assert!(net.cores[0].window_open(t + FLOW_STALL, "books"));
+}
+
+#[test]
+fn two_members_handshake_and_deliver_fifo_including_to_themselves() {
+    let t = Instant::now();
+    let mut net = fifo_pair(t);
+    assert_eq!(net.cores[1].members_heard("books"), 1);
+    assert_eq!(
+        net.events[0],
+        [Event::Joined {
+            group: "books".into(),
+            member: "kat".into()
+        }]
+    );
+    for text in ["one", "two"] {
+        net.cores[0]
+            .send(t, "books", text.as_bytes(), 1)
+            .expect("joined");
+    }
+    net.cores[1]
+        .send(t, "books", "three".as_bytes(), 1)
+        .expect("joined");
+    net.settle(t);
+    // FIFO orders each sender's messages; how the senders interleave is free.
+    for (i, delivered) in net.delivered.iter().enumerate() {
+        let of = |author: &str| -> Vec<&str> {
+            delivered
+                .iter()
+                .filter(|(a, _)| a == author)
+                .map(|(_, t)| t.as_str())
+                .collect()
+        };
+        assert_eq!(of("ford"), ["one", "two"], "member {i}");
+        assert_eq!(of("kat"), ["three"], "member {i}");
+        assert_eq!(delivered.len(), 3, "member {i}: each message once");
+    }
+}
+
+#[test]
+fn datagrams_from_the_wrong_address_are_dropped_and_counted() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+    while ford.poll_output().is_some() {}
+    let mut forged = Datagram::new(
+        DatagramType::Application,
+        "books",
+        "kat",
+        "I am kat, honest",
+        addr(6002),
+        1,
+        "kat",
+    );
+    forged.start = Some(1);
+    // From another host: not even a report peer's fresh socket comes from there.
+    let elsewhere = SocketAddr::from(([127, 0, 0, 2], 7777));
+    let bytes = forged.encode(4096).expect("fits");
+    ford.handle_datagram(t, elsewhere, &bytes);
+    // A Hello whose claimed address is not where it came from.
+    forged.kind = DatagramType::Hello;
+    ford.handle_datagram(t, elsewhere, &forged.encode(4096).expect("fits"));
+    // A Bye on kat's behalf from anyone but the tracker.
+    forged.kind = DatagramType::Bye;
+    ford.handle_datagram(t, elsewhere, &forged.encode(4096).expect("fits"));
+    ford.handle_datagram(t, addr(6001), b"{not json");
+    let traffic = ford.traffic();
+    assert_eq!((traffic.spoofed, traffic.malformed), (3, 1));
+    assert!(
+        ford.poll_output().is_none(),
+        "nothing delivered, nothing changed"
+    );
+    assert_eq!(ford.members_heard("books"), 0);
+}
+
+/// A datagram of the report's protocol (its eight keys) from `name` at `port`.
+fn old_datagram(kind: DatagramType, name: &str, port: u16, counter: u64) -> Vec<u8> {
+    let text = if kind == DatagramType::Application {
+        format!("{name} says {counter}")
+    } else {
+        String::new()
+    };
+    Datagram::new(kind, "books", name, &text, addr(port), counter, name)
+        .encode(4096)
+        .expect("fits")
+}
+
+fn texts(core: &mut PeerCore) -> Vec<String> {
+    std::iter::from_fn(|| core.poll_output())
+        .filter_map(|o| match o {
+            Output::Deliver(m) => Some(m.text().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_report_peer_sending_from_fresh_sockets_is_believed_from_its_own_ip_only() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.join(t, "books", &[member("ford", 6001)]);
+    while ford.poll_output().is_some() {}
+    // The report's client sends each datagram from a new socket: an ephemeral port.
+    ford.handle_datagram(
+        t,
+        addr(40001),
+        &old_datagram(DatagramType::Hello, "old", 6003, 0),
+    );
+    ford.handle_datagram(
+        t,
+        addr(40002),
+        &old_datagram(DatagramType::Application, "old", 6003, 1),
+    );
+    // Its address in SrcPort is the one it registered: answers go there.
+    let mut to = Vec::new();
+    ford.send(t, "books", "hi old".as_bytes(), 1)
+        .expect("joined");
+    while let Some(o) = ford.poll_output() {
+        if let Output::Transmit(Transmit { to: dest, .. }) = o {
+            to.push(dest);
+        }
+    }
+    assert_eq!(to, [addr(6003)]);
+    let delivered = {
+        ford.handle_datagram(
+            t,
+            addr(40003),
+            &old_datagram(DatagramType::Application, "old", 6003, 2),
+        );
+        texts(&mut ford)
+    };
+    assert_eq!(delivered, ["old says 2"]);
+    // From another host, or naming another port than the registered one: refused.
+    let stranger = SocketAddr::from(([127, 0, 0, 2], 40004));
+    ford.handle_datagram(
+        t,
+        stranger,
+        &old_datagram(DatagramType::Application, "old", 6003, 3),
+    );
+    ford.handle_datagram(
+        t,
+        addr(40005),
+        &old_datagram(DatagramType::Application, "old", 6099, 3),
+    );
+    assert!(texts(&mut ford).is_empty());
+    assert_eq!(ford.traffic().spoofed, 2);
+}
+
+#[test]
+fn bytes_that_are_not_text_reach_newer_peers_and_are_refused_where_report_peers_are() {
+    let t = Instant::now();
+    let mut net = fifo_pair(t);
+    let binary = [0u8, 0xff, 0x80, b'\n'];
+    net.cores[0]
+        .send(t, "books", &binary, 1)
+        .expect("every member speaks the newer protocol");
+    let mut got = Vec::new();
+    while let Some(out) = net.cores[0].poll_output() {
+        if let Output::Transmit(Transmit { to, bytes, .. }) = out {
+            net.cores[1].handle_datagram(t, addr(6001), &bytes);
+            assert_eq!(to, addr(6002));
+        }
+    }
+    while let Some(out) = net.cores[1].poll_output() {
+        if let Output::Deliver(m) = out {
+            got.push(m.payload);
+        }
+    }
+    assert_eq!(got, [binary.to_vec()]);
+    // A member of the report's protocol in the group: text only, and nothing is sent.
+    let sent = net.cores[0].ordering_counters().sent;
+    net.cores[0].handle_datagram(
+        t,
+        addr(40001),
+        &old_datagram(DatagramType::Hello, "old", 6003, 0),
+    );
+    let refused = net.cores[0].send(t, "books", &binary, 1);
+    assert!(
+        matches!(refused, Err(Error::NotText { ref member, .. }) if member == "old"),
+        "{refused:?}"
+    );
+    assert_eq!(net.cores[0].ordering_counters().sent, sent);
+    assert!(net.cores[0].send(t, "books", b"text is fine", 1).is_ok());
+}
+
+#[test]
+fn the_last_message_before_a_bye_is_recovered_from_the_member_that_left() {
+    let t = Instant::now();
+    let mut net = fifo_pair(t);
+    net.cores[0].send(t, "books", b"one", 1).expect("joined");
+    net.settle(t);
+    // "two" is lost on its way to kat; then ford leaves.
+    net.cores[0].send(t, "books", b"two", 1).expect("joined");
+    while net.cores[0].poll_output().is_some() {}
+    assert!(net.cores[0].leave(t, "books"));
+    net.settle(t);
+    // kat asks for the gap below ford's final counter; ford, gone from the group,
+    // still answers.
+    let mut at = t;
+    for _ in 0..20 {
+        at += Duration::from_millis(5);
+        for c in &mut net.cores {
+            c.handle_timeout(at);
+        }
+        net.settle(at);
+    }
+    let kat: Vec<&str> = net.delivered[1]
+        .iter()
+        .map(|(_, text)| text.as_str())
+        .collect();
+    assert_eq!(kat, ["one", "two"]);
+    let lefts = net.events[1]
+        .iter()
+        .filter(|e| matches!(e, Event::Left { .. }))
+        .count();
+    assert_eq!(
+        lefts, 1,
+        "a repeated Bye is one departure: {:?}",
+        net.events[1]
+    );
+    // After the linger, ford forgets its stream there.
+    net.cores[0].handle_timeout(t + LINGER + Duration::from_millis(1));
+    assert_eq!(net.cores[0].tx.closed_groups().count(), 0);
+}
+
+#[test]
+fn a_newer_peer_is_believed_only_from_its_bound_socket() {
+    let t = Instant::now();
+    let mut net = fifo_pair(t);
+    let mut ford = net.cores.swap_remove(0);
+    assert_eq!(
+        ford.members_heard("books"),
+        1,
+        "kat announced the newer protocol"
+    );
+    let mut forged = Datagram::new(
+        DatagramType::Application,
+        "books",
+        "kat",
+        "not from kat's socket",
+        addr(6002),
+        1,
+        "kat",
+    );
+    forged.sent_at_us = Some(1);
+    ford.handle_datagram(t, addr(40001), &forged.encode(4096).expect("fits"));
+    // A Hello in kat's name without `Proto`, from the same IP: not kat's socket either.
+    ford.handle_datagram(
+        t,
+        addr(40002),
+        &old_datagram(DatagramType::Hello, "kat", 6002, 0),
+    );
+    assert!(texts(&mut ford).is_empty());
+    assert_eq!(ford.traffic().spoofed, 2);
+}
+
+#[test]
+fn only_the_tracker_may_say_bye_for_another_member() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+    while ford.poll_output().is_some() {}
+    let bye = Datagram::new(DatagramType::Bye, "books", "kat", "", addr(6002), 0, "kat");
+    ford.handle_datagram(
+        t,
+        TRACKER.parse().expect("addr"),
+        &bye.encode(4096).expect("fits"),
+    );
+    assert_eq!(
+        ford.poll_output(),
+        Some(Output::Event(Event::Evicted {
+            group: "books".into(),
+            member: "kat".into()
+        }))
+    );
+    // kat is gone: its datagrams are no longer believed.
+    let app = Datagram::new(
+        DatagramType::Application,
+        "books",
+        "kat",
+        "x",
+        addr(6002),
+        1,
+        "kat",
+    );
+    ford.handle_datagram(t, addr(6002), &app.encode(4096).expect("fits"));
+    assert_eq!(ford.traffic().unknown, 1);
+}
+
+#[test]
+fn old_peers_get_only_the_reports_datagram_types() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.join(t, "books", &[member("ford", 6001)]);
+    while ford.poll_output().is_some() {}
+    // An old peer's Hello: no Proto, so no HelloAck and no newer Types for it.
+    let hello = Datagram::new(
+        DatagramType::Hello,
+        "books",
+        "old",
+        "",
+        addr(6009),
+        0,
+        "old",
+    );
+    ford.handle_datagram(t, addr(6009), &hello.encode(4096).expect("fits"));
+    for i in 0..3 {
+        ford.send(t, "books", format!("m{i}").as_bytes(), 1)
+            .expect("joined");
+    }
+    let mut later = t;
+    for _ in 0..20 {
+        later += Duration::from_millis(50);
+        ford.handle_timeout(later);
+    }
+    let mut kinds = Vec::new();
+    while let Some(out) = ford.poll_output() {
+        if let Output::Transmit(Transmit { to, bytes, .. }) = out {
+            assert_eq!(to, addr(6009));
+            kinds.push(Datagram::decode(&bytes).expect("valid").kind);
+        }
+    }
+    assert_eq!(kinds, [DatagramType::Application; 3]);
+}
+
+#[test]
+fn a_message_too_long_for_old_peers_is_refused_with_a_clear_error() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    assert_eq!(
+        ford.send(t, "books", "hi".as_bytes(), 1),
+        Err(Error::NotJoined {
+            group: "books".into()
+        })
+    );
+    ford.join(t, "books", &[member("ford", 6001)]);
+    let long = "x".repeat(5000);
+    let Err(Error::TooLong {
+        chars: 5000,
+        max_chars,
+    }) = ford.send(t, "books", long.as_bytes(), 1)
+    else {
+        panic!("a 5000-character message must be refused");
+    };
+    assert_eq!(ford.ordering_counters().sent, 0);
+    // The limit it states, in characters, is the true one.
+    let over = "x".repeat(max_chars + 1);
+    assert!(ford.send(t, "books", over.as_bytes(), 1).is_err());
+    assert!(
+        ford.send(t, "books", "x".repeat(max_chars).as_bytes(), 1)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_repeated_hello_gets_the_same_start_as_the_first() {
+    let t = Instant::now();
+    let mut ford = core("ford", 6001, Mode::Fifo);
+    ford.join(t, "books", &[member("ford", 6001)]);
+    let mut hello = Datagram::new(
+        DatagramType::Hello,
+        "books",
+        "kat",
+        "",
+        addr(6002),
+        1,
+        "kat",
+    );
+    hello.proto = Some(PROTOCOL_VERSION);
+    hello.start = Some(1);
+    let bytes = hello.encode(4096).expect("fits");
+    ford.handle_datagram(t, addr(6002), &bytes);
+    for i in 0..5 {
+        ford.send(t, "books", format!("m{i}").as_bytes(), 1)
+            .expect("joined");
+    }
+    ford.handle_datagram(t, addr(6002), &bytes);
+    let acks: Vec<Option<u64>> = std::iter::from_fn(|| ford.poll_output())
+        .filter_map(|o| match o {
+            Output::Transmit(Transmit { bytes, .. }) => {
+                let d = Datagram::decode(&bytes).expect("valid");
+                (d.kind == DatagramType::HelloAck).then_some(d.start)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        [Some(1), Some(1)],
+        "kat already receives from counter 1"
+    );
+}

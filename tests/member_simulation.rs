@@ -23,8 +23,8 @@ use member::{CoreConfig, Mode, Output, PeerCore, Transmit};
 use proto::{Envelope, GroupOrder, Request, Secret};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sequencer::SequencerNode;
-use tracker::{Liveness, Registry, Via};
+use sequencer::{NodeOutput, SequencerNode};
+use tracker::{Liveness, Registry, RegistryOutput, Via};
 
 const GROUP: &str = "g";
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -238,8 +238,10 @@ impl Sim {
         }
         if let Some(seq) = self.sequencer.as_mut() {
             let mut out = Vec::new();
-            while let Some(t) = seq.poll_transmit() {
-                out.push(t);
+            while let Some(output) = seq.poll_output() {
+                if let NodeOutput::Transmit(t) = output {
+                    out.push(t);
+                }
             }
             for t in out {
                 self.post(addr(5001), t.to, &t.bytes);
@@ -294,8 +296,11 @@ impl Sim {
                     self.tracker_request(i, beat, Via::Udp(from));
                 }
             }
-            self.registry.sweep(at);
-            while let Some(eviction) = self.registry.poll_eviction() {
+            self.registry.handle_timeout(at);
+            while let Some(output) = self.registry.poll_output() {
+                let RegistryOutput::Eviction(eviction) = output else {
+                    continue;
+                };
                 for (to, bye) in eviction.notices() {
                     self.sent += 1;
                     let arrival = self.now + Duration::from_micros(20);

@@ -15,5 +15,5 @@
 mod node;
 mod server;
 
-pub use node::{NodeTraffic, SequencerNode, Submitted};
+pub use node::{NodeOutput, NodeTraffic, SequencerNode, Submitted};
 pub use server::{SequencerServer, Shutdown, TrackerNews};

@@ -41,6 +41,16 @@ pub struct NodeTraffic {
     pub unknown: u64,
 }
 
+/// What the sequencer core asks its driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeOutput {
+    /// Send this datagram.
+    Transmit(Transmit),
+    /// The tracker told us it evicted us: register again (our groups' members greet us
+    /// again by themselves).
+    Evicted,
+}
+
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a
 /// sequencer before it, before it fixes where each author's stream resumes. Members greet a
 /// lost sequencer every 100 ms, so every live member is heard well within it.
@@ -88,8 +98,7 @@ pub struct SequencerNode {
     groups: HashMap<String, Members>,
     takeovers: HashMap<String, Takeover>,
     prompted: HashMap<SocketAddr, Instant>,
-    evicted_self: bool,
-    outputs: VecDeque<Transmit>,
+    outputs: VecDeque<NodeOutput>,
     traffic: NodeTraffic,
     /// Members that announced they read bundles.
     bundle_readers: BundleReaders,
@@ -118,17 +127,10 @@ impl SequencerNode {
             groups: HashMap::new(),
             takeovers: HashMap::new(),
             prompted: HashMap::new(),
-            evicted_self: false,
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
             bundle_readers: BundleReaders::default(),
         }
-    }
-
-    /// Whether the tracker told us it evicted us since the last call: we must register
-    /// again.
-    pub fn take_evicted(&mut self) -> bool {
-        std::mem::take(&mut self.evicted_self)
     }
 
     /// This incarnation's epoch.
@@ -172,7 +174,9 @@ impl SequencerNode {
             // The tracker took our silence for a crash: register again (the members greet
             // us, find our epoch unchanged, and go on).
             log::warn!("the tracker evicted the sequencer; registering again");
-            self.evicted_self = true;
+            if !self.outputs.contains(&NodeOutput::Evicted) {
+                self.outputs.push_back(NodeOutput::Evicted);
+            }
             return;
         }
         if d.kind == DatagramType::Bye && Some(from) == self.tracker {
@@ -464,15 +468,16 @@ impl SequencerNode {
             .min()
     }
 
-    /// The next datagram to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// What to do next, if anything: drain it after every input until `None`.
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
         self.outputs.pop_front()
     }
 
     fn send(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
         let bundle = self.bundle_readers.reads(&to);
-        self.outputs.push_back(Transmit { to, bytes, bundle });
+        self.outputs
+            .push_back(NodeOutput::Transmit(Transmit { to, bytes, bundle }));
     }
 
     fn addr_of(&self, group: &str, name: &str, newer_only: bool) -> Option<SocketAddr> {
@@ -577,4 +582,29 @@ fn encode(d: &Datagram) -> Arc<[u8]> {
     let mut out = Vec::with_capacity(192);
     d.encode_into(&mut out);
     Arc::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trackers_bye_naming_us_asks_the_driver_to_register_again_once() {
+        let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let mut node = SequencerNode::new(us, Some(tracker), ordering::Config::default(), 7);
+        let bye = Datagram::new(DatagramType::Bye, "books", SEQUENCER, "", us, 0, SEQUENCER);
+        let bytes = bye.encode(proto::LEGACY_DATAGRAM_LEN).expect("encodes");
+        let now = Instant::now();
+        // From anyone but the tracker, it is not believed (the stranger is only asked to
+        // greet us).
+        node.handle_datagram(now, ([127, 0, 0, 1], 6001).into(), &bytes);
+        let outputs: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        assert!(!outputs.contains(&NodeOutput::Evicted), "{outputs:?}");
+        // Told twice (one notice per group) before the driver looked: one registration.
+        node.handle_datagram(now, tracker, &bytes);
+        node.handle_datagram(now, tracker, &bytes);
+        assert_eq!(node.poll_output(), Some(NodeOutput::Evicted));
+        assert_eq!(node.poll_output(), None);
+    }
 }

@@ -12,7 +12,7 @@ use proto::SEQUENCER;
 use proto::{Envelope, PROTOCOL_VERSION, Request};
 use runtime::{LinkEvent, TrackerLink};
 
-use crate::node::SequencerNode;
+use crate::node::{NodeOutput, SequencerNode};
 
 const UDP: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -89,6 +89,8 @@ pub struct SequencerServer {
     next_heartbeat: Option<Instant>,
     heartbeats: u64,
     registered: bool,
+    /// The core said the tracker evicted us: register again.
+    evicted: bool,
     /// When to tell the user the tracker is unreachable, if still unregistered then.
     patience_until: Option<Instant>,
     news: Vec<TrackerNews>,
@@ -123,6 +125,7 @@ impl SequencerServer {
             next_heartbeat: None,
             heartbeats: 0,
             registered: false,
+            evicted: false,
             patience_until: tracker.map(|_| now + REGISTRATION_PATIENCE),
             news: Vec::new(),
             outbox: runtime::Outbox::new(),
@@ -166,6 +169,8 @@ impl SequencerServer {
             if self.node.poll_timeout().is_some_and(|at| at <= now) {
                 self.node.handle_timeout(now);
             }
+            // The core's outputs first: an eviction it heard of means registering again now.
+            self.transmit();
             self.tracker_work(now);
             for news in self.news.drain(..) {
                 on_news(news);
@@ -235,8 +240,11 @@ impl SequencerServer {
     fn transmit(&mut self) {
         // What a batch of received datagrams produced leaves together: per member, back to
         // back, bundled for members that read bundles.
-        while let Some(t) = self.node.poll_transmit() {
-            self.outbox.queue(t.to, t.bytes, t.bundle);
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                NodeOutput::Transmit(t) => self.outbox.queue(t.to, t.bytes, t.bundle),
+                NodeOutput::Evicted => self.evicted = true,
+            }
         }
         self.outbox.flush(&self.udp);
     }
@@ -248,7 +256,7 @@ impl SequencerServer {
         let tracker = link.addr();
         link.handle_timeout(self.poll.registry(), now);
         // Register on every (re)connection, and again when the tracker evicted us.
-        let mut register = self.node.take_evicted() && link.is_up();
+        let mut register = std::mem::take(&mut self.evicted) && link.is_up();
         while let Some(event) = link.poll_event() {
             match event {
                 LinkEvent::Connected => register = true,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use member::{CoreConfig, Event, Mode, Output, PeerCore, Transmit};
 use proto::{Datagram, DatagramType, Member};
-use sequencer::SequencerNode;
+use sequencer::{NodeOutput, SequencerNode};
 
 const TRACKER: u16 = 5000;
 const SEQ: u16 = 5001;
@@ -111,7 +111,10 @@ impl Net {
                     }
                 }
             }
-            while let Some(t) = self.sequencer.as_mut().and_then(|s| s.poll_transmit()) {
+            while let Some(output) = self.sequencer.as_mut().and_then(|s| s.poll_output()) {
+                let NodeOutput::Transmit(t) = output else {
+                    continue;
+                };
                 moved = true;
                 let sequenced =
                     Datagram::decode(&t.bytes).is_ok_and(|d| d.kind == DatagramType::Application);

@@ -34,6 +34,8 @@ mod server;
 mod stats;
 
 pub use config::TrackerConfig;
-pub use registry::{Eviction, LEGACY_HEARTBEAT, Liveness, MAX_NAME_LEN, Probe, Registry, Via};
+pub use registry::{
+    Eviction, LEGACY_HEARTBEAT, Liveness, MAX_NAME_LEN, Probe, Registry, RegistryOutput, Via,
+};
 pub use server::{Shutdown, Tracker};
 pub use stats::{Stats, StatsSnapshot};

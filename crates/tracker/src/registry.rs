@@ -130,11 +130,26 @@ struct Record {
     suspected: Option<(Instant, u32)>,
 }
 
+/// A member turns suspect once silent for *more* than its limit: the first timeout after
+/// it is this much later.
+const TICK: Duration = Duration::from_millis(1);
+
+/// What the registry asks its driver to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOutput {
+    /// Ask a suspect member whether it is alive.
+    Probe(Probe),
+    /// Announce an eviction (see [`Eviction::notices`]).
+    Eviction(Eviction),
+}
+
 /// The registry of members and groups, with the liveness of each member.
 ///
-/// Feed it requests with [`handle`](Self::handle) and time with [`sweep`](Self::sweep);
-/// drain [`poll_eviction`](Self::poll_eviction) after either. A rejected request changes
-/// nothing.
+/// Sans-IO, in the shape of the member cores: feed it requests with
+/// [`handle`](Self::handle) (or [`handle_envelope`](Self::handle_envelope)) and time with
+/// [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout) has
+/// passed; drain [`poll_output`](Self::poll_output) after either. A rejected request
+/// changes nothing.
 #[derive(Debug)]
 pub struct Registry {
     liveness: Liveness,
@@ -147,8 +162,7 @@ pub struct Registry {
     /// declare none); forgotten with the group.
     orders: HashMap<String, GroupOrder>,
     sequencer: Option<Member>,
-    evictions: VecDeque<Eviction>,
-    probes: VecDeque<Probe>,
+    outputs: VecDeque<RegistryOutput>,
 }
 
 impl Registry {
@@ -168,8 +182,7 @@ impl Registry {
                 username: SEQUENCER.into(),
                 uid: SEQUENCER.into(),
             }),
-            evictions: VecDeque::new(),
-            probes: VecDeque::new(),
+            outputs: VecDeque::new(),
         }
     }
 
@@ -588,21 +601,21 @@ impl Registry {
                 (g.clone(), remaining)
             })
             .collect();
-        self.evictions.push_back(Eviction {
+        self.outputs.push_back(RegistryOutput::Eviction(Eviction {
             silent_for: now.saturating_duration_since(record.last_heard),
             interval: record.interval,
             newer: record.newer,
             member: record.member,
             groups,
-        });
+        }));
     }
 
     /// Checks every member's liveness. One silent for more than `multiplier` times its
-    /// interval becomes suspect: a newer member is probed (see [`poll_probe`](Self::poll_probe))
+    /// interval becomes suspect: a newer member is probed (see [`RegistryOutput::Probe`])
     /// and evicted only if it stays silent for the probe time too; the report's members are
     /// evicted at once. A lost heartbeat or two, or a member descheduled for a moment, is
     /// not a crash: the suspicion and its outcome are logged.
-    pub fn sweep(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         let probe = self.liveness.probe;
         let mut evict = Vec::new();
         for (name, r) in &mut self.members {
@@ -624,10 +637,10 @@ impl Registry {
                         r.interval
                     );
                     r.suspected = Some((now, 1));
-                    self.probes.push_back(Probe {
+                    self.outputs.push_back(RegistryOutput::Probe(Probe {
                         username: name.clone(),
                         addr: r.addr,
-                    });
+                    }));
                 }
                 (Some((since, sent)), false) => {
                     let waited = now.saturating_duration_since(*since);
@@ -635,10 +648,10 @@ impl Registry {
                         evict.push(name.clone());
                     } else if *sent < 2 && waited >= probe / 2 {
                         *sent += 1;
-                        self.probes.push_back(Probe {
+                        self.outputs.push_back(RegistryOutput::Probe(Probe {
                             username: name.clone(),
                             addr: r.addr,
-                        });
+                        }));
                     }
                 }
                 (None, false) => evict.push(name.clone()),
@@ -649,14 +662,23 @@ impl Registry {
         }
     }
 
-    /// The next probe to send, if any.
-    pub fn poll_probe(&mut self) -> Option<Probe> {
-        self.probes.pop_front()
+    /// When [`handle_timeout`](Self::handle_timeout) has something to do next: the first
+    /// moment a member may turn suspect, or a suspect be probed again or evicted.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let probe = self.liveness.probe;
+        self.members
+            .values()
+            .map(|r| match r.suspected {
+                None => r.last_heard + r.interval * self.liveness.multiplier + TICK,
+                Some((since, sent)) if sent < 2 => since + probe / 2,
+                Some((since, _)) => since + probe,
+            })
+            .min()
     }
 
-    /// The next eviction to announce, if any.
-    pub fn poll_eviction(&mut self) -> Option<Eviction> {
-        self.evictions.pop_front()
+    /// The next probe or eviction to send, if any.
+    pub fn poll_output(&mut self) -> Option<RegistryOutput> {
+        self.outputs.pop_front()
     }
 }
 
@@ -682,6 +704,26 @@ fn random_secret() -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The next eviction, skipping probes.
+    fn next_eviction(r: &mut Registry) -> Option<Eviction> {
+        std::iter::from_fn(|| r.poll_output()).find_map(|o| match o {
+            RegistryOutput::Eviction(e) => Some(e),
+            RegistryOutput::Probe(_) => None,
+        })
+    }
+
+    /// Every output: the names evicted and the names probed.
+    fn drain(r: &mut Registry) -> (Vec<String>, Vec<String>) {
+        let (mut evicted, mut probed) = (Vec::new(), Vec::new());
+        while let Some(o) = r.poll_output() {
+            match o {
+                RegistryOutput::Eviction(e) => evicted.push(e.member.username),
+                RegistryOutput::Probe(p) => probed.push(p.username),
+            }
+        }
+        (evicted, probed)
+    }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -940,7 +982,7 @@ mod tests {
         // Once the holder is silent past the limit, the name is free again.
         let later = t + Duration::from_millis(2001);
         assert!(register(&mut r, later, "ford", 6000, Some(2)).success);
-        assert_eq!(r.poll_eviction().map(|e| e.member.port), Some(5001));
+        assert_eq!(next_eviction(&mut r).map(|e| e.member.port), Some(5001));
     }
 
     #[test]
@@ -1020,8 +1062,8 @@ mod tests {
         register(&mut r, t, "katerina", 5002, Some(2));
         join(&mut r, t, "ford", "books");
         join(&mut r, t, "katerina", "books");
-        r.sweep(t + Duration::from_millis(1500));
-        assert!(r.poll_eviction().is_none());
+        r.handle_timeout(t + Duration::from_millis(1500));
+        assert!(next_eviction(&mut r).is_none());
         // katerina keeps heartbeating, by UDP from her own address.
         let hb = ask(
             &mut r,
@@ -1033,8 +1075,8 @@ mod tests {
             Via::Udp("127.0.0.1:5002".parse().expect("addr")),
         );
         assert!(hb.success);
-        r.sweep(t + Duration::from_millis(2001));
-        let eviction = r.poll_eviction().expect("ford is evicted");
+        r.handle_timeout(t + Duration::from_millis(2001));
+        let eviction = next_eviction(&mut r).expect("ford is evicted");
         assert_eq!(eviction.member.username, "ford");
         assert_eq!(eviction.interval, Duration::from_secs(1));
         assert_eq!(eviction.groups.len(), 1);
@@ -1042,7 +1084,7 @@ mod tests {
         assert_eq!(group, "books");
         let remaining: Vec<_> = remaining.iter().map(|m| m.username.as_str()).collect();
         assert_eq!(remaining, ["katerina", "sequencer"]);
-        assert!(r.poll_eviction().is_none());
+        assert!(next_eviction(&mut r).is_none());
         assert!(!r.is_member("ford"));
     }
 
@@ -1067,8 +1109,8 @@ mod tests {
             );
             assert!(hb.success);
         }
-        r.sweep(t + Duration::from_millis(2001));
-        let eviction = r.poll_eviction().expect("the silent sequencer is evicted");
+        r.handle_timeout(t + Duration::from_millis(2001));
+        let eviction = next_eviction(&mut r).expect("the silent sequencer is evicted");
         assert_eq!(eviction.member.username, "sequencer");
         let told: Vec<(String, Vec<String>)> = eviction
             .groups
@@ -1101,11 +1143,9 @@ mod tests {
         }
         // Both silent past two intervals: suspect, probed, not evicted.
         let t1 = t + Duration::from_millis(2100);
-        r.sweep(t1);
-        assert!(r.poll_eviction().is_none());
-        let probed: Vec<String> = std::iter::from_fn(|| r.poll_probe())
-            .map(|p| p.username)
-            .collect();
+        r.handle_timeout(t1);
+        let (evicted, probed) = drain(&mut r);
+        assert!(evicted.is_empty());
         assert_eq!(probed.len(), 2, "{probed:?}");
         // ford answers the probe (a heartbeat); kat does not.
         let beat = Request::Heartbeat {
@@ -1122,28 +1162,41 @@ mod tests {
             .success
         );
         // Halfway: a second probe to kat only.
-        r.sweep(t1 + Duration::from_millis(260));
-        let again: Vec<String> = std::iter::from_fn(|| r.poll_probe())
-            .map(|p| p.username)
-            .collect();
-        assert_eq!(again, ["kat"]);
-        r.sweep(t1 + Duration::from_millis(510));
-        let evicted: Vec<String> = std::iter::from_fn(|| r.poll_eviction())
-            .map(|e| e.member.username)
-            .collect();
+        r.handle_timeout(t1 + Duration::from_millis(260));
+        let (evicted, again) = drain(&mut r);
+        assert_eq!((evicted, again), (vec![], vec!["kat".to_owned()]));
+        r.handle_timeout(t1 + Duration::from_millis(510));
+        let (evicted, _) = drain(&mut r);
         assert_eq!(evicted, ["kat"]);
         assert!(r.is_member("ford"));
+    }
+
+    #[test]
+    fn poll_timeout_names_the_moment_a_silent_member_is_due() {
+        let (mut r, t) = registry();
+        assert_eq!(r.poll_timeout(), None, "nobody to watch");
+        register(&mut r, t, "ford", 5001, Some(2));
+        let due = r.poll_timeout().expect("ford is watched");
+        assert_eq!(due, t + Duration::from_secs(2) + TICK);
+        r.handle_timeout(due - TICK);
+        assert!(next_eviction(&mut r).is_none(), "at the limit, still alive");
+        r.handle_timeout(due);
+        assert_eq!(
+            next_eviction(&mut r).map(|e| e.member.username),
+            Some("ford".into())
+        );
+        assert_eq!(r.poll_timeout(), None);
     }
 
     #[test]
     fn old_clients_are_held_to_sixty_seconds() {
         let (mut r, t) = registry();
         register(&mut r, t, "old", 5001, None);
-        r.sweep(t + Duration::from_secs(119));
-        assert!(r.poll_eviction().is_none());
-        r.sweep(t + Duration::from_secs(121));
+        r.handle_timeout(t + Duration::from_secs(119));
+        assert!(next_eviction(&mut r).is_none());
+        r.handle_timeout(t + Duration::from_secs(121));
         assert_eq!(
-            r.poll_eviction().map(|e| e.interval),
+            next_eviction(&mut r).map(|e| e.interval),
             Some(LEGACY_HEARTBEAT)
         );
     }
@@ -1174,9 +1227,9 @@ mod tests {
             Via::Udp("127.0.0.1:5001".parse().expect("addr")),
         );
         assert!(!join_by_udp.success, "only heartbeats over UDP");
-        r.sweep(t + Duration::from_millis(2001));
+        r.handle_timeout(t + Duration::from_millis(2001));
         assert!(
-            r.poll_eviction().is_some(),
+            next_eviction(&mut r).is_some(),
             "a spoofed heartbeat keeps no one alive"
         );
     }

@@ -14,7 +14,7 @@ use proto::{Envelope, PROTOCOL_VERSION, Reply, Request};
 
 use crate::config::TrackerConfig;
 use crate::connection::{Connection, Status};
-use crate::registry::{Registry, Via};
+use crate::registry::{Eviction, Probe, Registry, RegistryOutput, Via};
 use crate::stats::{Stats, bump};
 
 const LISTENER: Token = Token(0);
@@ -152,12 +152,11 @@ impl Tracker {
                 self.read_udp_batch(now);
             }
             if now >= next_sweep {
-                self.registry.sweep(now);
+                self.registry.handle_timeout(now);
                 self.close_expired(now);
                 next_sweep = now + self.sweep_interval();
             }
-            self.send_probes();
-            self.announce_evictions();
+            self.drain_registry();
             self.flush_outbox()?;
         }
         log::info!("tracker at {} stopped", self.local_addr);
@@ -346,13 +345,20 @@ impl Tracker {
         }
     }
 
-    /// Logs each eviction with its reason, and queues a Bye on the evicted member's behalf
-    /// to every remaining member of each of its groups, and to the member itself if it speaks
-    /// the newer protocol.
-    /// Asks each suspect member whether it is alive: a Heartbeat request in its name, sent
-    /// to its address, which a newer member answers with a heartbeat at once.
-    fn send_probes(&mut self) {
-        while let Some(probe) = self.registry.poll_probe() {
+    /// Sends what the registry asks: probes and eviction notices.
+    fn drain_registry(&mut self) {
+        while let Some(output) = self.registry.poll_output() {
+            match output {
+                RegistryOutput::Probe(probe) => self.send_probe(probe),
+                RegistryOutput::Eviction(eviction) => self.announce_eviction(eviction),
+            }
+        }
+    }
+
+    /// Asks a suspect member whether it is alive: a Heartbeat request in its name, sent to
+    /// its address, which a newer member answers with a heartbeat at once.
+    fn send_probe(&mut self, probe: Probe) {
+        {
             let bytes = Envelope {
                 request: Request::Heartbeat {
                     username: probe.username,
@@ -368,8 +374,11 @@ impl Tracker {
         }
     }
 
-    fn announce_evictions(&mut self) {
-        while let Some(eviction) = self.registry.poll_eviction() {
+    /// Logs an eviction with its reason, and queues a Bye on the evicted member's behalf to
+    /// every remaining member of each of its groups, and to the member itself if it speaks
+    /// the newer protocol.
+    fn announce_eviction(&mut self, eviction: Eviction) {
+        {
             bump(&self.stats.evictions);
             let m = &eviction.member;
             log::warn!(

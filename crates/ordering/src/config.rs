@@ -20,9 +20,17 @@ pub struct Config {
     pub nack_delay: Duration,
     /// Interval between repeated retransmission requests for a gap that is still open.
     pub nack_interval: Duration,
-    /// Unanswered requests after which a gap is skipped and counted, so a stream whose sender
-    /// stopped answering never blocks for ever.
+    /// Requests sent `nack_interval` apart for a gap that does not close; after them the
+    /// gap is asked for every `slow_nack_interval` until `gap_patience` is over.
     pub nack_attempts: u32,
+    /// Interval between requests once the first `nack_attempts` went unanswered: the sender
+    /// may be cut off for a while (a partition), not gone.
+    pub slow_nack_interval: Duration,
+    /// How long a gap in the stream of a sender that can retransmit is asked for before it
+    /// is skipped and counted, so a stream whose sender stopped answering never blocks for
+    /// ever. A failed sender is normally evicted well before (its held messages are then
+    /// dropped); a live one cut off for less than this loses nothing.
+    pub gap_patience: Duration,
     /// How long a gap in the stream of an old sender (which cannot retransmit) is held before
     /// it is skipped: only long enough for a reordered datagram to arrive.
     pub legacy_holdback: Duration,
@@ -63,6 +71,8 @@ impl Default for Config {
             nack_delay: Duration::from_millis(3),
             nack_interval: Duration::from_millis(15),
             nack_attempts: 60,
+            slow_nack_interval: Duration::from_millis(250),
+            gap_patience: Duration::from_secs(10),
             legacy_holdback: Duration::from_millis(5),
             handshake_timeout: Duration::from_millis(1200),
             digest_interval: Duration::from_millis(10),

@@ -67,6 +67,8 @@ struct Gap {
     attempts: u32,
     /// The stream's `next` when `attempts` began counting.
     stuck_at: u64,
+    /// When it began.
+    since: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -293,6 +295,7 @@ impl<T> Stream<T> {
                 due: now + wait,
                 attempts: 0,
                 stuck_at: self.next,
+                since: now,
             });
         }
     }
@@ -347,10 +350,15 @@ impl<T> Stream<T> {
         if gap.stuck_at != self.next {
             gap.attempts = 0;
             gap.stuck_at = self.next;
+            gap.since = now;
         }
+        let patient = gap.attempts < ctx.config.nack_attempts;
         match self.kind {
             Kind::Legacy => self.skip_all_known(ctx),
-            Kind::Recovering if gap.attempts >= ctx.config.nack_attempts => {
+            Kind::Recovering
+                if !patient
+                    && now.saturating_duration_since(gap.since) >= ctx.config.gap_patience =>
+            {
                 self.skip_all_known(ctx)
             }
             Kind::Recovering => {
@@ -364,10 +372,16 @@ impl<T> Stream<T> {
                     group: self.group.clone(),
                     ranges,
                 });
+                let interval = if patient {
+                    ctx.config.nack_interval
+                } else {
+                    ctx.config.slow_nack_interval
+                };
                 self.gap = Some(Gap {
-                    due: now + ctx.config.nack_interval,
-                    attempts: gap.attempts + 1,
+                    due: now + interval,
+                    attempts: gap.attempts.saturating_add(1),
                     stuck_at: gap.stuck_at,
+                    since: gap.since,
                 });
             }
         }
@@ -861,6 +875,7 @@ mod tests {
     fn gives_up_after_the_attempts_and_counts_the_skip() {
         let config = Config {
             nack_attempts: 2,
+            gap_patience: Duration::ZERO,
             ..Config::default()
         };
         let mut h = Harness::with(Start::At(1), config);
@@ -877,6 +892,40 @@ mod tests {
         assert_eq!(h.rx.counters().gaps_skipped, 1);
         h.msg(40, 1);
         assert_eq!(h.rx.counters().duplicates, 1, "a late arrival is dropped");
+    }
+
+    #[test]
+    fn a_sender_cut_off_for_a_while_is_asked_slowly_until_the_patience_is_over() {
+        let config = Config {
+            nack_attempts: 2,
+            slow_nack_interval: Duration::from_millis(100),
+            gap_patience: Duration::from_millis(1000),
+            ..Config::default()
+        };
+        let mut h = Harness::with(Start::At(1), config);
+        h.msg(0, 2);
+        h.tick(3);
+        h.tick(18);
+        assert_eq!(h.drain().1.len(), 2, "two quick requests");
+        // Past the quick requests, one every 100 ms, and nothing is skipped.
+        h.tick(33);
+        assert_eq!(h.drain().1.len(), 1);
+        h.tick(100);
+        assert!(h.drain().1.is_empty(), "not yet");
+        h.tick(133);
+        assert_eq!(h.drain().1.len(), 1);
+        assert_eq!(h.rx.counters().gaps_skipped, 0);
+        // The partition heals: the retransmission closes the gap, both are delivered.
+        h.msg(500, 1);
+        assert_eq!(h.drain().0, [1, 2]);
+        // A gap that never closes is skipped once the patience is over.
+        h.msg(600, 4);
+        for t in (603..=1700).step_by(5) {
+            h.tick(t);
+        }
+        let (delivered, _) = h.drain();
+        assert_eq!(delivered, [4]);
+        assert_eq!(h.rx.counters().gaps_skipped, 1);
     }
 
     #[test]

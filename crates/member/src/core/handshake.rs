@@ -12,6 +12,12 @@ pub(super) const HELLO_RETRY: Duration = Duration::from_millis(50);
 
 pub(super) const HELLO_ATTEMPTS: u32 = 20;
 
+/// In total order, the sequencer is greeted until it answers, every this long once the
+/// first [`HELLO_ATTEMPTS`] went unanswered: it always speaks the newer protocol, so its
+/// silence means it cannot be reached (a partition, a restart), not that it is an old peer.
+/// Until it answers it drops our messages as a stranger's.
+pub(super) const SEQUENCER_HELLO_RETRY: Duration = Duration::from_millis(250);
+
 /// One eviction of ours is told twice (the tracker's Bye, its refusal of our heartbeat):
 /// within this long, the second is the same eviction.
 pub(super) const SELF_EVICTION_DEBOUNCE: Duration = Duration::from_secs(2);
@@ -152,25 +158,33 @@ impl PeerCore {
         }
     }
 
-    /// Greets the members of `group` that did not answer our Hello yet, again (at most
-    /// [`HELLO_ATTEMPTS`] times; in total order, once the sequencer gives no answer, the
-    /// other members are greeted all the same).
+    /// Greets the members of `group` that did not answer our Hello yet, again: at most
+    /// [`HELLO_ATTEMPTS`] times (the report's peers never answer, and a repeated Hello
+    /// would reset their count of our stream); the sequencer, which always answers when it
+    /// can be reached, until it does. In total order, once the sequencer gave no answer to
+    /// the first attempts, the other members are greeted all the same.
     pub(super) fn greet_again(&mut self, now: Instant, group: &str) {
         let Some(state) = self.groups.get_mut(group) else {
             return;
         };
         state.handshake.attempts += 1;
-        state.timers[Timer::HelloRetry] =
-            (state.handshake.attempts < HELLO_ATTEMPTS).then(|| now + HELLO_RETRY);
-        let give_up_on_sequencer =
-            state.timers[Timer::HelloRetry].is_none() && !state.handshake.peers_greeted;
+        let patient = state.handshake.attempts < HELLO_ATTEMPTS;
+        let sequencer_silent =
+            self.mode == Mode::Total && state.members.get(SEQUENCER).is_some_and(|m| !m.heard);
+        state.timers[Timer::HelloRetry] = if patient {
+            Some(now + HELLO_RETRY)
+        } else {
+            sequencer_silent.then(|| now + SEQUENCER_HELLO_RETRY)
+        };
+        let give_up_on_sequencer = !patient && !state.handshake.peers_greeted;
         let mut resend = Vec::new();
         for (name, m) in state.members.iter() {
             let is_sequencer = name == SEQUENCER;
             let wanted = !m.heard
                 && match self.mode {
                     Mode::Fifo => !is_sequencer,
-                    Mode::Total => is_sequencer || state.handshake.peers_greeted,
+                    // Past the first attempts, only the sequencer is greeted again.
+                    Mode::Total => is_sequencer || (patient && state.handshake.peers_greeted),
                 };
             if wanted {
                 resend.push((m.addr, m.our_start));

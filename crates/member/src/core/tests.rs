@@ -2,6 +2,7 @@ use super::flow::{FLOW_PROBE, FLOW_STALL};
 use super::groups::LINGER;
 use super::*;
 use proto::Member;
+use std::collections::BTreeMap;
 
 const TRACKER: &str = "127.0.0.1:5000";
 
@@ -649,5 +650,49 @@ fn a_repeated_hello_gets_the_same_start_as_the_first() {
         acks,
         [Some(1), Some(1)],
         "kat already receives from counter 1"
+    );
+}
+
+#[test]
+fn a_silent_sequencer_is_greeted_until_it_answers_and_a_silent_peer_only_for_a_second() {
+    let t = Instant::now();
+    let mut c = core("ford", 6001, Mode::Total);
+    c.join(
+        t,
+        "books",
+        &[
+            member(SEQUENCER, 5001),
+            member("ford", 6001),
+            member("kat", 6002),
+        ],
+    );
+    // Nothing ever answers (a partition): count the Hellos to each, second by second.
+    let mut hellos: BTreeMap<(u16, u64), usize> = BTreeMap::new();
+    let mut now = t;
+    while now < t + Duration::from_secs(4) {
+        if c.poll_timeout().is_some_and(|at| at <= now) {
+            c.handle_timeout(now);
+        }
+        while let Some(out) = c.poll_output() {
+            if let Output::Transmit(tx) = out
+                && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Hello)
+            {
+                let second = now.duration_since(t).as_secs();
+                *hellos.entry((tx.to.port(), second)).or_default() += 1;
+            }
+        }
+        now += Duration::from_millis(5);
+    }
+    for second in 1..4 {
+        assert!(
+            hellos.get(&(5001, second)).is_some_and(|n| *n >= 3),
+            "the sequencer, second {second}: {hellos:?}"
+        );
+    }
+    assert!(
+        !hellos
+            .keys()
+            .any(|(port, second)| *port == 6002 && *second >= 2),
+        "kat is greeted once the sequencer gave no answer, then not for ever: {hellos:?}"
     );
 }

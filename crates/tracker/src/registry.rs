@@ -670,6 +670,8 @@ impl Registry {
             .values()
             .map(|r| match r.suspected {
                 None => r.last_heard + r.interval * self.liveness.multiplier + TICK,
+                // Heard from since it was suspected: clear the suspicion now.
+                Some((since, _)) if r.last_heard > since => r.last_heard,
                 Some((since, sent)) if sent < 2 => since + probe / 2,
                 Some((since, _)) => since + probe,
             })
@@ -1186,6 +1188,45 @@ mod tests {
             Some("ford".into())
         );
         assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_suspect_heard_from_is_cleared_at_the_next_timeout_not_when_its_probe_runs_out() {
+        let t = Instant::now();
+        let mut r = Registry::new(
+            Liveness {
+                probe: Duration::from_millis(500),
+                ..LIVE
+            },
+            None,
+        );
+        assert!(register(&mut r, t, "ford", 5001, Some(3)).success);
+        let suspect_at = r.poll_timeout().expect("watched");
+        r.handle_timeout(suspect_at);
+        assert_eq!(drain(&mut r).1, ["ford"], "probed");
+        // Its answer arrives; the registry wants to run at once, and clears the suspicion.
+        let answered = suspect_at + Duration::from_millis(100);
+        let beat = Request::Heartbeat {
+            username: "ford".into(),
+        };
+        assert!(
+            ask(
+                &mut r,
+                answered,
+                beat,
+                Some(3),
+                Via::Udp(([127, 0, 0, 1], 5001).into())
+            )
+            .success
+        );
+        let due = r.poll_timeout().expect("watched");
+        assert!(due <= answered, "{:?} after the answer", due - answered);
+        r.handle_timeout(answered);
+        // Silent again, but only since its answer: not evicted when the old probe would
+        // have run out.
+        r.handle_timeout(suspect_at + Duration::from_millis(500));
+        assert_eq!(drain(&mut r), (vec![], vec![]));
+        assert!(r.is_member("ford"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub enum NodeOutput {
 
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a
 /// sequencer before it, before it fixes where each author's stream resumes. Members greet a
-/// lost sequencer every 100 ms, so every live member is heard well within it.
+/// lost sequencer every 50 ms, so every live member is heard well within it.
 pub const TAKEOVER_WINDOW: Duration = Duration::from_millis(500);
 
 /// At most one prompt to greet us per address this often, and this many addresses
@@ -495,7 +495,10 @@ impl SequencerNode {
         })
     }
 
-    fn sequenced(&self, group: &str, seq: u64, s: &Sequenced<Submitted>) -> Arc<[u8]> {
+    /// A sequenced message. For newer members it names our epoch: a member still following
+    /// an earlier sequencer (or one that already follows a later one) must not take our
+    /// sequence numbers for its sequencer's. The report's peers get it without.
+    fn sequenced(&self, group: &str, seq: u64, s: &Sequenced<Submitted>, newer: bool) -> Arc<[u8]> {
         let mut d = Datagram::new(
             DatagramType::Application,
             group,
@@ -508,6 +511,9 @@ impl SequencerNode {
         d.data = s.payload.data.as_deref().map(str::to_owned);
         d.sent_at_us = s.payload.sent_at_us;
         d.origin_counter = Some(s.origin_counter);
+        if newer {
+            d.epoch = Some(self.epoch);
+        }
         encode(&d)
     }
 
@@ -520,6 +526,8 @@ impl SequencerNode {
         ranges: &[RangeInclusive<u64>],
     ) -> Arc<[u8]> {
         let mut d = Datagram::new(kind, group, SEQUENCER, "", self.addr, counter, origin);
+        // Control datagrams go to newer members only: our epoch, as on sequenced messages.
+        d.epoch = Some(self.epoch);
         d.ranges = ranges
             .iter()
             .take(proto::MAX_RANGES)
@@ -536,9 +544,26 @@ impl SequencerNode {
                     counter,
                     payload,
                 } => {
-                    let bytes = self.sequenced(&group, counter, &payload);
-                    for to in self.everyone(&group, false) {
-                        self.send(to, bytes.clone());
+                    let (newer, old): (Vec<_>, Vec<_>) = self
+                        .groups
+                        .get(&*group)
+                        .map(|members| {
+                            members
+                                .iter()
+                                .map(|(_, m)| (m.addr, m.proto.is_some()))
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                        .into_iter()
+                        .partition(|(_, newer)| *newer);
+                    for (list, is_newer) in [(newer, true), (old, false)] {
+                        if list.is_empty() {
+                            continue;
+                        }
+                        let bytes = self.sequenced(&group, counter, &payload, is_newer);
+                        for (to, _) in list {
+                            self.send(to, bytes.clone());
+                        }
                     }
                 }
                 Order::Retransmit {
@@ -548,7 +573,7 @@ impl SequencerNode {
                     payload,
                 } => {
                     if let Some(addr) = self.addr_of(&group, &to, true) {
-                        let bytes = self.sequenced(&group, counter, &payload);
+                        let bytes = self.sequenced(&group, counter, &payload, true);
                         self.send(addr, bytes);
                     }
                 }

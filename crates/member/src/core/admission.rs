@@ -77,6 +77,9 @@ impl PeerCore {
         if matches!(d.kind, DatagramType::Hello | DatagramType::HelloAck) {
             self.bundle_readers.note(from, d.proto);
         }
+        if self.is_another_sequencers(now, &d) {
+            return;
+        }
         match d.kind {
             DatagramType::Hello if d.username == SEQUENCER => self.on_sequencer_hello(now, d),
             DatagramType::Hello => self.on_hello(now, from, d),

@@ -62,6 +62,7 @@ impl PeerCore {
                 group: group.to_owned(),
             })?;
         debug_assert_eq!(sent, counter);
+        self.sent_tail(now, group);
         if self.mode == Mode::Fifo {
             // B-multicast includes ourselves: our own stream is delivered here, in order.
             let me = self.me.clone();

@@ -13,6 +13,13 @@ pub(super) const FLOW_PROBE: Duration = Duration::from_millis(20);
 /// and about to be evicted; if not, it recovers what it missed by retransmission requests.
 pub(super) const FLOW_STALL: Duration = Duration::from_secs(1);
 
+/// How often an idle author tells the members that have not acknowledged its last message
+/// its highest counter, and for how long after its last message. The ordering core's own
+/// announcements stop after a few seconds; a member cut off for longer (a partition) would
+/// never learn that our last messages exist. Acknowledgements end it early.
+pub(super) const TAIL_PROBE: Duration = Duration::from_millis(500);
+pub(super) const TAIL_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Flow control (asking the members that hold us back is [`Timer::FlowProbe`]).
 #[derive(Debug, Default)]
 pub(super) struct Flow {
@@ -22,6 +29,8 @@ pub(super) struct Flow {
     /// As a member: per author, the highest counter of its stream we delivered and the
     /// highest we acknowledged.
     pub(super) owed: HashMap<Arc<str>, (u64, u64)>,
+    /// As an author: when we last sent a message.
+    pub(super) last_sent: Option<Instant>,
 }
 
 /// How far one member delivered our stream.
@@ -206,6 +215,78 @@ impl PeerCore {
         let bytes = self.encode(&ack);
         self.traffic.acks_sent += 1;
         self.transmit(addr, bytes, false);
+    }
+
+    /// We sent a message in `group`: the tail probe waits for us to be idle.
+    pub(super) fn sent_tail(&mut self, now: Instant, group: &str) {
+        if self.flow_window == 0 {
+            return;
+        }
+        if let Some(state) = self.groups.get_mut(group) {
+            state.flow.last_sent = Some(now);
+            state.timers[Timer::TailProbe] = Some(now + TAIL_PROBE);
+        }
+    }
+
+    /// Idle in `group`: tells the members that have not acknowledged our last message (in
+    /// total order, the sequencer, if our last message has not come back) our highest
+    /// counter, which makes them ask for what they lack; again every [`TAIL_PROBE`] until
+    /// they acknowledge it, or [`TAIL_PATIENCE`] after our last message.
+    pub(super) fn probe_tail(&mut self, now: Instant, group: &str) {
+        let Some(sent) = self.tx.next_counter(group).map(|n| n.saturating_sub(1)) else {
+            return;
+        };
+        let Some(state) = self.groups.get_mut(group) else {
+            return;
+        };
+        state.timers[Timer::TailProbe] = None;
+        if state
+            .flow
+            .last_sent
+            .is_none_or(|at| now.saturating_duration_since(at) >= TAIL_PATIENCE)
+        {
+            return;
+        }
+        let behind = |name: &str, our_start: Option<u64>| {
+            let through = state
+                .flow
+                .acked_by
+                .get(name)
+                .map_or(our_start.map_or(sent, |s| s.saturating_sub(1)), |a| {
+                    a.through
+                });
+            through < sent
+        };
+        let mut holding = Vec::new();
+        match self.mode {
+            Mode::Fifo => {
+                for (name, m) in state.members.iter() {
+                    if name != SEQUENCER
+                        && m.proto.is_some()
+                        && m.heard
+                        && behind(name, m.our_start)
+                    {
+                        holding.push(m.addr);
+                    }
+                }
+            }
+            Mode::Total => {
+                if let Some(seq) = state.members.get(SEQUENCER)
+                    && behind(&self.me, seq.our_start)
+                {
+                    holding.push(seq.addr);
+                }
+            }
+        }
+        if holding.is_empty() {
+            return;
+        }
+        state.timers[Timer::TailProbe] = Some(now + TAIL_PROBE);
+        let digest = self.control(DatagramType::Digest, group, sent, None);
+        for to in holding {
+            self.traffic.flow_probes += 1;
+            self.transmit(to, digest.clone(), false);
+        }
     }
 
     /// Our window in `group` is still closed: asks the members holding us back how far

@@ -236,6 +236,10 @@ pub struct Traffic {
     /// Dropped: a stream this mode does not deliver (the sequencer's in FIFO mode, the
     /// authors' own multicasts in total order).
     pub other_mode: u64,
+    /// Total order: datagrams from the sequencer's address that belong to another
+    /// sequencer's sequence than the one we follow (an earlier one's, late; or a new one's
+    /// before we greeted it), dropped.
+    pub other_epoch: u64,
     /// Total order: sequenced messages not delivered because we had delivered them from an
     /// earlier sequencer.
     pub already_delivered: u64,
@@ -440,6 +444,7 @@ impl PeerCore {
                 Timer::HelloRetry => self.greet_again(now, &group),
                 Timer::SequencerProbe => self.probe_sequencer(now, &group),
                 Timer::FlowProbe => self.probe_flow(now, &group),
+                Timer::TailProbe => self.probe_tail(now, &group),
             }
         }
         self.pump(now);

@@ -11,15 +11,23 @@ pub(super) enum Timer {
     SequencerProbe,
     /// Our window is closed: ask the members holding us back how far they are.
     FlowProbe,
+    /// We are idle and some member has not acknowledged our last message: tell it our
+    /// highest counter again (a lost tail would otherwise go unnoticed).
+    TailProbe,
 }
 
 impl Timer {
-    pub(super) const ALL: [Timer; 3] = [Timer::HelloRetry, Timer::SequencerProbe, Timer::FlowProbe];
+    pub(super) const ALL: [Timer; 4] = [
+        Timer::HelloRetry,
+        Timer::SequencerProbe,
+        Timer::FlowProbe,
+        Timer::TailProbe,
+    ];
 }
 
 /// When each [`Timer`] of a group is due (`None`: not armed).
 #[derive(Debug, Default)]
-pub(super) struct Timers([Option<Instant>; 3]);
+pub(super) struct Timers([Option<Instant>; 4]);
 
 impl Timers {
     /// The earliest armed timer's deadline.

@@ -49,6 +49,15 @@ pub enum NodeOutput {
     /// The tracker told us it evicted us: register again (our groups' members greet us
     /// again by themselves).
     Evicted,
+    /// We are taking `group` over from an earlier sequencer: ask the tracker who its
+    /// members are and hand the list to [`SequencerNode::handle_members`]. Each is then
+    /// asked to greet us within the takeover window: a member with nothing to send would
+    /// otherwise not notice the change in time, and what only it delivered would be
+    /// sequenced again in another order.
+    ListMembers {
+        /// The group.
+        group: String,
+    },
 }
 
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a
@@ -86,6 +95,10 @@ struct Takeover {
     delivered: HashMap<String, u64>,
     /// The `Resume` each member was told (a repeated Hello gets the same).
     resumes: HashMap<String, u64>,
+    /// The group's members as the tracker listed them, while Hellos are collected.
+    listed: Vec<(String, SocketAddr)>,
+    /// When to ask the listed members not heard yet to greet us again.
+    next_prompt: Option<Instant>,
 }
 
 /// The sequencer of every group.
@@ -289,6 +302,9 @@ impl SequencerNode {
                     "taking over {group} from an earlier sequencer: collecting its members' Hellos for {TAKEOVER_WINDOW:?}"
                 );
                 takeover.closes_at = Some(now + TAKEOVER_WINDOW);
+                self.outputs.push_back(NodeOutput::ListMembers {
+                    group: group.to_owned(),
+                });
             }
             takeover.greetings.insert(author.to_owned(), greeting);
             return;
@@ -302,6 +318,52 @@ impl SequencerNode {
             return;
         }
         self.admit(now, group, author, &greeting);
+    }
+
+    /// The tracker's list of `group`'s members, asked for by [`NodeOutput::ListMembers`]:
+    /// while we collect the group's Hellos, every member not heard yet is asked to greet us.
+    /// They are asked again every [`PROMPT_INTERVAL`] until they greet us or the window
+    /// closes (a prompt can be lost too).
+    pub fn handle_members(&mut self, now: Instant, group: &str, members: &[proto::Member]) {
+        let Some(takeover) = self
+            .takeovers
+            .get_mut(group)
+            .filter(|t| t.closes_at.is_some())
+        else {
+            return;
+        };
+        takeover.listed = members
+            .iter()
+            .filter(|m| m.username != SEQUENCER)
+            .filter_map(|m| {
+                Some((
+                    m.username.clone(),
+                    SocketAddr::new(m.ip.parse().ok()?, m.port),
+                ))
+            })
+            .collect();
+        takeover.next_prompt = Some(now);
+        self.prompt_silent(now);
+    }
+
+    /// Asks the listed members of the groups being taken over that did not greet us yet to
+    /// do so, when it is time to.
+    fn prompt_silent(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (group, t) in &mut self.takeovers {
+            if t.closes_at.is_none() || t.next_prompt.is_none_or(|at| at > now) {
+                continue;
+            }
+            t.next_prompt = Some(now + PROMPT_INTERVAL);
+            for (name, addr) in &t.listed {
+                if !t.greetings.contains_key(name) {
+                    due.push((group.clone(), *addr));
+                }
+            }
+        }
+        for (group, to) in due {
+            self.prompt(now, to, &group);
+        }
     }
 
     /// Ends the takeover windows due at `now`: every author's stream resumes after the
@@ -454,6 +516,7 @@ impl SequencerNode {
 
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.prompt_silent(now);
         self.close_takeovers(now);
         self.seq.handle_timeout(now);
         self.pump(now);
@@ -464,6 +527,12 @@ impl SequencerNode {
         self.takeovers
             .values()
             .filter_map(|t| t.closes_at)
+            .chain(
+                self.takeovers
+                    .values()
+                    .filter(|t| t.closes_at.is_some())
+                    .filter_map(|t| t.next_prompt),
+            )
             .chain(self.seq.poll_timeout())
             .min()
     }
@@ -631,5 +700,57 @@ mod tests {
         node.handle_datagram(now, tracker, &bytes);
         assert_eq!(node.poll_output(), Some(NodeOutput::Evicted));
         assert_eq!(node.poll_output(), None);
+    }
+
+    #[test]
+    fn a_takeover_asks_every_listed_member_to_greet_until_it_does() {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let (ford, kat): (SocketAddr, SocketAddr) =
+            (([127, 0, 0, 1], 6001).into(), ([127, 0, 0, 1], 6002).into());
+        let mut node = SequencerNode::new(us, None, ordering::Config::default(), 2);
+        let t = Instant::now();
+        // ford greets us as a member of the sequencer of epoch 1.
+        let mut hello = Datagram::new(DatagramType::Hello, "books", "ford", "", ford, 5, "ford");
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.start = Some(5);
+        hello.epoch = Some(1);
+        node.handle_datagram(t, ford, &encode(&hello));
+        let out: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        assert_eq!(
+            out,
+            [NodeOutput::ListMembers {
+                group: "books".into()
+            }]
+        );
+        let listed = |name: &str, port: u16| proto::Member {
+            ip: "127.0.0.1".into(),
+            port,
+            username: name.into(),
+            uid: name.into(),
+        };
+        let members = [
+            listed("ford", 6001),
+            listed("kat", 6002),
+            listed(SEQUENCER, 5001),
+        ];
+        node.handle_members(t, "books", &members);
+        let prompted = |node: &mut SequencerNode| -> Vec<SocketAddr> {
+            std::iter::from_fn(|| node.poll_output())
+                .filter_map(|o| match o {
+                    NodeOutput::Transmit(tx) => Some(tx.to),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(prompted(&mut node), [kat], "only the silent member");
+        // Its prompt was lost: asked again, and only until the window closes.
+        let later = t + PROMPT_INTERVAL;
+        assert!(node.poll_timeout().is_some_and(|at| at <= later));
+        node.handle_timeout(later);
+        assert_eq!(prompted(&mut node), [kat]);
+        node.handle_timeout(t + TAKEOVER_WINDOW);
+        let _ = prompted(&mut node);
+        node.handle_timeout(t + TAKEOVER_WINDOW + PROMPT_INTERVAL);
+        assert!(prompted(&mut node).is_empty(), "the window is closed");
     }
 }

@@ -71,10 +71,12 @@ const REGISTRATION_PATIENCE: Duration = Duration::from_secs(1);
 const KEEPALIVE_EVERY: u64 = 10;
 
 /// Why a request went to the tracker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Purpose {
     Register,
     KeepAlive,
+    /// The members of a group we take over.
+    Members(String),
 }
 
 /// The sequencer daemon.
@@ -91,6 +93,8 @@ pub struct SequencerServer {
     registered: bool,
     /// The core said the tracker evicted us: register again.
     evicted: bool,
+    /// Groups whose member lists the core asked for.
+    member_lists: Vec<String>,
     /// When to tell the user the tracker is unreachable, if still unregistered then.
     patience_until: Option<Instant>,
     news: Vec<TrackerNews>,
@@ -126,6 +130,7 @@ impl SequencerServer {
             heartbeats: 0,
             registered: false,
             evicted: false,
+            member_lists: Vec::new(),
             patience_until: tracker.map(|_| now + REGISTRATION_PATIENCE),
             news: Vec::new(),
             outbox: runtime::Outbox::new(),
@@ -244,6 +249,7 @@ impl SequencerServer {
             match output {
                 NodeOutput::Transmit(t) => self.outbox.queue(t.to, t.bytes, t.bundle),
                 NodeOutput::Evicted => self.evicted = true,
+                NodeOutput::ListMembers { group } => self.member_lists.push(group),
             }
         }
         self.outbox.flush(&self.udp);
@@ -289,6 +295,10 @@ impl SequencerServer {
                         );
                     }
                 }
+                LinkEvent::Reply(Purpose::Members(group), reply) => {
+                    let members = reply.members().unwrap_or_default();
+                    self.node.handle_members(now, &group, &members);
+                }
                 LinkEvent::Disconnected { reason } => {
                     self.news.push(TrackerNews::Lost { tracker, reason });
                     self.patience_until = Some(now + REGISTRATION_PATIENCE);
@@ -298,6 +308,14 @@ impl SequencerServer {
         }
         if register {
             let _ = link.request(Request::register(self.addr, SEQUENCER), Purpose::Register);
+        }
+        for group in self.member_lists.drain(..) {
+            let request = Request::ListMembers {
+                group: group.clone(),
+            };
+            if link.request(request, Purpose::Members(group)).is_err() {
+                log::info!("could not ask the tracker for a group's members: not connected");
+            }
         }
         if self.patience_until.is_some_and(|at| at <= now) {
             self.patience_until = None;

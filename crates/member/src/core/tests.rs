@@ -696,3 +696,116 @@ fn a_silent_sequencer_is_greeted_until_it_answers_and_a_silent_peer_only_for_a_s
         "kat is greeted once the sequencer gave no answer, then not for ever: {hellos:?}"
     );
 }
+
+/// A total-order member of "books" whose sequencer (epoch 1) welcomed it.
+fn welcomed_by_sequencer(t: Instant) -> PeerCore {
+    let mut c = core("ford", 6001, Mode::Total);
+    c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
+    let mut ack = Datagram::new(
+        DatagramType::HelloAck,
+        "books",
+        SEQUENCER,
+        "",
+        addr(5001),
+        1,
+        SEQUENCER,
+    );
+    ack.proto = Some(PROTOCOL_VERSION);
+    ack.start = Some(1);
+    ack.epoch = Some(1);
+    c.handle_datagram(t, addr(5001), &ack.encode(4096).expect("fits"));
+    while c.poll_output().is_some() {}
+    assert!(c.sequencer_ready("books"));
+    c
+}
+
+fn sequenced(counter: u64, epoch: Option<u64>) -> Vec<u8> {
+    let mut d = Datagram::new(
+        DatagramType::Application,
+        "books",
+        SEQUENCER,
+        format!("kat says {counter}"),
+        addr(5001),
+        counter,
+        "kat",
+    );
+    d.origin_counter = Some(counter);
+    d.epoch = epoch;
+    d.encode(4096).expect("fits")
+}
+
+#[test]
+fn a_sequenced_message_of_another_epoch_is_not_taken_for_our_sequencers() {
+    let t = Instant::now();
+    let mut c = welcomed_by_sequencer(t);
+    // A successor's message 1 (epoch 2) reaches us before we greeted it: dropped, and the
+    // successor is greeted (a Hello to the sequencer's address).
+    c.handle_datagram(t, addr(5001), &sequenced(1, Some(2)));
+    let out: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Deliver(_))),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Event(Event::SequencerLost { .. })))
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::Transmit(tx)
+        if tx.to == addr(5001)
+            && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Hello))));
+    assert_eq!(c.traffic().other_epoch, 1);
+    // A late one of an earlier epoch is dropped quietly; ours is delivered.
+    c.handle_datagram(t, addr(5001), &sequenced(1, Some(0)));
+    assert!(texts(&mut c).is_empty());
+    c.handle_datagram(t, addr(5001), &sequenced(1, Some(1)));
+    assert_eq!(texts(&mut c), ["kat says 1"]);
+    assert_eq!(c.traffic().other_epoch, 2);
+}
+
+#[test]
+fn an_idle_author_tells_a_member_that_missed_its_last_message_until_it_acknowledges() {
+    let t = Instant::now();
+    let mut net = flow_pair(t, 8);
+    net.cores[0]
+        .send(t, "books", b"last words", 1)
+        .expect("joined");
+    // The message is lost on its way to kat.
+    while net.cores[0].poll_output().is_some() {}
+    let digests_to_kat = |net: &mut Net, now: Instant| {
+        net.cores[0].handle_timeout(now);
+        std::iter::from_fn(|| net.cores[0].poll_output())
+            .filter(|o| {
+                matches!(o, Output::Transmit(tx)
+                if tx.to == addr(6002)
+                    && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Digest))
+            })
+            .count()
+    };
+    // Long after the ordering core's own announcements have stopped, still told.
+    let mut told = 0;
+    let mut now = t;
+    while now < t + Duration::from_secs(6) {
+        now += Duration::from_millis(50);
+        told += digests_to_kat(&mut net, now);
+    }
+    assert!(told >= 10, "{told} digests in 6 s");
+    assert!(
+        net.cores[0].poll_timeout().is_some(),
+        "still waiting for kat's acknowledgement"
+    );
+    // The network heals: kat hears the next one, recovers the message, and acknowledges
+    // it at the one after (its answer to the first went before it had recovered).
+    let healed = now;
+    while now < healed + Duration::from_secs(2) {
+        now += Duration::from_millis(5);
+        for c in &mut net.cores {
+            c.handle_timeout(now);
+        }
+        net.settle(now);
+    }
+    assert_eq!(digests_to_kat(&mut net, now + Duration::from_secs(1)), 0);
+    assert_eq!(
+        net.delivered[1].last().map(|(_, text)| text.as_str()),
+        Some("last words")
+    );
+}

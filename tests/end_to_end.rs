@@ -814,3 +814,91 @@ fn partial_multicast_only(dir: &Path, peers: &[String], messages: usize) {
         }
     }
 }
+
+/// The tracker and the sequencer die together; katerina goes on writing through the
+/// outage, the tracker's return and the sequencer's. Both members end with one identical
+/// sequence holding what she wrote meanwhile — without zaphod typing anything to wake up:
+/// the new sequencer asks the tracker who is in the group and prompts each member.
+#[test]
+fn total_order_survives_the_tracker_and_the_sequencer_dying_together() {
+    let seq_addr = format!("127.0.0.1:{}", free_port());
+    let tracker_addr = format!("127.0.0.1:{}", free_port());
+    let start_tracker = || {
+        tracker_at(
+            &tracker_addr,
+            &["--seq-addr", &seq_addr, "--heartbeat-ms", "200"],
+        )
+    };
+    let start_sequencer = || {
+        let mut s = Process::spawn(
+            "sequencer",
+            &[seq_addr.clone(), "--tracker".into(), tracker_addr.clone()],
+        );
+        s.expect(|l| l.contains("listening"), "the sequencer's banner");
+        s
+    };
+    let mut tracker = start_tracker();
+    let mut sequencer = start_sequencer();
+    let mut kat = interactive("katerina", tracker.addr, true);
+    let mut zap = interactive("zaphod", tracker.addr, true);
+    kat.expect(|l| l.starts_with("registered as katerina"), "registered");
+    zap.expect(|l| l.starts_with("registered as zaphod"), "registered");
+    kat.send("!j g");
+    kat.expect_line("joined g; writing to g");
+    zap.send("!j g");
+    zap.expect_line("joined g; writing to g");
+    kat.expect_line("* zaphod joined g");
+    kat.send("k1");
+    for p in [&mut kat, &mut zap] {
+        p.expect_line("in g katerina says:: k1");
+    }
+    zap.send("z1");
+    for p in [&mut kat, &mut zap] {
+        p.expect_line("in g zaphod says:: z1");
+    }
+
+    for daemon in [&mut tracker.process, &mut sequencer] {
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+    }
+    kat.send("k2");
+    let _tracker = start_tracker();
+    for p in [&mut kat, &mut zap] {
+        p.expect(
+            |l| l.contains("the tracker is back; registered and rejoined"),
+            "the tracker's return",
+        );
+    }
+    kat.send("k3");
+    let _sequencer = start_sequencer();
+    kat.send("k4");
+    for p in [&mut kat, &mut zap] {
+        for k in ["k2", "k3", "k4"] {
+            p.expect_line(&format!("in g katerina says:: {k}"));
+        }
+    }
+    zap.send("z2");
+    kat.send("k5");
+    // Sent at once: in either order, but the same at both.
+    for p in [&mut kat, &mut zap] {
+        for _ in 0..2 {
+            p.expect(
+                |l| l == "in g zaphod says:: z2" || l == "in g katerina says:: k5",
+                "z2 and k5",
+            );
+        }
+    }
+    let sequence = |p: &support::Process| -> Vec<String> {
+        p.seen
+            .iter()
+            .filter(|l| l.starts_with("in g "))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(sequence(&kat), sequence(&zap));
+    assert_eq!(sequence(&kat).len(), 7, "{:?}", sequence(&kat));
+    kat.send("!q");
+    zap.send("!q");
+    assert!(kat.wait(Duration::from_secs(10)).success());
+    assert!(zap.wait(Duration::from_secs(10)).success());
+}

@@ -322,7 +322,7 @@ impl SequencerNode {
 
     /// The tracker's list of `group`'s members, asked for by [`NodeOutput::ListMembers`]:
     /// while we collect the group's Hellos, every member not heard yet is asked to greet us.
-    /// They are asked again every [`PROMPT_INTERVAL`] until they greet us or the window
+    /// They are asked again every 100 ms until they greet us or the window
     /// closes (a prompt can be lost too).
     pub fn handle_members(&mut self, now: Instant, group: &str, members: &[proto::Member]) {
         let Some(takeover) = self

@@ -19,7 +19,7 @@
 //! chan.close(); // a Bye to every group, Quit to the tracker (dropping it does the same)
 //! ```
 //!
-//! A program with its own mio loop can instead drive the sans-IO [`member::PeerCore`] and
+//! A program with its own event loop can instead drive the sans-IO [`member::Member`] and
 //! the [`runtime`] pieces itself, as this loop does.
 
 use std::net::SocketAddr;
@@ -180,6 +180,9 @@ pub enum ChannelError {
     /// group with report peers).
     #[error(transparent)]
     Member(#[from] member::Error),
+    /// The tracker knows no such group.
+    #[error("no such group: {0}")]
+    NoSuchGroup(String),
     /// [`Channel::try_send`]: the flow-control window of the group is full now.
     #[error("the flow-control window of {0} is full: the slowest member is behind")]
     WouldBlock(String),
@@ -206,6 +209,10 @@ pub(crate) enum Call {
         payload: Vec<u8>,
         wait: bool,
         reply: Sender<Result<u64, ChannelError>>,
+    },
+    Ask {
+        query: member::Query,
+        reply: Sender<Result<Vec<String>, ChannelError>>,
     },
 }
 
@@ -304,6 +311,23 @@ impl Channel {
     pub fn join(&self, group: &str) -> Result<Vec<String>, ChannelError> {
         self.call(|reply| Call::Join {
             group: group.to_owned(),
+            reply,
+        })
+    }
+
+    /// The groups the tracker knows; waits for its answer.
+    pub fn groups(&self) -> Result<Vec<String>, ChannelError> {
+        self.call(|reply| Call::Ask {
+            query: member::Query::Groups,
+            reply,
+        })
+    }
+
+    /// The members of `group` as the tracker lists them ([`ChannelError::NoSuchGroup`] if
+    /// it does not exist); waits for its answer.
+    pub fn members(&self, group: &str) -> Result<Vec<String>, ChannelError> {
+        self.call(|reply| Call::Ask {
+            query: member::Query::Members(group.to_owned()),
             reply,
         })
     }

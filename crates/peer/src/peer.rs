@@ -121,8 +121,9 @@ enum Origin {
     Line(String),
     /// A line asking for the members of a group.
     Members(String, String),
-    /// A [`Channel`](crate::Channel)'s join, answered on its sender.
-    Api(Sender<Result<Vec<String>, ChannelError>>),
+    /// A [`Channel`](crate::Channel)'s join or question, answered on its sender (with the
+    /// group asked about, if any).
+    Api(Sender<Result<Vec<String>, ChannelError>>, Option<String>),
     /// The script's join.
     Script,
 }
@@ -415,7 +416,7 @@ impl Peer {
             match call {
                 Call::Join { group, reply } => match self.member.join(now, &group) {
                     Ok(ticket) => {
-                        self.tickets.insert(ticket, Origin::Api(reply));
+                        self.tickets.insert(ticket, Origin::Api(reply, None));
                     }
                     Err(member::Error::AlreadyJoined { .. }) => {
                         let _ = reply.send(Ok(Vec::new()));
@@ -427,6 +428,23 @@ impl Peer {
                         let _ = reply.send(Err(e.into()));
                     }
                 },
+                Call::Ask { query, reply } => {
+                    let group = match &query {
+                        Query::Members(group) => Some(group.clone()),
+                        Query::Groups => None,
+                    };
+                    match self.member.ask(now, query) {
+                        Ok(ticket) => {
+                            self.tickets.insert(ticket, Origin::Api(reply, group));
+                        }
+                        Err(member::Error::NoTracker) => {
+                            let _ = reply.send(Err(ChannelError::Unreachable(self.link.addr())));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
                 Call::Leave { group, reply } => {
                     let _ = reply.send(self.member.leave(now, &group).map_err(Into::into));
                 }
@@ -786,7 +804,7 @@ impl Peer {
                 group,
                 members,
             } => match self.tickets.remove(&ticket) {
-                Some(Origin::Api(answer)) => {
+                Some(Origin::Api(answer, _)) => {
                     let _ = answer.send(Ok(members));
                 }
                 Some(Origin::Script) => {
@@ -812,10 +830,10 @@ impl Peer {
             } => {
                 let origin = ticket.and_then(|t| self.tickets.remove(&t));
                 match (origin, reason) {
-                    (Some(Origin::Api(answer)), JoinFailure::Refused(reason)) => {
+                    (Some(Origin::Api(answer, _)), JoinFailure::Refused(reason)) => {
                         let _ = answer.send(Err(ChannelError::JoinRefused { group, reason }));
                     }
-                    (Some(Origin::Api(answer)), JoinFailure::Unanswered) => {
+                    (Some(Origin::Api(answer, _)), JoinFailure::Unanswered) => {
                         let _ = answer.send(Err(ChannelError::Unreachable(self.link.addr())));
                     }
                     (Some(Origin::Script), JoinFailure::Refused(reason)) => {
@@ -850,6 +868,16 @@ impl Peer {
             Event::Answered { ticket, answer } => {
                 self.awaiting = None;
                 let origin = self.tickets.remove(&ticket);
+                if let Some(Origin::Api(reply, group)) = origin {
+                    let _ = reply.send(match answer {
+                        Answer::Groups(names) | Answer::Members(names) => Ok(names),
+                        Answer::NoSuchGroup => {
+                            Err(ChannelError::NoSuchGroup(group.unwrap_or_default()))
+                        }
+                        Answer::Unanswered => Err(ChannelError::Unreachable(self.link.addr())),
+                    });
+                    return Ok(());
+                }
                 match (answer, origin) {
                     (Answer::Unanswered, Some(Origin::Line(line) | Origin::Members(line, _))) => {
                         self.pending.push_front(Input::Line(line));

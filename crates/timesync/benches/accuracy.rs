@@ -1,6 +1,8 @@
 //! Accuracy of the three algorithms on loopback, with simulated clocks up to ±1 s off and
 //! drifting up to ±200 ppm: the median and 99th percentile of the true residual error
 //! (known, since every process shares the machine's clock) and of the bound each reports.
+//! `ntp+10s` is the disciplined clock a peer keeps between syncs: two NTP syncs 10 s apart
+//! (which give the drift), read 10 s after the second, at the end of a sync interval.
 //!
 //! Run: `cargo bench -p timesync --bench accuracy`; `-- --test` runs a short pass (CI).
 
@@ -72,6 +74,8 @@ fn main() {
         );
     }
 
+    disciplined(server.addr(), runs);
+
     // Berkeley: a master and three slaves; the residual is how far each slave's corrected
     // clock ends from the master's corrected clock.
     let (mut residuals, mut bounds, mut outside) = (Vec::new(), Vec::new(), 0);
@@ -125,4 +129,48 @@ fn main() {
         }
     }
     line("berkeley", residuals, bounds, outside);
+}
+
+/// Clocks drifting up to ±200 ppm, disciplined as a peer's is: NTP syncs 10 s apart (the
+/// peers' period), the clock read 10 s after the second, at the end of a sync interval. The
+/// runs wait in parallel batches (a batch takes 20 s of real time); their queries and
+/// readings take turns, so that none measures another's load.
+fn disciplined(server: std::net::SocketAddr, runs: u64) {
+    const BATCH: u64 = 50;
+    const INTERVAL: Duration = Duration::from_secs(10);
+    let turn = Arc::new(std::sync::Mutex::new(()));
+    let (mut residuals, mut bounds, mut outside) = (Vec::new(), Vec::new(), 0);
+    let mut first = 0;
+    while first < runs {
+        let batch: Vec<_> = (first..runs.min(first + BATCH))
+            .map(|i| {
+                let turn = turn.clone();
+                std::thread::spawn(move || {
+                    let (offset, drift) = skew(30_000 + i);
+                    let clock = LocalClock::new(offset, drift);
+                    let mut discipline = clock::Discipline::new();
+                    for _ in 0..2 {
+                        {
+                            let _turn = turn.lock().unwrap();
+                            let e = client::ntp_query(server, &clock, 8, Duration::from_secs(2))
+                                .unwrap();
+                            discipline.update(clock.now(), e);
+                        }
+                        std::thread::sleep(INTERVAL);
+                    }
+                    let _turn = turn.lock().unwrap();
+                    let e = discipline.estimate_at(clock.now()).unwrap();
+                    ((e.offset_ns + clock.true_error_ns()).abs(), e.bound_ns)
+                })
+            })
+            .collect();
+        for t in batch {
+            let (residual, bound) = t.join().unwrap();
+            outside += usize::from(residual > bound);
+            residuals.push(residual);
+            bounds.push(bound);
+        }
+        first += BATCH;
+    }
+    line("ntp+10s", residuals, bounds, outside);
 }

@@ -186,6 +186,9 @@ struct Sim {
     replies: Vec<(Duration, usize, Ask, Reply)>,
     /// The first sequencer crashed.
     sequencer_died: bool,
+    /// `SIM_TRACE` is set: print every control datagram and event (read once, not per
+    /// datagram).
+    trace: bool,
 }
 
 impl Sim {
@@ -239,6 +242,7 @@ impl Sim {
             tracker,
             replies: Vec::new(),
             sequencer_died: false,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
         }
     }
 
@@ -347,7 +351,7 @@ impl Sim {
                         assert_eq!(reason, member::JoinFailure::Unanswered);
                     }
                     Output::Event(e) => {
-                        if std::env::var_os("SIM_TRACE").is_some() {
+                        if self.trace {
                             println!("{:?} {}: {e:?}", self.now, self.peers[i].name);
                         }
                     }
@@ -532,7 +536,7 @@ impl Sim {
                 break;
             }
             let Reverse((_, _, from, to, bytes)) = self.net.pop().unwrap();
-            if std::env::var_os("SIM_TRACE").is_some() {
+            if self.trace {
                 if let Ok(items) = proto::bundle::decode_datagrams(&bytes) {
                     for d in items {
                         if d.kind != proto::DatagramType::Application {
@@ -558,7 +562,7 @@ impl Sim {
                 }
             } else if to == self.tracker {
                 // Heartbeats (and answers to probes, which are heartbeats).
-                if std::env::var_os("SIM_TRACE").is_some() {
+                if self.trace {
                     println!("{:?} {from} -> tracker: {} bytes", self.now, bytes.len());
                 }
                 if let (Some(registry), Ok(envelope)) =

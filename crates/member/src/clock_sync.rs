@@ -32,8 +32,6 @@ pub struct ClockSync {
     discipline: clock::Discipline,
     /// When the first burst's last answer is due.
     first_burst_done: Option<Instant>,
-    /// Requests sent.
-    pub(crate) queries: u64,
 }
 
 impl ClockSync {
@@ -65,7 +63,6 @@ impl ClockSync {
             self.outstanding.pop_front();
         }
         self.left -= 1;
-        self.queries += 1;
         if self.left == 0 {
             self.first_burst_done.get_or_insert(now + SPACING);
         }

@@ -131,8 +131,6 @@ struct Quitting {
 /// The dialog with the tracker.
 #[derive(Debug)]
 struct Session {
-    /// Registered at least once: our groups are rejoined when we register again.
-    registered: bool,
     /// Registered on the current connection.
     current: bool,
     /// A Register is out, not answered yet.
@@ -190,7 +188,6 @@ impl Member {
             mode: core.mode,
             core: PeerCore::new(core),
             session: Session {
-                registered: false,
                 current: false,
                 registering: false,
                 registering_again: None,
@@ -233,7 +230,7 @@ impl Member {
 
     /// Whether the tracker accepted our registration at least once.
     pub fn is_registered(&self) -> bool {
-        self.session.registered
+        self.session.registered_at.is_some()
     }
 
     /// Whether we are registered on the current connection: requests to the tracker can
@@ -432,7 +429,6 @@ impl Member {
             s.heartbeat = Duration::from_millis(ms.max(10));
         }
         s.next_heartbeat = Some(now + s.heartbeat);
-        s.registered_at.get_or_insert(now);
         if let Some((sync, _)) = self.clock.as_mut() {
             sync.start(now);
         }
@@ -443,14 +439,14 @@ impl Member {
             return;
         }
         let s = &mut self.session;
-        let kind = if !s.registered {
+        let kind = if s.registered_at.is_none() {
             Registration::First
         } else if s.registering_again.take().is_some() {
             Registration::AfterEviction
         } else {
             Registration::TrackerBack
         };
-        s.registered = true;
+        s.registered_at.get_or_insert(now);
         if kind != Registration::First {
             for group in self.core.groups() {
                 let request = self.join_request(&group);
@@ -593,8 +589,10 @@ impl Member {
             self.core.handle_timeout(now);
         }
         self.heartbeat_if_due(now);
+        // The local clock is read only when a query is due.
         if self.session.quitting.is_none()
             && let Some((sync, read)) = self.clock.as_mut()
+            && sync.poll_timeout().is_some_and(|at| at <= now)
             && let Some(query) = sync.query_if_due(now, read(now))
         {
             self.session.datagrams += 1;
@@ -611,7 +609,7 @@ impl Member {
         let heartbeat = self
             .session
             .next_heartbeat
-            .filter(|_| self.session.registered && self.session.quitting.is_none());
+            .filter(|_| self.is_registered() && self.session.quitting.is_none());
         let sync = self
             .clock
             .as_ref()
@@ -688,7 +686,10 @@ impl Member {
 
     fn heartbeat_if_due(&mut self, now: Instant) {
         let s = &mut self.session;
-        if !s.registered || s.quitting.is_some() || s.next_heartbeat.is_some_and(|at| at > now) {
+        if s.registered_at.is_none()
+            || s.quitting.is_some()
+            || s.next_heartbeat.is_some_and(|at| at > now)
+        {
             return;
         }
         let beat = Envelope {

@@ -777,18 +777,16 @@ impl Peer {
                     }
                 }
                 match how {
-                    Registration::First => match &self.script {
-                        Some(_) => {}
-                        None => self.say(format_args!(
-                            "registered as {} with the tracker at {} ({} order); !h lists the commands",
-                            self.options.username,
-                            self.link.addr(),
-                            match self.options.mode {
-                                Mode::Fifo => "FIFO",
-                                Mode::Total => "total",
-                            }
-                        ))?,
-                    },
+                    // Said on the console only (a script's output is its report).
+                    Registration::First => self.say(format_args!(
+                        "registered as {} with the tracker at {} ({} order); !h lists the commands",
+                        self.options.username,
+                        self.link.addr(),
+                        match self.options.mode {
+                            Mode::Fifo => "FIFO",
+                            Mode::Total => "total",
+                        }
+                    ))?,
                     Registration::AfterEviction => {
                         self.emit(ChannelEvent::Rejoined { evicted: true });
                         self.say("registered again and rejoined our groups")?;

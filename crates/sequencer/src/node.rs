@@ -554,12 +554,12 @@ impl SequencerNode {
         (!newer_only || m.proto.is_some()).then_some(m.addr)
     }
 
-    fn everyone(&self, group: &str, newer_only: bool) -> Vec<SocketAddr> {
+    /// Every member of `group`: its address, and whether it speaks the newer protocol.
+    fn everyone(&self, group: &str) -> Vec<(SocketAddr, bool)> {
         self.groups.get(group).map_or_else(Vec::new, |members| {
             members
                 .iter()
-                .filter(|(_, m)| !newer_only || m.proto.is_some())
-                .map(|(_, m)| m.addr)
+                .map(|(_, m)| (m.addr, m.proto.is_some()))
                 .collect()
         })
     }
@@ -613,26 +613,16 @@ impl SequencerNode {
                     counter,
                     payload,
                 } => {
-                    let (newer, old): (Vec<_>, Vec<_>) = self
-                        .groups
-                        .get(&*group)
-                        .map(|members| {
-                            members
-                                .iter()
-                                .map(|(_, m)| (m.addr, m.proto.is_some()))
-                                .collect::<Vec<_>>()
-                        })
-                        .unwrap_or_default()
-                        .into_iter()
-                        .partition(|(_, newer)| *newer);
-                    for (list, is_newer) in [(newer, true), (old, false)] {
-                        if list.is_empty() {
-                            continue;
-                        }
-                        let bytes = self.sequenced(&group, counter, &payload, is_newer);
-                        for (to, _) in list {
-                            self.send(to, bytes.clone());
-                        }
+                    // One encoding for each kind of member, made only if one needs it.
+                    let (mut newer, mut old) = (None, None);
+                    for (to, is_newer) in self.everyone(&group) {
+                        let encoded = if is_newer { &mut newer } else { &mut old };
+                        let bytes = encoded
+                            .get_or_insert_with(|| {
+                                self.sequenced(&group, counter, &payload, is_newer)
+                            })
+                            .clone();
+                        self.send(to, bytes);
                     }
                 }
                 Order::Retransmit {
@@ -655,8 +645,10 @@ impl SequencerNode {
                 }
                 Order::Digest { group, highest } => {
                     let bytes = self.control(DatagramType::Digest, &group, highest, SEQUENCER, &[]);
-                    for to in self.everyone(&group, true) {
-                        self.send(to, bytes.clone());
+                    for (to, newer) in self.everyone(&group) {
+                        if newer {
+                            self.send(to, bytes.clone());
+                        }
                     }
                 }
                 Order::Unavailable { to, group, ranges } => {

@@ -1129,16 +1129,18 @@ mod tests {
         );
     }
 
+    /// A registry that probes a suspect for 500 ms before evicting it, no sequencer.
+    fn probing_registry() -> (Registry, Instant) {
+        let liveness = Liveness {
+            probe: Duration::from_millis(500),
+            ..LIVE
+        };
+        (Registry::new(liveness, None), Instant::now())
+    }
+
     #[test]
     fn a_suspect_is_probed_and_evicted_only_if_it_stays_silent() {
-        let t = Instant::now();
-        let mut r = Registry::new(
-            Liveness {
-                probe: Duration::from_millis(500),
-                ..LIVE
-            },
-            None,
-        );
+        let (mut r, t) = probing_registry();
         for (name, port) in [("ford", 5001), ("kat", 5002)] {
             assert!(register(&mut r, t, name, port, Some(3)).success);
             assert!(join(&mut r, t, name, "books").success);
@@ -1192,14 +1194,7 @@ mod tests {
 
     #[test]
     fn a_suspect_heard_from_is_cleared_at_the_next_timeout_not_when_its_probe_runs_out() {
-        let t = Instant::now();
-        let mut r = Registry::new(
-            Liveness {
-                probe: Duration::from_millis(500),
-                ..LIVE
-            },
-            None,
-        );
+        let (mut r, t) = probing_registry();
         assert!(register(&mut r, t, "ford", 5001, Some(3)).success);
         let suspect_at = r.poll_timeout().expect("watched");
         r.handle_timeout(suspect_at);

@@ -68,6 +68,13 @@ pub(super) fn acknowledge(
     }
 }
 
+/// How far a member is taken to have delivered our stream before it acknowledged
+/// anything: up to just before the start we told it (it cannot lack what came before), or
+/// everything sent if we told it none.
+fn acked_before_any(our_start: Option<u64>, sent: u64) -> u64 {
+    our_start.map_or(sent, |s| s.saturating_sub(1))
+}
+
 impl PeerCore {
     /// Flow control: whether `group` takes another message of ours now, that is whether
     /// fewer than [`ordering::Config::flow_window`] of our messages are still undelivered
@@ -107,7 +114,7 @@ impl PeerCore {
             let acked = match state.flow.acked_by.get_mut(name) {
                 Some(a) => a,
                 None => state.flow.acked_by.entry(name.to_owned()).or_insert(Acked {
-                    through: our_start.map_or(sent, |s| s.saturating_sub(1)),
+                    through: acked_before_any(our_start, sent),
                     since: now,
                 }),
             };
@@ -252,9 +259,7 @@ impl PeerCore {
                 .flow
                 .acked_by
                 .get(name)
-                .map_or(our_start.map_or(sent, |s| s.saturating_sub(1)), |a| {
-                    a.through
-                });
+                .map_or(acked_before_any(our_start, sent), |a| a.through);
             through < sent
         };
         let mut holding = Vec::new();

@@ -262,9 +262,21 @@ impl Terminal {
     }
 
     fn wait_for(&self, text: &str) {
+        self.wait_for_more(text, 0);
+    }
+
+    /// How often `text` appears on the terminal so far.
+    fn count(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.screen.lock().unwrap())
+            .matches(text)
+            .count()
+    }
+
+    /// Waits until `text` appears more than `than` times.
+    fn wait_for_more(&self, text: &str, than: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if String::from_utf8_lossy(&self.screen.lock().unwrap()).contains(text) {
+            if self.count(text) > than {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -305,18 +317,52 @@ fn at_a_terminal_an_incoming_message_leaves_the_half_typed_line_intact() {
     yann.type_keys("ed line\r");
     kat.expect_line("in books yann says:: half typed line");
     // History: the up arrow brings the line back.
-    yann.type_keys("\x1b[A\r");
+    // (Each key redraws the prompt and the line.)
+    let prompts = yann.count("[yann@books]> ");
+    yann.type_keys("\x1b[A");
+    yann.wait_for_more("[yann@books]> ", prompts);
+    let prompts = yann.count("[yann@books]> ");
+    yann.type_keys("\r");
     kat.expect_line("in books yann says:: half typed line");
-    // Ctrl-D leaves cleanly.
+    // Ctrl-D leaves cleanly. Typed once the editor reads again (its new prompt is out):
+    // between two lines the terminal is not in raw mode, and its line discipline would
+    // swallow the Ctrl-D.
+    yann.wait_for_more("[yann@books]> ", prompts);
     yann.type_keys("\x04");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = yann.child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "Ctrl-D did not end the peer");
+        assert!(
+            Instant::now() < deadline,
+            "Ctrl-D did not end the peer; the terminal shows {:?}",
+            String::from_utf8_lossy(&yann.screen.lock().unwrap())
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
     kat.expect_line("* yann left books");
+}
+
+#[test]
+fn at_a_terminal_a_pasted_block_of_lines_is_applied_line_by_line() {
+    let tracker = tracker(&[]);
+    let mut kat = interactive("kat", tracker.addr, false);
+    registered(&mut kat, "kat");
+    kat.send("!j books");
+    kat.expect_line("joined books; writing to books");
+    let mut yann = Terminal::spawn(&[
+        "127.0.0.1:0".into(),
+        "yann".into(),
+        tracker.addr.to_string(),
+    ]);
+    yann.wait_for("[yann]> ");
+    // A bracketed paste (as terminals send one, with \r line breaks): the editor holds it
+    // until Enter, then each line counts as typed.
+    yann.type_keys("\x1b[200~!j books\rfrom a paste\rand its second line\r\x1b[201~");
+    yann.type_keys("\r");
+    kat.expect_line("in books yann says:: from a paste");
+    kat.expect_line("in books yann says:: and its second line");
+    yann.wait_for("[yann@books]> ");
 }

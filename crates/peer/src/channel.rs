@@ -16,23 +16,27 @@
 //!         println!("{} says {}", m.author, String::from_utf8_lossy(&m.payload));
 //!     }
 //! }
-//! chan.close(); // a Bye to every group, Quit to the tracker (dropping it does the same)
+//! chan.close().unwrap(); // a Bye to every group, Quit to the tracker (dropping it does the same)
 //! ```
+//!
+//! [`Channel::open`] returns at once instead, for a program that goes on while the tracker
+//! is away (the interactive peer): [`ChannelEvent::Registered`] says when we are in.
 //!
 //! A program with its own event loop can instead drive the sans-IO [`member::Member`] and
 //! the [`runtime`] pieces itself, as this loop does.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use member::Mode;
+use runtime::Shutdown;
 use thiserror::Error;
 
-use crate::Shutdown;
-use crate::peer::{Peer, PeerError, PeerOptions};
+use crate::driver::Driver;
 
 /// How to connect a [`Channel`].
 #[derive(Debug, Clone)]
@@ -53,6 +57,14 @@ pub struct ChannelConfig {
     pub ordering: ordering::Config,
     /// How long [`Channel::connect`] waits for the tracker to register us.
     pub connect_timeout: Duration,
+    /// Largest bundle of messages to one member that reads bundles, in bytes (`Some(0)`:
+    /// one datagram per message; `None`: 16 KiB on loopback, 1472 bytes elsewhere).
+    pub bundle_bytes: Option<usize>,
+    /// Pretend this process's clock is this many milliseconds ahead (negative: behind), to
+    /// watch clock synchronization at work on one machine.
+    pub clock_offset_ms: f64,
+    /// Pretend this process's clock gains this many microseconds per second.
+    pub clock_drift_ppm: f64,
 }
 
 impl ChannelConfig {
@@ -66,6 +78,9 @@ impl ChannelConfig {
             order: Mode::Fifo,
             ordering: ordering::Config::default(),
             connect_timeout: Duration::from_secs(5),
+            bundle_bytes: None,
+            clock_offset_ms: 0.0,
+            clock_drift_ppm: 0.0,
         }
     }
 
@@ -80,16 +95,20 @@ impl ChannelConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The group.
-    pub group: String,
+    pub group: Arc<str>,
     /// Who wrote it.
-    pub author: String,
+    pub author: Arc<str>,
     /// What they sent.
     pub payload: Vec<u8>,
     /// Its place: the author's counter in FIFO order, the group's sequence number in total
     /// order (the same at every member).
     pub seq: u64,
-    /// When the author sent it (µs since the Unix epoch, on its synchronized clock).
+    /// When the author sent it (µs since the Unix epoch, on its synchronized clock; `None`
+    /// from report peers, which do not say).
     pub sent_at_us: Option<u64>,
+    /// When it was delivered to us, on our synchronized clock (µs since the Unix epoch):
+    /// with `sent_at_us`, its latency.
+    pub received_at_us: u64,
 }
 
 /// What a [`Channel`] receives, in the order it happened.
@@ -97,6 +116,15 @@ pub struct Delivery {
 pub enum ChannelEvent {
     /// A message.
     Message(Delivery),
+    /// The tracker registered us for the first time: joining and asking may begin (sent
+    /// also after [`Channel::connect`], which waits for it).
+    Registered,
+    /// An attempt to connect to the tracker failed (said once per outage, until it is
+    /// back); messaging in joined groups goes on meanwhile.
+    TrackerUnreachable {
+        /// The tracker's address.
+        tracker: SocketAddr,
+    },
     /// A member joined one of our groups.
     MemberJoined {
         /// The group.
@@ -194,6 +222,40 @@ pub enum ChannelError {
     Loop(String),
 }
 
+/// What the loop has seen and done: counters for a report, and how far each joined group
+/// is (for a program that waits until every member is there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Every joined group, by name.
+    pub groups: Vec<GroupStatus>,
+    /// Datagrams in and out, and what was dropped.
+    pub traffic: member::Traffic,
+    /// Loss recovery and ordering.
+    pub ordering: ordering::Counters,
+    /// Datagrams and bundles that left the socket (tracker datagrams included).
+    pub wire: runtime::OutboxStats,
+    /// Messages to the tracker: requests, heartbeats and clock queries.
+    pub tracker_messages: u64,
+    /// Of those, datagrams (heartbeats and clock queries).
+    pub tracker_datagrams: u64,
+    /// The latest estimate of the tracker's clock against ours, once there is one.
+    pub clock: Option<clock::Estimate>,
+    /// Whether the first synchronization burst is over: from then on messages carry send
+    /// times on the synchronized clock.
+    pub clock_settled: bool,
+}
+
+/// How far a joined group is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The group.
+    pub name: String,
+    /// Members (not us) we have greeted and heard from.
+    pub members_heard: usize,
+    /// Total order: a sequencer orders the group (always true in FIFO order).
+    pub sequencer_ready: bool,
+}
+
 /// A request from the handle to the loop, with where to answer.
 pub(crate) enum Call {
     Join {
@@ -210,18 +272,40 @@ pub(crate) enum Call {
         wait: bool,
         reply: Sender<Result<u64, ChannelError>>,
     },
+    SendAll {
+        group: String,
+        payloads: Vec<Vec<u8>>,
+        reply: Sender<Result<usize, ChannelError>>,
+    },
+    Stats {
+        reply: Sender<ChannelStats>,
+    },
     Ask {
         query: member::Query,
         reply: Sender<Result<Vec<String>, ChannelError>>,
     },
 }
 
+/// Where the loop hands events, a turn's worth at a time: the channel's own queue, or the
+/// program's.
+pub(crate) type EventSink = Box<dyn FnMut(Vec<ChannelEvent>) + Send>;
+
+/// Run on the loop's thread when it ends.
+type OnEnd = Box<dyn FnOnce() + Send>;
+
 /// The loop's side of a channel: the calls to apply, where events go, and the answer to
 /// [`Channel::connect`].
 pub(crate) struct Api {
     pub(crate) calls: Receiver<Call>,
-    pub(crate) events: Sender<ChannelEvent>,
-    pub(crate) ready: Option<Sender<Result<(), ChannelError>>>,
+    pub(crate) events: EventSink,
+    pub(crate) ready: Option<Sender<()>>,
+}
+
+/// The channel's own queue of events: the loop hands them over a turn's worth at a time
+/// (one wake-up for many deliveries), taken one by one from `ready`.
+struct EventQueue {
+    batches: Receiver<Vec<ChannelEvent>>,
+    ready: VecDeque<ChannelEvent>,
 }
 
 /// A member of groups, for a Rust program: see the module docs.
@@ -229,9 +313,9 @@ pub struct Channel {
     calls: Sender<Call>,
     /// Behind a lock so that the channel can be shared by threads (one receiving while
     /// another sends).
-    events: Mutex<Receiver<ChannelEvent>>,
+    events: Mutex<EventQueue>,
     stop: Shutdown,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Result<(), ChannelError>>>,
     addr: SocketAddr,
 }
 
@@ -239,66 +323,115 @@ impl Channel {
     /// Binds, starts the member's loop on its own thread, and waits until the tracker has
     /// registered us (at most `connect_timeout`).
     pub fn connect(config: ChannelConfig) -> Result<Self, ChannelError> {
+        let timeout = config.connect_timeout;
+        let tracker = config.tracker;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut chan = Self::start(config, Some(ready_tx))?;
+        match ready_rx.recv_timeout(timeout) {
+            Ok(()) => Ok(chan),
+            // The loop ended before: it says why.
+            Err(RecvTimeoutError::Disconnected) => Err(chan
+                .shut()
+                .err()
+                .unwrap_or(ChannelError::Unreachable(tracker))),
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = chan.shut();
+                Err(ChannelError::Unreachable(tracker))
+            }
+        }
+    }
+
+    /// Binds and starts the member's loop on its own thread without waiting for the
+    /// tracker: [`ChannelEvent::Registered`] comes once it has registered us, and
+    /// [`ChannelEvent::TrackerUnreachable`] while it cannot be reached (the loop keeps
+    /// trying). Should the tracker refuse us, the loop ends: events end with
+    /// [`ChannelError::Closed`], and [`close`](Self::close) says why.
+    pub fn open(config: ChannelConfig) -> Result<Self, ChannelError> {
+        Self::start(config, None)
+    }
+
+    /// [`open`](Self::open), with the events going to `events` instead of the channel's own
+    /// queue (whose `recv` then returns [`ChannelError::Closed`]): for a program that waits
+    /// on its events and on something else at once, such as a person's input, on one queue.
+    /// `last` is sent when the loop has ended. Our own message, delivered at once in FIFO
+    /// order, is in `events` by the time [`send`](Self::send) returns.
+    pub fn open_into<T: From<ChannelEvent> + Send + 'static>(
+        config: ChannelConfig,
+        events: Sender<T>,
+        last: T,
+    ) -> Result<Self, ChannelError> {
+        let end = events.clone();
+        let sink: EventSink = Box::new(move |batch| {
+            for e in batch {
+                let _ = events.send(T::from(e));
+            }
+        });
+        let on_end: OnEnd = Box::new(move || {
+            let _ = end.send(last);
+        });
+        Self::start_with(config, None, Some((sink, on_end)))
+    }
+
+    fn start(config: ChannelConfig, ready: Option<Sender<()>>) -> Result<Self, ChannelError> {
+        Self::start_with(config, ready, None)
+    }
+
+    fn start_with(
+        config: ChannelConfig,
+        ready: Option<Sender<()>>,
+        sink: Option<(EventSink, OnEnd)>,
+    ) -> Result<Self, ChannelError> {
         proto::check_name("name", &config.name).map_err(ChannelError::Refused)?;
-        let mut peer = Peer::bind(PeerOptions {
-            addr: config.bind,
-            advertise: config.advertise,
-            username: config.name.clone(),
-            tracker: config.tracker,
-            mode: config.order,
-            ordering: config.ordering,
-            script: None,
-            max_bundle: None,
-            clock_offset_ms: 0.0,
-            clock_drift_ppm: 0.0,
-        })
-        .map_err(|e| match e {
-            PeerError::Io(source) => ChannelError::Bind {
-                addr: config.bind,
-                source,
-            },
-            other => ChannelError::Loop(other.to_string()),
-        })?;
-        let addr = peer.local_addr();
-        let stop = peer.shutdown_handle();
+        if config.name == member::SEQUENCER {
+            return Err(ChannelError::Refused(format!(
+                "the name {:?} is reserved for the sequencer",
+                member::SEQUENCER
+            )));
+        }
         let (calls_tx, calls_rx) = mpsc::channel();
         let (events_tx, events_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let failed = ready_tx.clone();
+        let (events, on_end): (EventSink, Option<OnEnd>) = match sink {
+            Some((sink, on_end)) => (sink, Some(on_end)),
+            None => (
+                Box::new(move |batch| {
+                    let _ = events_tx.send(batch);
+                }),
+                None,
+            ),
+        };
         let api = Api {
             calls: calls_rx,
-            events: events_tx,
-            ready: Some(ready_tx),
+            events,
+            ready,
         };
+        let mut driver = Driver::bind(&config, api).map_err(|source| ChannelError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        let addr = driver.local_addr();
+        let stop = driver.shutdown_handle();
         let thread = std::thread::Builder::new()
             .name(format!("member {}", config.name))
             .spawn(move || {
-                if let Err(e) = peer.run_api(api) {
-                    let _ = failed.send(Err(match e {
-                        PeerError::Refused(reason) => ChannelError::Refused(reason),
-                        other => ChannelError::Loop(other.to_string()),
-                    }));
+                let result = driver.run().map_err(ChannelError::from);
+                // The sink goes before the last word, so that nothing follows it.
+                drop(driver);
+                if let Some(on_end) = on_end {
+                    on_end();
                 }
+                result
             })
             .map_err(|e| ChannelError::Loop(e.to_string()))?;
-        let mut chan = Self {
+        Ok(Self {
             calls: calls_tx,
-            events: Mutex::new(events_rx),
+            events: Mutex::new(EventQueue {
+                batches: events_rx,
+                ready: VecDeque::new(),
+            }),
             stop,
             thread: Some(thread),
             addr,
-        };
-        match ready_rx.recv_timeout(config.connect_timeout) {
-            Ok(Ok(())) => Ok(chan),
-            Ok(Err(e)) => {
-                chan.shut();
-                Err(e)
-            }
-            Err(_) => {
-                chan.shut();
-                Err(ChannelError::Unreachable(config.tracker))
-            }
-        }
+        })
     }
 
     /// The UDP address we receive on (and registered).
@@ -364,34 +497,89 @@ impl Channel {
         })
     }
 
+    /// Multicasts every one of `payloads` to `group`, in order, waiting for the flow-control
+    /// window as [`send`](Self::send) does, in one call to the loop: the messages leave as
+    /// fast as the window lets them, bundled. Returns how many went (all of them). An
+    /// error (a message the member refuses, the channel closed) stops it: the messages
+    /// before that one went.
+    pub fn send_all<P: AsRef<[u8]>>(
+        &self,
+        group: &str,
+        payloads: &[P],
+    ) -> Result<usize, ChannelError> {
+        self.call(|reply| Call::SendAll {
+            group: group.to_owned(),
+            payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
+            reply,
+        })
+    }
+
+    /// What the loop has seen and done so far.
+    pub fn stats(&self) -> Result<ChannelStats, ChannelError> {
+        let (tx, rx) = mpsc::channel();
+        self.calls
+            .send(Call::Stats { reply: tx })
+            .map_err(|_| ChannelError::Closed)?;
+        self.stop.wake();
+        rx.recv().map_err(|_| ChannelError::Closed)
+    }
+
     /// The next event, waiting for it; `Err(Closed)` once the channel is closed and every
     /// event was received.
     pub fn recv(&self) -> Result<ChannelEvent, ChannelError> {
-        self.events().recv().map_err(|_| ChannelError::Closed)
+        let mut events = self.events();
+        loop {
+            if let Some(event) = events.ready.pop_front() {
+                return Ok(event);
+            }
+            let batch = events.batches.recv().map_err(|_| ChannelError::Closed)?;
+            events.ready.extend(batch);
+        }
     }
 
     /// The next event if one is there.
     pub fn try_recv(&self) -> Result<Option<ChannelEvent>, ChannelError> {
-        match self.events().try_recv() {
-            Ok(e) => Ok(Some(e)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(ChannelError::Closed),
+        let mut events = self.events();
+        loop {
+            if let Some(event) = events.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            match events.batches.try_recv() {
+                Ok(batch) => events.ready.extend(batch),
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(ChannelError::Closed),
+            }
         }
     }
 
     /// The next event within `timeout`, or `None`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<ChannelEvent>, ChannelError> {
-        match self.events().recv_timeout(timeout) {
-            Ok(e) => Ok(Some(e)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(ChannelError::Closed),
+        let deadline = std::time::Instant::now() + timeout;
+        let mut events = self.events();
+        loop {
+            if let Some(event) = events.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match events.batches.recv_timeout(left) {
+                Ok(batch) => events.ready.extend(batch),
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => return Err(ChannelError::Closed),
+            }
         }
     }
 
     /// Leaves every group and tells the tracker, then stops the loop (waiting, at most about
-    /// two seconds, for members still recovering our last messages).
-    pub fn close(mut self) {
-        self.shut();
+    /// two seconds, for members still recovering our last messages). An error says why the
+    /// loop had ended on its own (the tracker refused us, a socket failed).
+    pub fn close(mut self) -> Result<(), ChannelError> {
+        self.shut()
+    }
+
+    /// A handle that closes the channel from anywhere (a Ctrl-C handler, another thread),
+    /// as [`stop`](Self::stop) does.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.stop.clone()
     }
 
     /// Asks the loop to leave every group, tell the tracker and stop, without waiting (for
@@ -401,14 +589,16 @@ impl Channel {
         self.stop.shutdown();
     }
 
-    fn events(&self) -> std::sync::MutexGuard<'_, Receiver<ChannelEvent>> {
+    fn events(&self) -> std::sync::MutexGuard<'_, EventQueue> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn shut(&mut self) {
+    fn shut(&mut self) -> Result<(), ChannelError> {
         self.stop.shutdown();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(ChannelError::Loop("the loop panicked".into())),
         }
     }
 
@@ -427,6 +617,6 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.shut();
+        let _ = self.shut();
     }
 }

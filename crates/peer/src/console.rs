@@ -4,9 +4,9 @@
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, Write};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Sender;
 
-use crate::Shutdown;
+use crate::ChannelEvent;
 
 /// One item of the user's input, in the order typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +42,13 @@ impl<W: Write + Send> Screen for PlainScreen<W> {
     fn prompt(&mut self, _prompt: &str, _idle: bool) {}
 }
 
-/// Reads `input` line by line on a helper thread (reading blocks; the event loop must not),
-/// handing each line to the loop and waking it. Bytes that are not UTF-8 are replaced, never
-/// fatal: the line arrives as [`Input::Mangled`].
-pub fn read_lines(input: impl BufRead + Send + 'static, wake: Shutdown) -> Receiver<Input> {
-    let (tx, rx) = mpsc::channel();
+/// Reads `input` line by line on a helper thread (reading blocks; the peer must not), handing
+/// each line to `to`, up to and with [`Input::End`]. Bytes that are not UTF-8 are replaced,
+/// never fatal: the line arrives as [`Input::Mangled`].
+pub fn read_lines<T: From<Input> + Send + 'static>(
+    input: impl BufRead + Send + 'static,
+    to: Sender<T>,
+) {
     std::thread::spawn(move || {
         let mut input = input;
         let mut bytes = Vec::new();
@@ -64,16 +66,38 @@ pub fn read_lines(input: impl BufRead + Send + 'static, wake: Shutdown) -> Recei
                 }
             };
             let end = item == Input::End;
-            if tx.send(item).is_err() {
-                return;
-            }
-            wake.wake();
-            if end {
+            if to.send(item.into()).is_err() || end {
                 return;
             }
         }
     });
-    rx
+}
+
+/// The line that tells a person about a membership or ordering event, if it is one (its
+/// names came from the network: show it [`visible`]).
+pub fn describe(event: &ChannelEvent) -> Option<String> {
+    Some(match event {
+        ChannelEvent::MemberJoined { group, member } => format!("* {member} joined {group}"),
+        ChannelEvent::MemberLeft { group, member } => format!("* {member} left {group}"),
+        ChannelEvent::MemberEvicted { group, member } => {
+            format!("* {member} was evicted from {group} (it stopped answering)")
+        }
+        ChannelEvent::SequencerLost { group, reason } => format!(
+            "* total order unavailable in {group}: lost the sequencer ({reason}); \
+             messages wait, nothing is delivered out of order"
+        ),
+        ChannelEvent::SequencerBack { group, new: true } => {
+            format!("* total order in {group} resumes with a new sequencer")
+        }
+        ChannelEvent::SequencerBack { group, new: false } => {
+            format!("* total order in {group} resumes (the sequencer answers again)")
+        }
+        ChannelEvent::WeWereEvicted { group } => format!(
+            "* the tracker had evicted us from {group} (our heartbeats did not reach it in \
+             time); registering again and greeting the group afresh"
+        ),
+        _ => return None,
+    })
 }
 
 /// `text` as it may be shown on a terminal: control characters (which could move the
@@ -127,10 +151,9 @@ mod tests {
 
     #[test]
     fn lines_are_read_in_order_and_bad_bytes_are_replaced_not_fatal() {
-        let poll = mio::Poll::new().expect("poll");
-        let wake = Shutdown::new(poll.registry(), mio::Token(0)).expect("waker");
         let input: &'static [u8] = b"one\r\ntw\xffo\nthree";
-        let rx = read_lines(input, wake);
+        let (tx, rx) = std::sync::mpsc::channel::<Input>();
+        read_lines(input, tx);
         let got: Vec<Input> = rx.iter().collect();
         assert_eq!(
             got,

@@ -2,22 +2,24 @@
 //! over UDP, and delivers what the members send in FIFO or total order.
 //!
 //! - [`Channel`]: the handle a Rust program embeds — join, leave, send bytes with
-//!   backpressure, receive deliveries and events as values — over the same loop on its
-//!   own thread.
-//! - [`Peer`]: one mio loop over the UDP socket, the user's input, the tracker link and
-//!   timers around the sans-IO [`member::PeerCore`], in interactive or script mode.
-//! - [`console`]: the interactive peer's input, applied in the order typed, and its output,
-//!   with whatever came from the network made harmless for a terminal.
-//! - [`command`]: the `!` commands; [`report`]: a script's measurements.
+//!   backpressure, receive deliveries and events as values — over the member's event loop
+//!   (one mio loop around the sans-IO [`member::Member`]) on its own thread.
+//! - The `peer` program's two modes are clients of it: [`interactive`] (a person at a
+//!   terminal or a pipe, with the [`console`] and the `!` [`command`]s) and [`script`]
+//!   (send a file's lines, measure, and [`report`]).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod channel;
 pub mod command;
 pub mod console;
-mod peer;
+mod driver;
+pub mod interactive;
 pub mod report;
+pub mod script;
 
-pub use channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, Delivery};
+pub use channel::{
+    Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery, GroupStatus,
+};
 pub use member::{Mode, SEQUENCER};
-pub use peer::{Console, Peer, PeerError, PeerOptions, Script, Shutdown};
+pub use runtime::Shutdown;

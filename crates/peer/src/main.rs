@@ -3,10 +3,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::mpsc;
+
 use clap::Parser;
 use nix::sys::termios;
-use peer::console::{self, PlainScreen};
-use peer::{Console, Mode, Peer, PeerOptions, Script};
+use peer::console::{self, PlainScreen, visible};
+use peer::interactive::{self, Identity, Incoming};
+use peer::script::{Script, ScriptError};
+use peer::{Channel, ChannelConfig, ChannelError, Mode};
 
 mod terminal;
 
@@ -143,30 +147,72 @@ fn run(args: Args) -> Result<bool, String> {
             })
         }
     };
-    let scripted = script.is_some();
     let advertise = args
         .advertise
         .as_deref()
         .map(cli::parse_addr)
         .transpose()
         .map_err(|e| format!("--advertise: {e}"))?;
-    let mut peer = Peer::bind(PeerOptions {
-        addr,
+    let order = if args.total { Mode::Total } else { Mode::Fifo };
+    let config = ChannelConfig {
+        bind: addr,
         advertise,
-        username: args.username.clone(),
-        tracker,
-        mode: if args.total { Mode::Total } else { Mode::Fifo },
+        order,
         ordering: ordering::Config {
             flow_window: args.flow_window,
             ..ordering::Config::default()
         },
-        script,
-        max_bundle: args.bundle_bytes,
+        // A script starts only once registered; a person may start typing at once.
+        connect_timeout: Duration::from_millis(args.timeout_ms),
+        bundle_bytes: args.bundle_bytes,
         clock_offset_ms: args.clock_offset_ms,
         clock_drift_ppm: args.clock_drift_ppm,
-    })
-    .map_err(|e| format!("cannot bind {addr}: {e}"))?;
-    let stop = peer.shutdown_handle();
+        ..ChannelConfig::new(&args.username, tracker)
+    };
+    match script {
+        Some(script) => run_script(config, &script, args.json),
+        None => run_interactive(config).map(|()| true),
+    }
+}
+
+/// Script mode: the report on standard output, `Ok(false)` when deliveries are missing.
+fn run_script(config: ChannelConfig, script: &Script, json: bool) -> Result<bool, String> {
+    let (name, order) = (config.name.clone(), config.order);
+    let chan = Channel::connect(config).map_err(|e| visible(&e.to_string()).into_owned())?;
+    let stop = chan.shutdown_handle();
+    ctrlc::set_handler(move || stop.shutdown())
+        .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    let report = peer::script::run(&chan, &name, order, script);
+    let closed = chan.close();
+    let report = match report {
+        Ok(report) => report,
+        // Stopped (Ctrl-C) before the end: nothing to report.
+        Err(ScriptError::Channel(ChannelError::Closed)) => {
+            closed.map_err(|e| visible(&e.to_string()).into_owned())?;
+            return Err("the script did not run to its end".into());
+        }
+        Err(e) => return Err(visible(&e.to_string()).into_owned()),
+    };
+    let text = if json {
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    } else {
+        report.to_string()
+    };
+    writeln!(io::stdout().lock(), "{}", text.trim_end()).map_err(|e| e.to_string())?;
+    Ok(report.complete)
+}
+
+/// Interactive mode: a line editor at a terminal, plain lines from a pipe or a file.
+fn run_interactive(config: ChannelConfig) -> Result<(), String> {
+    let who = Identity {
+        username: config.name.clone(),
+        tracker: config.tracker,
+        order: config.order,
+    };
+    let (to, incoming) = mpsc::channel();
+    let chan =
+        Channel::open_into(config, to.clone(), Incoming::Closed).map_err(|e| e.to_string())?;
+    let stop = chan.shutdown_handle();
     ctrlc::set_handler(move || stop.shutdown())
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
     let at_terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
@@ -175,43 +221,26 @@ fn run(args: Args) -> Result<bool, String> {
     let saved_mode = at_terminal
         .then(|| termios::tcgetattr(io::stdin()).ok())
         .flatten();
-    let console = (!scripted).then(|| console(&peer, &args.username, at_terminal));
-    let result = peer.run(console);
+    let prompt = format!("[{}]> ", who.username);
+    let screen =
+        match at_terminal.then(|| terminal::start(chan.shutdown_handle(), prompt, to.clone())) {
+            Some(Ok(screen)) => screen,
+            other => {
+                if let Some(Err(e)) = other {
+                    log::info!("no line editor ({e}): reading plain lines");
+                }
+                console::read_lines(io::BufReader::new(io::stdin()), to.clone());
+                Box::new(PlainScreen(io::stdout()))
+            }
+        };
+    drop(to);
+    let result = interactive::run(chan, who, screen, incoming);
     if let Some(mode) = saved_mode {
         let _ = termios::tcsetattr(io::stdin(), termios::SetArg::TCSANOW, &mode);
         // The shell's prompt starts on a line of its own.
         println!();
     }
-    let report = result.map_err(|e| e.to_string())?;
-    let mut out = io::stdout().lock();
-    match report {
-        Some(report) => {
-            let text = if args.json {
-                serde_json::to_string(&report).map_err(|e| e.to_string())?
-            } else {
-                report.to_string()
-            };
-            writeln!(out, "{}", text.trim_end()).map_err(|e| e.to_string())?;
-            Ok(report.complete)
-        }
-        None if scripted => Err("the script did not run to its end".into()),
-        None => Ok(true),
-    }
-}
-
-/// Where the interactive peer reads and writes: a line editor at a terminal, plain lines
-/// (and no prompt) from a pipe or a file.
-fn console(peer: &Peer, username: &str, at_terminal: bool) -> Console {
-    if at_terminal {
-        match terminal::start(peer.shutdown_handle(), format!("[{username}]> ")) {
-            Ok((input, screen)) => return Console { input, screen },
-            Err(e) => log::info!("no line editor ({e}): reading plain lines"),
-        }
-    }
-    Console {
-        input: console::read_lines(io::BufReader::new(io::stdin()), peer.shutdown_handle()),
-        screen: Box::new(PlainScreen(io::stdout())),
-    }
+    result.map_err(|e| visible(&e.to_string()).into_owned())
 }
 
 /// Many small allocations per message (decoded strings, queued datagrams): mimalloc's

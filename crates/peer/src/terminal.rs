@@ -3,7 +3,7 @@
 //! names the group written to.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -54,9 +54,15 @@ impl<P: ExternalPrinter + Send> Screen for EditorScreen<P> {
     }
 }
 
-/// Starts the line editor on its own thread; `prompt` is shown until the peer sets another.
-/// Fails when standard input is not a terminal the editor can drive.
-pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box<dyn Screen>)> {
+/// Starts the line editor on its own thread, handing what is typed to `to`; `prompt` is
+/// shown until the peer sets another. Ctrl-C stops the peer at once through `stop` (it may be
+/// waiting for the tracker or for a member). Fails when standard input is not a terminal the
+/// editor can drive.
+pub fn start<T: From<Input> + Send + 'static>(
+    stop: Shutdown,
+    prompt: String,
+    to: Sender<T>,
+) -> io::Result<Box<dyn Screen>> {
     let mut editor = DefaultEditor::new().map_err(|e| io::Error::other(e.to_string()))?;
     let printer = editor
         .create_external_printer()
@@ -68,7 +74,6 @@ pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box
         }),
         Condvar::new(),
     ));
-    let (tx, rx) = mpsc::channel();
     let state = shared.clone();
     std::thread::spawn(move || {
         let mut after_command = false;
@@ -85,14 +90,24 @@ pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box
                 guard.text.clone()
             };
             let item = match editor.readline(&prompt) {
-                Ok(line) => {
-                    if !line.trim().is_empty() {
-                        let _ = editor.add_history_entry(line.as_str());
+                Ok(text) => {
+                    if !text.trim().is_empty() {
+                        let _ = editor.add_history_entry(text.as_str());
                     }
-                    after_command = line.trim_start().starts_with('!');
+                    // A paste of several lines arrives as one (the editor keeps it until
+                    // Enter): each of its lines is applied in turn, as if typed.
+                    let mut lines = pasted_lines(&text);
+                    after_command = lines.iter().any(|l| l.trim_start().starts_with('!'));
+                    let last = lines.pop().unwrap_or_default();
                     let (lock, _) = &*state;
-                    lock.lock().unwrap_or_else(|p| p.into_inner()).unapplied += 1;
-                    Input::Line(line)
+                    lock.lock().unwrap_or_else(|p| p.into_inner()).unapplied +=
+                        lines.len() as u64 + 1;
+                    for line in lines {
+                        if to.send(Input::Line(line).into()).is_err() {
+                            return;
+                        }
+                    }
+                    Input::Line(last)
                 }
                 Err(ReadlineError::Interrupted) => Input::Interrupt,
                 Err(ReadlineError::Eof) => Input::End,
@@ -101,21 +116,43 @@ pub fn start(wake: Shutdown, prompt: String) -> io::Result<(Receiver<Input>, Box
                     Input::End
                 }
             };
-            let last = matches!(item, Input::End | Input::Interrupt);
-            if tx.send(item).is_err() {
-                return;
+            if item == Input::Interrupt {
+                stop.shutdown();
             }
-            wake.wake();
-            if last {
+            let last = matches!(item, Input::End | Input::Interrupt);
+            if to.send(item.into()).is_err() || last {
                 return;
             }
         }
     });
-    Ok((
-        rx,
-        Box::new(EditorScreen {
-            printer,
-            prompt: shared,
-        }),
-    ))
+    Ok(Box::new(EditorScreen {
+        printer,
+        prompt: shared,
+    }))
+}
+
+/// The lines of what the editor returned: one, or those of a paste (whatever its line
+/// endings), without a last empty one.
+fn pasted_lines(text: &str) -> Vec<String> {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    if lines.len() > 1 && lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pasted_lines;
+
+    #[test]
+    fn a_paste_of_several_lines_becomes_those_lines() {
+        assert_eq!(pasted_lines("hello"), ["hello"]);
+        assert_eq!(pasted_lines(""), [""]);
+        assert_eq!(
+            pasted_lines("!j books\r\nhi\rthere\n\nlast\n"),
+            ["!j books", "hi", "there", "", "last"]
+        );
+    }
 }

@@ -1,8 +1,12 @@
-//! `Channel` against a real tracker in this process: the tracker's answers as values.
+//! `Channel` against a real tracker in this process: the tracker's answers as values, a
+//! stream sent with backpressure, a channel opened before its tracker exists, and a name
+//! the tracker refuses.
 
 #![allow(clippy::unwrap_used)] // a test may stop at the first surprise
 
-use peer::{Channel, ChannelConfig, ChannelError};
+use std::time::{Duration, Instant};
+
+use peer::{Channel, ChannelConfig, ChannelError, ChannelEvent};
 
 /// A tracker on 127.0.0.1 with a port the OS picks, on a thread, stopped when dropped.
 struct LocalTracker {
@@ -13,7 +17,11 @@ struct LocalTracker {
 
 impl LocalTracker {
     fn start() -> Self {
-        let config = tracker::TrackerConfig::new(([127, 0, 0, 1], 0).into());
+        Self::start_at(([127, 0, 0, 1], 0).into())
+    }
+
+    fn start_at(addr: std::net::SocketAddr) -> Self {
+        let config = tracker::TrackerConfig::new(addr);
         let mut tracker = tracker::Tracker::bind(config).unwrap();
         let addr = tracker.local_addr();
         let stop = tracker.shutdown_handle();
@@ -55,6 +63,112 @@ fn a_channel_asks_the_tracker_for_groups_and_members() {
         Err(ChannelError::NoSuchGroup(group)) => assert_eq!(group, "poetry"),
         other => panic!("{other:?}"),
     }
-    kat.close();
-    ford.close();
+    kat.close().unwrap();
+    ford.close().unwrap();
+}
+
+/// The next event that `pick` keeps, within ten seconds.
+fn next<T>(chan: &Channel, mut pick: impl FnMut(ChannelEvent) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if let Some(event) = chan.recv_timeout(left).unwrap()
+            && let Some(kept) = pick(event)
+        {
+            return kept;
+        }
+    }
+    panic!("the event never came");
+}
+
+#[test]
+fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
+    let tracker = LocalTracker::start();
+    let mut config = ChannelConfig::new("ford", tracker.addr);
+    // A small window: the stream must wait for kat's acknowledgements many times.
+    config.ordering.flow_window = 16;
+    let ford = Channel::connect(config).unwrap();
+    let kat = Channel::connect(ChannelConfig::new("kat", tracker.addr)).unwrap();
+    kat.join("books").unwrap();
+    ford.join("books").unwrap();
+    next(&kat, |e| {
+        matches!(e, ChannelEvent::MemberJoined { ref member, .. } if member == "ford").then_some(())
+    });
+    let lines: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
+    assert_eq!(ford.send_all("books", &lines).unwrap(), lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let m = next(&kat, |e| match e {
+            ChannelEvent::Message(m) => Some(m),
+            _ => None,
+        });
+        assert_eq!(
+            (&*m.author, m.payload.as_slice()),
+            ("ford", line.as_bytes())
+        );
+        assert_eq!(m.seq, i as u64 + 1);
+        assert!(m.received_at_us >= m.sent_at_us.unwrap());
+    }
+    let stats = ford.stats().unwrap();
+    assert!(stats.traffic.window_closed > 0, "{stats:?}");
+    assert_eq!(stats.groups.len(), 1);
+    assert_eq!(stats.groups[0].name, "books");
+    assert_eq!(stats.groups[0].members_heard, 1);
+    // Refused as a whole: nothing of it goes to a group we are not in.
+    match ford.send_all("films", &["a"]) {
+        Err(ChannelError::Member(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    ford.close().unwrap();
+    kat.close().unwrap();
+}
+
+#[test]
+fn a_channel_opened_before_its_tracker_says_so_and_registers_when_it_comes() {
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let yann = Channel::open(ChannelConfig::new("yann", addr)).unwrap();
+    let unreachable = next(&yann, |e| match e {
+        ChannelEvent::TrackerUnreachable { tracker } => Some(tracker),
+        _ => None,
+    });
+    assert_eq!(unreachable, addr);
+    assert!(matches!(
+        yann.join("books"),
+        Err(ChannelError::Unreachable(a)) if a == addr
+    ));
+    let _tracker = LocalTracker::start_at(addr);
+    next(&yann, |e| {
+        matches!(e, ChannelEvent::Registered).then_some(())
+    });
+    assert!(yann.join("books").unwrap().contains(&"yann".to_owned()));
+    yann.close().unwrap();
+}
+
+#[test]
+fn a_name_the_tracker_refuses_ends_the_channel_and_close_says_why() {
+    let tracker = LocalTracker::start();
+    let first = Channel::connect(ChannelConfig::new("yann", tracker.addr)).unwrap();
+    match Channel::connect(ChannelConfig::new("yann", tracker.addr)) {
+        Err(ChannelError::Refused(_)) => {}
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a second yann was registered"),
+    }
+    let twin = Channel::open(ChannelConfig::new("yann", tracker.addr)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match twin.recv_timeout(Duration::from_millis(100)) {
+            Err(ChannelError::Closed) => break,
+            Ok(event) => assert!(Instant::now() < deadline, "still open: {event:?}"),
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(matches!(twin.close(), Err(ChannelError::Refused(_))));
+    // The real yann is untouched.
+    assert_eq!(
+        first.members("books").err().map(|e| e.to_string()),
+        Some("no such group: books".into())
+    );
+    first.join("books").unwrap();
+    first.close().unwrap();
 }

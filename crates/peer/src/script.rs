@@ -1,0 +1,377 @@
+//! Script mode, a client of [`Channel`]: join a group, wait until every member is there
+//! (greeted, ordered by a sequencer in total order, clocks synchronized), send one message per
+//! line at a rate or flat out, wait for the deliveries, linger while others still recover
+//! ours, and report what was measured.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use member::Mode;
+use thiserror::Error;
+
+use crate::channel::{Channel, ChannelError, ChannelEvent, ChannelStats, Delivery};
+use crate::console::{describe, visible};
+use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
+
+/// Lines handed to the channel at once when sending flat out (the loop sends them as the
+/// flow-control window opens; between two chunks the script counts deliveries).
+const SEND_CHUNK: usize = 1024;
+
+/// How long the script waits after its last delivery, at least, and until retransmission
+/// requests from the others stop.
+const LINGER: Duration = Duration::from_millis(300);
+
+/// Most latency samples a script keeps (see `Measure::latencies`).
+const MAX_LATENCY_SAMPLES: usize = 20_000;
+
+/// How long a script waits for a first synchronization before it sends unsynchronized.
+const SYNC_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How often the script looks again while it waits (for members, deliveries, quiet).
+const TICK: Duration = Duration::from_millis(20);
+
+/// What a script-mode peer does.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// One message per line.
+    pub lines: Vec<String>,
+    /// The group to join.
+    pub group: String,
+    /// Start sending once this many members (ourselves included) are in the group.
+    pub members: usize,
+    /// Deliveries to wait for; by default every member sends as many lines as we do.
+    pub expect: Option<u64>,
+    /// Messages per second; `None` sends flat out.
+    pub rate: Option<f64>,
+    /// Give up waiting (for members, or for deliveries) after this long.
+    pub timeout: Duration,
+    /// Where to write each delivery as `GROUP<TAB>AUTHOR<TAB>COUNTER<TAB>TEXT`, if anywhere.
+    pub deliveries: Option<PathBuf>,
+}
+
+/// Why a script stopped before its report.
+#[derive(Debug, Error)]
+pub enum ScriptError {
+    /// The channel refused a call, or closed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// The deliveries file could not be written.
+    #[error("deliveries file: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Default)]
+struct Measure {
+    sent: u64,
+    delivered: u64,
+    first_send: Option<Instant>,
+    first_delivery: Option<Instant>,
+    last_delivery: Option<Instant>,
+    /// The latency of the first delivery that carried a send time (µs).
+    first_latency: Option<i64>,
+    /// Latencies (µs, signed: clocks badly out of step show as negative). Every
+    /// `stride`-th delivery is kept, and the stride doubles whenever
+    /// [`MAX_LATENCY_SAMPLES`] are held: memory stays bounded however long a script runs,
+    /// and the percentiles stay those of an even sample.
+    latencies: Vec<i64>,
+    stride: u64,
+    timed: u64,
+    /// Members the tracker evicted while we ran.
+    evicted: Vec<String>,
+}
+
+/// A script running over a channel.
+struct Run<'a> {
+    chan: &'a Channel,
+    script: &'a Script,
+    username: &'a str,
+    measure: Measure,
+    deliveries: Option<io::BufWriter<std::fs::File>>,
+}
+
+/// Runs `script` as `username` over `chan` (connected in `order`) and returns what it
+/// measured; the channel stays open (the caller closes it).
+pub fn run(
+    chan: &Channel,
+    username: &str,
+    order: Mode,
+    script: &Script,
+) -> Result<Report, ScriptError> {
+    let deliveries = match &script.deliveries {
+        Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
+    let mut run = Run {
+        chan,
+        script,
+        username,
+        measure: Measure::default(),
+        deliveries,
+    };
+    let expected = script
+        .expect
+        .unwrap_or(script.lines.len() as u64 * script.members as u64);
+    let joined_at = run.join()?;
+    if run.wait_for_members(joined_at)? {
+        run.send_lines()?;
+        let since = Instant::now();
+        while run.measure.delivered < expected && since.elapsed() <= script.timeout {
+            run.pump(TICK)?;
+        }
+    }
+    let stats = run.linger()?;
+    if let Some(file) = run.deliveries.as_mut() {
+        file.flush()?;
+    }
+    Ok(run.report(order, expected, &stats))
+}
+
+impl Run<'_> {
+    /// Joins the script's group, again after each loss of the tracker while the timeout
+    /// allows.
+    fn join(&mut self) -> Result<Instant, ScriptError> {
+        let since = Instant::now();
+        loop {
+            match self.chan.join(&self.script.group) {
+                Ok(_) => return Ok(Instant::now()),
+                Err(ChannelError::Unreachable(_)) if since.elapsed() < self.script.timeout => {
+                    self.pump(Duration::from_millis(100))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until every member is there (`false` if they were not, in time).
+    fn wait_for_members(&mut self, joined_at: Instant) -> Result<bool, ScriptError> {
+        let since = Instant::now();
+        loop {
+            let stats = self.chan.stats()?;
+            let group = stats.groups.iter().find(|g| g.name == self.script.group);
+            let heard = group.is_some_and(|g| g.members_heard + 1 >= self.script.members);
+            let ordered = group.is_some_and(|g| g.sequencer_ready);
+            let synced = stats.clock_settled || joined_at.elapsed() > SYNC_PATIENCE;
+            if heard && ordered && synced {
+                log::debug!("all {} members are here: sending", self.script.members);
+                return Ok(true);
+            }
+            if since.elapsed() > self.script.timeout {
+                log::warn!(
+                    "gave up waiting for {} members in {}",
+                    self.script.members,
+                    self.script.group
+                );
+                return Ok(false);
+            }
+            self.pump(TICK)?;
+        }
+    }
+
+    /// Sends every line: flat out, [`SEND_CHUNK`] lines at a time, which the loop sends as
+    /// fast as the flow-control window allows; at a rate, the lines due. Between two calls,
+    /// the deliveries that came are counted.
+    fn send_lines(&mut self) -> Result<(), ScriptError> {
+        let (script, chan) = (self.script, self.chan);
+        let step = script
+            .rate
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
+        let start = Instant::now();
+        self.measure.first_send = Some(start);
+        let mut next = 0;
+        while next < script.lines.len() {
+            let now = Instant::now();
+            let due = if step.is_zero() {
+                SEND_CHUNK
+            } else {
+                let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                let due = (elapsed / step.as_secs_f64()) as usize + 1;
+                due.saturating_sub(next)
+            };
+            if due == 0 {
+                let next_at = start + step.mul_f64(next as f64);
+                self.pump(next_at.saturating_duration_since(now))?;
+                continue;
+            }
+            let chunk = &script.lines[next..(next + due).min(script.lines.len())];
+            let sent = chan.send_all(&script.group, chunk)?;
+            next += sent;
+            self.measure.sent += sent as u64;
+            self.pump(Duration::ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// Waits at least [`LINGER`], and until retransmission requests stopped coming for as
+    /// long; returns the counters at the end.
+    fn linger(&mut self) -> Result<ChannelStats, ScriptError> {
+        let since = Instant::now();
+        let mut nacks = (u64::MAX, since);
+        loop {
+            self.pump(TICK)?;
+            let stats = self.chan.stats()?;
+            let now = Instant::now();
+            if stats.traffic.nacks_received != nacks.0 {
+                nacks = (stats.traffic.nacks_received, now);
+            }
+            if now - since >= LINGER && now - nacks.1 >= LINGER {
+                return Ok(stats);
+            }
+        }
+    }
+
+    /// Handles the events there are, waiting up to `wait` for the first.
+    fn pump(&mut self, wait: Duration) -> Result<(), ScriptError> {
+        let mut next = if wait.is_zero() {
+            self.chan.try_recv()?
+        } else {
+            self.chan.recv_timeout(wait)?
+        };
+        while let Some(event) = next {
+            self.handle(event)?;
+            next = self.chan.try_recv()?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, event: ChannelEvent) -> Result<(), ScriptError> {
+        match &event {
+            ChannelEvent::Message(m) => self.deliver(m)?,
+            ChannelEvent::MemberEvicted { member, .. } => {
+                self.measure.evicted.push(member.clone());
+            }
+            // A script's output is its report: news that explains a slow or incomplete run
+            // goes to standard error.
+            ChannelEvent::SequencerLost { .. }
+            | ChannelEvent::SequencerBack { .. }
+            | ChannelEvent::WeWereEvicted { .. } => {
+                if let Some(line) = describe(&event) {
+                    let text = format!("{}: {}\n", self.username, visible(&line));
+                    let _ = io::stderr().write_all(text.as_bytes());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, m: &Delivery) -> io::Result<()> {
+        let now = Instant::now();
+        let measure = &mut self.measure;
+        measure.delivered += 1;
+        measure.first_delivery.get_or_insert(now);
+        measure.last_delivery = Some(now);
+        if let Some(sent) = m.sent_at_us {
+            let latency = m.received_at_us as i64 - sent as i64;
+            measure.first_latency.get_or_insert(latency);
+            measure.timed += 1;
+            if measure.timed % measure.stride.max(1) == 0 {
+                measure.latencies.push(latency);
+                if measure.latencies.len() >= MAX_LATENCY_SAMPLES {
+                    let kept: Vec<_> = measure.latencies.iter().copied().step_by(2).collect();
+                    measure.latencies = kept;
+                    measure.stride = measure.stride.max(1) * 2;
+                }
+            }
+        }
+        if let Some(file) = self.deliveries.as_mut() {
+            writeln!(
+                file,
+                "{}\t{}\t{}\t{}",
+                m.group,
+                m.author,
+                m.seq,
+                String::from_utf8_lossy(&m.payload)
+            )?;
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, order: Mode, expected: u64, stats: &ChannelStats) -> Report {
+        let measure = &mut self.measure;
+        // From the first send, or for a member that only receives, the first delivery.
+        let start = [measure.first_send, measure.first_delivery]
+            .into_iter()
+            .flatten()
+            .min();
+        let mut duration = match (start, measure.last_delivery) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => Duration::ZERO,
+        };
+        if measure.first_send.is_none()
+            && let Some(first) = measure.first_latency
+        {
+            // A member that only receives measures from when the first message it delivered
+            // was sent (its one-way latency earlier than its delivery), not from that
+            // delivery: a burst delivered at once is not infinitely fast.
+            duration += Duration::from_micros(first.max(0) as u64);
+        }
+        let (traffic, order_counters, wire) = (stats.traffic, stats.ordering, stats.wire);
+        let datagrams = wire.datagrams.saturating_sub(stats.tracker_datagrams);
+        let messages = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
+        Report {
+            username: self.username.to_owned(),
+            group: self.script.group.clone(),
+            mode: match order {
+                Mode::Fifo => "fifo".into(),
+                Mode::Total => "total".into(),
+            },
+            sent: measure.sent,
+            delivered: measure.delivered,
+            expected,
+            complete: measure.delivered >= expected,
+            duration_ms: duration.as_secs_f64() * 1e3,
+            delivered_per_second: if duration.is_zero() {
+                0.0
+            } else {
+                measure.delivered as f64 / duration.as_secs_f64()
+            },
+            latency: Latency::of(&mut measure.latencies),
+            datagrams_sent: datagrams,
+            bundles_sent: wire.bundles,
+            app_datagrams_sent: traffic.app_datagrams_sent,
+            control_datagrams_sent: traffic.control_datagrams_sent,
+            messages_per_datagram: if datagrams == 0 {
+                0.0
+            } else {
+                messages as f64 / datagrams as f64
+            },
+            tracker_messages_sent: stats.tracker_messages,
+            datagrams_per_message: if measure.sent == 0 {
+                0.0
+            } else {
+                datagrams as f64 / measure.sent as f64
+            },
+            dropped: Dropped {
+                malformed: traffic.malformed,
+                spoofed: traffic.spoofed,
+                unknown: traffic.unknown,
+                other_mode: traffic.other_mode,
+                beyond_window: order_counters.beyond_window,
+            },
+            evicted: measure.evicted.clone(),
+            times_evicted: traffic.times_evicted,
+            clock_synced: stats.clock.is_some(),
+            clock_offset_us: stats.clock.map_or(0, |e| e.offset_ns / 1000),
+            clock_bound_us: stats.clock.map_or(0, |e| (e.bound_ns + 999) / 1000),
+            recovery: Recovery {
+                nacks_sent: order_counters.nacks_sent,
+                retransmissions_sent: order_counters.retransmissions_sent,
+                gaps_recovered: order_counters.gaps_recovered,
+                gaps_skipped: order_counters.gaps_skipped,
+                duplicates: order_counters.duplicates,
+            },
+            failover: Failover {
+                sequencer_losses: traffic.sequencer_losses,
+                takeovers: traffic.sequencer_takeovers,
+                already_delivered: traffic.already_delivered,
+            },
+            flow: Flow {
+                window_closed: traffic.window_closed,
+                probes_sent: traffic.flow_probes,
+                acks_sent: traffic.acks_sent,
+                acks_received: traffic.acks_received,
+            },
+        }
+    }
+}

@@ -107,8 +107,12 @@ pub struct Delivery {
     /// from report peers, which do not say).
     pub sent_at_us: Option<u64>,
     /// When it was delivered to us, on our synchronized clock (µs since the Unix epoch):
-    /// with `sent_at_us`, its latency.
+    /// with `sent_at_us`, its latency (read once per turn of the loop, for every message
+    /// it delivers).
     pub received_at_us: u64,
+    /// When our loop delivered it (this process's monotonic clock): with the moment it is
+    /// received from the channel, how long it waited there.
+    pub delivered_at: std::time::Instant,
 }
 
 /// What a [`Channel`] receives, in the order it happened.

@@ -118,6 +118,8 @@ pub(crate) struct Driver {
     api: Api,
     /// Events not handed to the channel yet (they go at the end of a turn's work).
     events: Vec<ChannelEvent>,
+    /// The synchronized clock when this turn's first delivery was made, in µs.
+    stamp: Option<u64>,
     /// Sends waiting for their group's flow-control window, in order.
     outgoing: VecDeque<Outgoing>,
     /// More is to be sent at once (this turn's share went; the window is open).
@@ -188,6 +190,7 @@ impl Driver {
             tickets: HashMap::new(),
             api,
             events: Vec::new(),
+            stamp: None,
             outgoing: VecDeque::new(),
             send_more: false,
             quit_deadline: None,
@@ -435,17 +438,11 @@ impl Driver {
     }
 
     fn read_udp(&mut self, now: Instant) {
-        self.udp_pending = false;
-        for _ in 0..READ_BATCH {
-            match self.udp.recv_from(&mut self.buf) {
-                Ok((n, from)) => self.member.handle_datagram(now, from, &self.buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => log::debug!("udp: {e}"),
-            }
-        }
-        // More may be waiting: come back after other work had its turn.
-        self.udp_pending = true;
+        let member = &mut self.member;
+        // More may be waiting after a full batch: we come back after other work had its turn.
+        self.udp_pending = runtime::read_batch(&self.udp, &mut self.buf, READ_BATCH, |from, d| {
+            member.handle_datagram(now, from, d)
+        });
     }
 
     fn flush_outbox(&mut self) {
@@ -542,7 +539,7 @@ impl Driver {
                         self.member.tracker_unanswered(now, ask);
                     }
                 }
-                Output::Deliver(message) => self.deliver(message),
+                Output::Deliver(message) => self.deliver(now, message),
                 Output::Event(
                     event @ (Event::Registered(_)
                     | Event::RegistrationRefused { .. }
@@ -576,15 +573,24 @@ impl Driver {
         Ok(())
     }
 
-    fn deliver(&mut self, m: Message) {
-        let received = self.member.synchronized(self.local.read(real_now()));
+    fn deliver(&mut self, now: Instant, m: Message) {
+        // One reading of the synchronized clock serves every delivery of a turn.
+        let received_at_us = match self.stamp {
+            Some(stamp) => stamp,
+            None => {
+                let local = self.local.read(real_now());
+                let stamp = self.member.synchronized(local).as_micros().max(0) as u64;
+                *self.stamp.insert(stamp)
+            }
+        };
         self.emit(ChannelEvent::Message(Delivery {
             group: m.group,
             author: m.author,
             payload: m.payload,
             seq: m.counter,
             sent_at_us: m.sent_at_us,
-            received_at_us: received.as_micros().max(0) as u64,
+            received_at_us,
+            delivered_at: now,
         }));
     }
 
@@ -596,6 +602,7 @@ impl Driver {
 
     /// Hands the events gathered so far to the channel, at once.
     fn flush_events(&mut self) {
+        self.stamp = None;
         if !self.events.is_empty() {
             let batch = std::mem::take(&mut self.events);
             (self.api.events)(batch);

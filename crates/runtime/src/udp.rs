@@ -1,4 +1,4 @@
-//! Binding the daemons' UDP sockets.
+//! Binding the daemons' UDP sockets, and reading them a batch at a time.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,4 +23,26 @@ pub fn bind_udp(
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Reads at most `max` datagrams from `udp` into `buf`, handing each to `handle`: a batch,
+/// after which the loop gives other work a turn. Returns whether more may be waiting (the
+/// batch was used up) rather than the socket being empty. Failures other than "empty" are
+/// logged and skipped: one bad datagram (an ICMP error reported on the socket, say) must
+/// not stop a daemon.
+pub fn read_batch(
+    udp: &mio::net::UdpSocket,
+    buf: &mut [u8],
+    max: usize,
+    mut handle: impl FnMut(SocketAddr, &[u8]),
+) -> bool {
+    for _ in 0..max {
+        match udp.recv_from(buf) {
+            Ok((n, from)) => handle(from, &buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => log::debug!("udp: {e}"),
+        }
+    }
+    true
 }

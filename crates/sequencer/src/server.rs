@@ -222,24 +222,18 @@ impl SequencerServer {
     }
 
     fn read(&mut self, now: Instant) {
-        self.udp_pending = false;
-        for _ in 0..READ_BATCH {
-            match self.udp.recv_from(&mut self.buf) {
-                Ok((n, from))
-                    if Some(from) == self.link.as_ref().map(TrackerLink::addr)
-                        && member::is_probe(&self.buf[..n]) =>
-                {
+        let tracker = self.link.as_ref().map(TrackerLink::addr);
+        let (node, next_heartbeat) = (&mut self.node, &mut self.next_heartbeat);
+        self.udp_pending =
+            runtime::read_batch(&self.udp, &mut self.buf, READ_BATCH, |from, datagram| {
+                if Some(from) == tracker && member::is_probe(datagram) {
                     // The tracker suspects we are gone: answer at once.
                     log::info!("the tracker asked whether the sequencer is alive: answering");
-                    self.next_heartbeat = Some(now);
+                    *next_heartbeat = Some(now);
+                } else {
+                    node.handle_datagram(now, from, datagram);
                 }
-                Ok((n, from)) => self.node.handle_datagram(now, from, &self.buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => log::debug!("udp: {e}"),
-            }
-        }
-        self.udp_pending = true;
+            });
     }
 
     fn transmit(&mut self) {

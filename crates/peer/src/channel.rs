@@ -292,7 +292,8 @@ pub(crate) enum Call {
 
 /// Where the loop hands events, a turn's worth at a time: the channel's own queue, or the
 /// program's.
-pub(crate) type EventSink = Box<dyn FnMut(Vec<ChannelEvent>) + Send>;
+/// It takes them all out of the vector it is given (whose room the loop keeps).
+pub(crate) type EventSink = Box<dyn FnMut(&mut Vec<ChannelEvent>) + Send>;
 
 /// Run on the loop's thread when it ends.
 type OnEnd = Box<dyn FnOnce() + Send>;
@@ -366,14 +367,28 @@ impl Channel {
     ) -> Result<Self, ChannelError> {
         let end = events.clone();
         let sink: EventSink = Box::new(move |batch| {
-            for e in batch {
+            for e in batch.drain(..) {
                 let _ = events.send(T::from(e));
             }
         });
         let on_end: OnEnd = Box::new(move || {
             let _ = end.send(last);
         });
-        Self::start_with(config, None, Some((sink, on_end)))
+        Self::start_with(config, None, Some((sink, Some(on_end))))
+    }
+
+    /// [`open`](Self::open), with every event handed to `handler` on the loop's own thread
+    /// as it happens, instead of queued (`recv` then returns [`ChannelError::Closed`]), as a
+    /// JGroups receiver's callbacks are. For a program that only counts, stores or forwards
+    /// what arrives: no thread switch and no wake-up per hand-over. The handler must be
+    /// quick — the loop, and so the whole member, waits for it — and must not call the
+    /// channel (the loop that would answer is the one running it).
+    pub fn open_with(
+        config: ChannelConfig,
+        mut handler: impl FnMut(ChannelEvent) + Send + 'static,
+    ) -> Result<Self, ChannelError> {
+        let sink: EventSink = Box::new(move |batch| batch.drain(..).for_each(&mut handler));
+        Self::start_with(config, None, Some((sink, None)))
     }
 
     fn start(config: ChannelConfig, ready: Option<Sender<()>>) -> Result<Self, ChannelError> {
@@ -383,7 +398,7 @@ impl Channel {
     fn start_with(
         config: ChannelConfig,
         ready: Option<Sender<()>>,
-        sink: Option<(EventSink, OnEnd)>,
+        sink: Option<(EventSink, Option<OnEnd>)>,
     ) -> Result<Self, ChannelError> {
         proto::check_name("name", &config.name).map_err(ChannelError::Refused)?;
         if config.name == member::SEQUENCER {
@@ -395,10 +410,10 @@ impl Channel {
         let (calls_tx, calls_rx) = mpsc::channel();
         let (events_tx, events_rx) = mpsc::channel();
         let (events, on_end): (EventSink, Option<OnEnd>) = match sink {
-            Some((sink, on_end)) => (sink, Some(on_end)),
+            Some((sink, on_end)) => (sink, on_end),
             None => (
                 Box::new(move |batch| {
-                    let _ = events_tx.send(batch);
+                    let _ = events_tx.send(std::mem::take(batch));
                 }),
                 None,
             ),
@@ -505,15 +520,16 @@ impl Channel {
     /// window as [`send`](Self::send) does, in one call to the loop: the messages leave as
     /// fast as the window lets them, bundled. Returns how many went (all of them). An
     /// error (a message the member refuses, the channel closed) stops it: the messages
-    /// before that one went.
-    pub fn send_all<P: AsRef<[u8]>>(
+    /// before that one went. Owned payloads (`Vec<u8>`, `String`) are moved, not copied.
+    pub fn send_all<P: Into<Vec<u8>>>(
         &self,
         group: &str,
-        payloads: &[P],
+        payloads: impl IntoIterator<Item = P>,
     ) -> Result<usize, ChannelError> {
+        let payloads = payloads.into_iter().map(Into::into).collect();
         self.call(|reply| Call::SendAll {
             group: group.to_owned(),
-            payloads: payloads.iter().map(|p| p.as_ref().to_vec()).collect(),
+            payloads,
             reply,
         })
     }

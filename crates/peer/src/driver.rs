@@ -604,8 +604,7 @@ impl Driver {
     fn flush_events(&mut self) {
         self.stamp = None;
         if !self.events.is_empty() {
-            let batch = std::mem::take(&mut self.events);
-            (self.api.events)(batch);
+            (self.api.events)(&mut self.events);
         }
     }
 

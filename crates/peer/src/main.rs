@@ -9,7 +9,7 @@ use clap::Parser;
 use nix::sys::termios;
 use peer::console::{self, PlainScreen, visible};
 use peer::interactive::{self, Identity, Incoming};
-use peer::script::{Script, ScriptError};
+use peer::script::{Script, ScriptError, ScriptPeer};
 use peer::{Channel, ChannelConfig, ChannelError, Mode};
 
 mod terminal;
@@ -170,28 +170,25 @@ fn run(args: Args) -> Result<bool, String> {
         ..ChannelConfig::new(&args.username, tracker)
     };
     match script {
-        Some(script) => run_script(config, &script, args.json),
+        Some(script) => run_script(config, script, args.json),
         None => run_interactive(config).map(|()| true),
     }
 }
 
 /// Script mode: the report on standard output, `Ok(false)` when deliveries are missing.
-fn run_script(config: ChannelConfig, script: &Script, json: bool) -> Result<bool, String> {
-    let (name, order) = (config.name.clone(), config.order);
-    let chan = Channel::connect(config).map_err(|e| visible(&e.to_string()).into_owned())?;
-    let stop = chan.shutdown_handle();
+fn run_script(config: ChannelConfig, script: Script, json: bool) -> Result<bool, String> {
+    let shown = |e: &dyn std::fmt::Display| visible(&e.to_string()).into_owned();
+    let peer = ScriptPeer::open(config, script).map_err(|e| shown(&e))?;
+    let stop = peer.shutdown_handle();
     ctrlc::set_handler(move || stop.shutdown())
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
-    let report = peer::script::run(&chan, &name, order, script);
-    let closed = chan.close();
-    let report = match report {
+    let report = match peer.run() {
         Ok(report) => report,
         // Stopped (Ctrl-C) before the end: nothing to report.
         Err(ScriptError::Channel(ChannelError::Closed)) => {
-            closed.map_err(|e| visible(&e.to_string()).into_owned())?;
             return Err("the script did not run to its end".into());
         }
-        Err(e) => return Err(visible(&e.to_string()).into_owned()),
+        Err(e) => return Err(shown(&e)),
     };
     let text = if json {
         serde_json::to_string(&report).map_err(|e| e.to_string())?

@@ -2,21 +2,28 @@
 //! (greeted, ordered by a sequencer in total order, clocks synchronized), send one message per
 //! line at a rate or flat out, wait for the deliveries, linger while others still recover
 //! ours, and report what was measured.
+//!
+//! Deliveries are counted by a handler on the channel's own loop
+//! ([`Channel::open_with`]): measuring costs the member no thread switch per message, so
+//! the figures are the member's, not the hand-over's.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use member::Mode;
+use runtime::Shutdown;
 use thiserror::Error;
 
-use crate::channel::{Channel, ChannelError, ChannelEvent, ChannelStats, Delivery};
+use crate::channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery};
 use crate::console::{describe, visible};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
 
-/// Lines handed to the channel at once when sending flat out (the loop sends them as the
-/// flow-control window opens; between two chunks the script counts deliveries).
-const SEND_CHUNK: usize = 1024;
+/// Lines handed to the channel at once when sending flat out: the loop sends them as the
+/// flow-control window opens, and between two chunks it waits for the next (so a chunk is
+/// many windows long).
+const SEND_CHUNK: usize = 16_384;
 
 /// How long the script waits after its last delivery, at least, and until retransmission
 /// requests from the others stop.
@@ -81,161 +88,98 @@ struct Measure {
     evicted: Vec<String>,
 }
 
-/// A script running over a channel.
-struct Run<'a> {
-    chan: &'a Channel,
-    script: &'a Script,
-    username: &'a str,
+/// What the handler on the loop records, and the script reads.
+struct Shared {
+    username: String,
+    registered: bool,
     measure: Measure,
     deliveries: Option<io::BufWriter<std::fs::File>>,
+    /// The deliveries file could not be written.
+    failed: Option<io::Error>,
 }
 
-/// Runs `script` as `username` over `chan` (connected in `order`) and returns what it
-/// measured; the channel stays open (the caller closes it).
-pub fn run(
-    chan: &Channel,
-    username: &str,
+/// A script-mode peer: its channel, and what the handler on the channel's loop records.
+pub struct ScriptPeer {
+    chan: Channel,
+    shared: Arc<Mutex<Shared>>,
+    script: Script,
     order: Mode,
-    script: &Script,
-) -> Result<Report, ScriptError> {
-    let deliveries = match &script.deliveries {
-        Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
-        None => None,
-    };
-    let mut run = Run {
-        chan,
-        script,
-        username,
-        measure: Measure::default(),
-        deliveries,
-    };
-    let expected = script
-        .expect
-        .unwrap_or(script.lines.len() as u64 * script.members as u64);
-    let joined_at = run.join()?;
-    if run.wait_for_members(joined_at)? {
-        run.send_lines()?;
-        let since = Instant::now();
-        while run.measure.delivered < expected && since.elapsed() <= script.timeout {
-            run.pump(TICK)?;
-        }
-    }
-    let stats = run.linger()?;
-    if let Some(file) = run.deliveries.as_mut() {
-        file.flush()?;
-    }
-    Ok(run.report(order, expected, &stats))
+    tracker: std::net::SocketAddr,
+    connect_timeout: Duration,
 }
 
-impl Run<'_> {
-    /// Joins the script's group, again after each loss of the tracker while the timeout
-    /// allows.
-    fn join(&mut self) -> Result<Instant, ScriptError> {
-        let since = Instant::now();
-        loop {
-            match self.chan.join(&self.script.group) {
-                Ok(_) => return Ok(Instant::now()),
-                Err(ChannelError::Unreachable(_)) if since.elapsed() < self.script.timeout => {
-                    self.pump(Duration::from_millis(100))?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+impl ScriptPeer {
+    /// Creates the deliveries file, if asked for, and opens the channel (the tracker is
+    /// contacted at once; [`run`](Self::run) waits for it, at most `connect_timeout`).
+    pub fn open(config: ChannelConfig, script: Script) -> Result<Self, ScriptError> {
+        let deliveries = match &script.deliveries {
+            Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
+            None => None,
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            username: config.name.clone(),
+            registered: false,
+            measure: Measure::default(),
+            deliveries,
+            failed: None,
+        }));
+        let (order, tracker) = (config.order, config.tracker);
+        let connect_timeout = config.connect_timeout;
+        let recorder = shared.clone();
+        let chan = Channel::open_with(config, move |event| lock(&recorder).handle(event))?;
+        Ok(Self {
+            chan,
+            shared,
+            script,
+            order,
+            tracker,
+            connect_timeout,
+        })
     }
 
-    /// Waits until every member is there (`false` if they were not, in time).
-    fn wait_for_members(&mut self, joined_at: Instant) -> Result<bool, ScriptError> {
-        let since = Instant::now();
-        loop {
-            let stats = self.chan.stats()?;
-            let group = stats.groups.iter().find(|g| g.name == self.script.group);
-            let heard = group.is_some_and(|g| g.members_heard + 1 >= self.script.members);
-            let ordered = group.is_some_and(|g| g.sequencer_ready);
-            let synced = stats.clock_settled || joined_at.elapsed() > SYNC_PATIENCE;
-            if heard && ordered && synced {
-                log::debug!("all {} members are here: sending", self.script.members);
-                return Ok(true);
-            }
-            if since.elapsed() > self.script.timeout {
-                log::warn!(
-                    "gave up waiting for {} members in {}",
-                    self.script.members,
-                    self.script.group
-                );
-                return Ok(false);
-            }
-            self.pump(TICK)?;
-        }
+    /// A handle that stops the script (a Ctrl-C handler's).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.chan.shutdown_handle()
     }
 
-    /// Sends every line: flat out, [`SEND_CHUNK`] lines at a time, which the loop sends as
-    /// fast as the flow-control window allows; at a rate, the lines due. Between two calls,
-    /// the deliveries that came are counted.
-    fn send_lines(&mut self) -> Result<(), ScriptError> {
-        let (script, chan) = (self.script, self.chan);
-        let step = script
-            .rate
-            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
-        let start = Instant::now();
-        self.measure.first_send = Some(start);
-        let mut next = 0;
-        while next < script.lines.len() {
-            let now = Instant::now();
-            let due = if step.is_zero() {
-                SEND_CHUNK
-            } else {
-                let elapsed = now.saturating_duration_since(start).as_secs_f64();
-                let due = (elapsed / step.as_secs_f64()) as usize + 1;
-                due.saturating_sub(next)
-            };
-            if due == 0 {
-                let next_at = start + step.mul_f64(next as f64);
-                self.pump(next_at.saturating_duration_since(now))?;
-                continue;
-            }
-            let chunk = &script.lines[next..(next + due).min(script.lines.len())];
-            let sent = chan.send_all(&script.group, chunk)?;
-            next += sent;
-            self.measure.sent += sent as u64;
-            self.pump(Duration::ZERO)?;
+    /// Runs the script and closes the channel; returns what was measured. Stopped before
+    /// the end, it fails with [`ChannelError::Closed`], or with why the channel's loop ended
+    /// (the tracker refused our name, say).
+    pub fn run(self) -> Result<Report, ScriptError> {
+        // The messages are made before the clock starts: sending moves them, copies nothing.
+        let payloads = self
+            .script
+            .lines
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        let result = Run {
+            peer: &self,
+            shared: &self.shared,
         }
-        Ok(())
-    }
-
-    /// Waits at least [`LINGER`], and until retransmission requests stopped coming for as
-    /// long; returns the counters at the end.
-    fn linger(&mut self) -> Result<ChannelStats, ScriptError> {
-        let since = Instant::now();
-        let mut nacks = (u64::MAX, since);
-        loop {
-            self.pump(TICK)?;
-            let stats = self.chan.stats()?;
-            let now = Instant::now();
-            if stats.traffic.nacks_received != nacks.0 {
-                nacks = (stats.traffic.nacks_received, now);
-            }
-            if now - since >= LINGER && now - nacks.1 >= LINGER {
-                return Ok(stats);
-            }
+        .run(payloads);
+        let closed = self.chan.close();
+        match (result, closed) {
+            (Err(ScriptError::Channel(ChannelError::Closed)), Err(why)) => Err(why.into()),
+            (result, _) => result,
         }
     }
+}
 
-    /// Waits `wait`, then handles the events there are. Not woken by each event: while
-    /// messages stream in, the loop's hand-overs cost it no wake-up of this thread (the
-    /// measurements use the times the loop recorded, not when they are counted here).
-    fn pump(&mut self, wait: Duration) -> Result<(), ScriptError> {
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-        while let Some(event) = self.chan.try_recv()? {
-            self.handle(event)?;
-        }
-        Ok(())
-    }
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
 
-    fn handle(&mut self, event: ChannelEvent) -> Result<(), ScriptError> {
+impl Shared {
+    /// On the channel's loop: records an event.
+    fn handle(&mut self, event: ChannelEvent) {
         match &event {
-            ChannelEvent::Message(m) => self.deliver(m)?,
+            ChannelEvent::Message(m) => {
+                if let Err(e) = self.deliver(m) {
+                    self.failed.get_or_insert(e);
+                }
+            }
+            ChannelEvent::Registered => self.registered = true,
             ChannelEvent::MemberEvicted { member, .. } => {
                 self.measure.evicted.push(member.clone());
             }
@@ -251,7 +195,6 @@ impl Run<'_> {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn deliver(&mut self, m: &Delivery) -> io::Result<()> {
@@ -284,9 +227,152 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
 
-    fn report(&mut self, order: Mode, expected: u64, stats: &ChannelStats) -> Report {
-        let measure = &mut self.measure;
+/// A script running over its peer's channel.
+struct Run<'a> {
+    peer: &'a ScriptPeer,
+    shared: &'a Mutex<Shared>,
+}
+
+impl Run<'_> {
+    fn run(&self, payloads: Vec<Vec<u8>>) -> Result<Report, ScriptError> {
+        let script = &self.peer.script;
+        let expected = script
+            .expect
+            .unwrap_or(script.lines.len() as u64 * script.members as u64);
+        self.wait_registered()?;
+        let joined_at = self.join()?;
+        if self.wait_for_members(joined_at)? {
+            self.send_lines(payloads)?;
+            let since = Instant::now();
+            while lock(self.shared).measure.delivered < expected
+                && since.elapsed() <= script.timeout
+            {
+                std::thread::sleep(TICK);
+            }
+        }
+        let stats = self.linger()?;
+        let mut shared = lock(self.shared);
+        if let Some(file) = shared.deliveries.as_mut() {
+            file.flush()?;
+        }
+        if let Some(e) = shared.failed.take() {
+            return Err(e.into());
+        }
+        Ok(self.report(&mut shared, expected, &stats))
+    }
+
+    /// Waits until the tracker registered us ([`ChannelError::Unreachable`] after the
+    /// connect timeout; the loop's end, when the tracker refused us).
+    fn wait_registered(&self) -> Result<(), ScriptError> {
+        let since = Instant::now();
+        while !lock(self.shared).registered {
+            if since.elapsed() > self.peer.connect_timeout {
+                return Err(ChannelError::Unreachable(self.peer.tracker).into());
+            }
+            // Fails once the loop has ended.
+            self.peer.chan.stats()?;
+            std::thread::sleep(TICK);
+        }
+        Ok(())
+    }
+
+    /// Joins the script's group, again after each loss of the tracker while the timeout
+    /// allows.
+    fn join(&self) -> Result<Instant, ScriptError> {
+        let since = Instant::now();
+        loop {
+            match self.peer.chan.join(&self.peer.script.group) {
+                Ok(_) => return Ok(Instant::now()),
+                Err(ChannelError::Unreachable(_)) if since.elapsed() < self.peer.script.timeout => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until every member is there (`false` if they were not, in time).
+    fn wait_for_members(&self, joined_at: Instant) -> Result<bool, ScriptError> {
+        let script = &self.peer.script;
+        let since = Instant::now();
+        loop {
+            let stats = self.peer.chan.stats()?;
+            let group = stats.groups.iter().find(|g| g.name == script.group);
+            let heard = group.is_some_and(|g| g.members_heard + 1 >= script.members);
+            let ordered = group.is_some_and(|g| g.sequencer_ready);
+            let synced = stats.clock_settled || joined_at.elapsed() > SYNC_PATIENCE;
+            if heard && ordered && synced {
+                log::debug!("all {} members are here: sending", script.members);
+                return Ok(true);
+            }
+            if since.elapsed() > script.timeout {
+                log::warn!(
+                    "gave up waiting for {} members in {}",
+                    script.members,
+                    script.group
+                );
+                return Ok(false);
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// Sends every line (`payloads`, made from them beforehand): flat out, [`SEND_CHUNK`]
+    /// lines at a time, which the loop sends as fast as the flow-control window allows; at a
+    /// rate, the lines due.
+    fn send_lines(&self, payloads: Vec<Vec<u8>>) -> Result<(), ScriptError> {
+        let (script, chan) = (&self.peer.script, &self.peer.chan);
+        let step = script
+            .rate
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
+        let mut payloads = payloads.into_iter();
+        let start = Instant::now();
+        lock(self.shared).measure.first_send = Some(start);
+        let mut next = 0;
+        while next < script.lines.len() {
+            let now = Instant::now();
+            let due = if step.is_zero() {
+                SEND_CHUNK
+            } else {
+                let elapsed = now.saturating_duration_since(start).as_secs_f64();
+                let due = (elapsed / step.as_secs_f64()) as usize + 1;
+                due.saturating_sub(next)
+            };
+            if due == 0 {
+                let next_at = start + step.mul_f64(next as f64);
+                std::thread::sleep(next_at.saturating_duration_since(now));
+                continue;
+            }
+            let chunk: Vec<Vec<u8>> = payloads.by_ref().take(due).collect();
+            let sent = chan.send_all(&script.group, chunk)?;
+            next += sent;
+            lock(self.shared).measure.sent += sent as u64;
+        }
+        Ok(())
+    }
+
+    /// Waits at least [`LINGER`], and until retransmission requests stopped coming for as
+    /// long; returns the counters at the end.
+    fn linger(&self) -> Result<ChannelStats, ScriptError> {
+        let since = Instant::now();
+        let mut nacks = (u64::MAX, since);
+        loop {
+            std::thread::sleep(TICK);
+            let stats = self.peer.chan.stats()?;
+            let now = Instant::now();
+            if stats.traffic.nacks_received != nacks.0 {
+                nacks = (stats.traffic.nacks_received, now);
+            }
+            if now - since >= LINGER && now - nacks.1 >= LINGER {
+                return Ok(stats);
+            }
+        }
+    }
+
+    fn report(&self, shared: &mut Shared, expected: u64, stats: &ChannelStats) -> Report {
+        let measure = &mut shared.measure;
         // From the first send, or for a member that only receives, the first delivery.
         let start = [measure.first_send, measure.first_delivery]
             .into_iter()
@@ -308,9 +394,9 @@ impl Run<'_> {
         let datagrams = wire.datagrams.saturating_sub(stats.tracker_datagrams);
         let messages = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
         Report {
-            username: self.username.to_owned(),
-            group: self.script.group.clone(),
-            mode: match order {
+            username: shared.username.clone(),
+            group: self.peer.script.group.clone(),
+            mode: match self.peer.order {
                 Mode::Fifo => "fifo".into(),
                 Mode::Total => "total".into(),
             },

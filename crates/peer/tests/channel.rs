@@ -94,7 +94,7 @@ fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
         matches!(e, ChannelEvent::MemberJoined { ref member, .. } if member == "ford").then_some(())
     });
     let lines: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
-    assert_eq!(ford.send_all("books", &lines).unwrap(), lines.len());
+    assert_eq!(ford.send_all("books", lines.clone()).unwrap(), lines.len());
     for (i, line) in lines.iter().enumerate() {
         let m = next(&kat, |e| match e {
             ChannelEvent::Message(m) => Some(m),
@@ -113,7 +113,7 @@ fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
     assert_eq!(stats.groups[0].name, "books");
     assert_eq!(stats.groups[0].members_heard, 1);
     // Refused as a whole: nothing of it goes to a group we are not in.
-    match ford.send_all("films", &["a"]) {
+    match ford.send_all("films", ["a"]) {
         Err(ChannelError::Member(_)) => {}
         other => panic!("{other:?}"),
     }

@@ -21,6 +21,9 @@
 //!
 //! [`Channel::open`] returns at once instead, for a program that goes on while the tracker
 //! is away (the interactive peer): [`ChannelEvent::Registered`] says when we are in.
+//! [`Channel::open_into`] puts the events on the program's own queue (to wait on them and on
+//! its input at once); [`Channel::open_with`] hands them to a handler on the loop's thread
+//! (to count or store them without a thread switch per message, as the script peer does).
 //!
 //! A program with its own event loop can instead drive the sans-IO [`member::Member`] and
 //! the [`runtime`] pieces itself, as this loop does.

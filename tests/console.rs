@@ -366,3 +366,23 @@ fn at_a_terminal_a_pasted_block_of_lines_is_applied_line_by_line() {
     kat.expect_line("in books yann says:: and its second line");
     yann.wait_for("[yann@books]> ");
 }
+
+#[test]
+fn at_a_terminal_keys_that_arrive_in_one_burst_are_all_applied() {
+    let tracker = tracker(&[]);
+    let mut kat = interactive("kat", tracker.addr, false);
+    registered(&mut kat, "kat");
+    kat.send("!j books");
+    kat.expect_line("joined books; writing to books");
+    let mut yann = Terminal::spawn(&[
+        "127.0.0.1:0".into(),
+        "yann".into(),
+        tracker.addr.to_string(),
+    ]);
+    yann.wait_for("[yann]> ");
+    // Typed faster than the editor reads (as over a slow link, or by a program): the keys
+    // after the first Enter are already waiting when the editor starts its next line.
+    yann.type_keys("!j books\rfirst of a burst\rsecond of a burst\r");
+    kat.expect_line("in books yann says:: first of a burst");
+    kat.expect_line("in books yann says:: second of a burst");
+}

@@ -71,7 +71,8 @@ struct Args {
     #[arg(long, value_name = "PER_SECOND")]
     rate: Option<f64>,
 
-    /// Script mode: give up waiting for members or deliveries after this long.
+    /// Script mode: give up waiting for the tracker, the members or the deliveries after
+    /// this long.
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     timeout_ms: u64,
 

@@ -345,19 +345,21 @@ fn at_a_terminal_an_incoming_message_leaves_the_half_typed_line_intact() {
     kat.expect_line("* yann left books");
 }
 
-#[test]
-fn at_a_terminal_a_pasted_block_of_lines_is_applied_line_by_line() {
-    let tracker = tracker(&[]);
-    let mut kat = interactive("kat", tracker.addr, false);
+/// kat (piped) in books, and yann at a terminal, registered, in no group yet.
+fn kat_in_books_and_yann_at_a_terminal(tracker: std::net::SocketAddr) -> (Process, Terminal) {
+    let mut kat = interactive("kat", tracker, false);
     registered(&mut kat, "kat");
     kat.send("!j books");
     kat.expect_line("joined books; writing to books");
-    let mut yann = Terminal::spawn(&[
-        "127.0.0.1:0".into(),
-        "yann".into(),
-        tracker.addr.to_string(),
-    ]);
+    let yann = Terminal::spawn(&["127.0.0.1:0".into(), "yann".into(), tracker.to_string()]);
     yann.wait_for("[yann]> ");
+    (kat, yann)
+}
+
+#[test]
+fn at_a_terminal_a_pasted_block_of_lines_is_applied_line_by_line() {
+    let tracker = tracker(&[]);
+    let (mut kat, mut yann) = kat_in_books_and_yann_at_a_terminal(tracker.addr);
     // A bracketed paste (as terminals send one, with \r line breaks): the editor holds it
     // until Enter, then each line counts as typed.
     yann.type_keys("\x1b[200~!j books\rfrom a paste\rand its second line\r\x1b[201~");
@@ -370,16 +372,7 @@ fn at_a_terminal_a_pasted_block_of_lines_is_applied_line_by_line() {
 #[test]
 fn at_a_terminal_keys_that_arrive_in_one_burst_are_all_applied() {
     let tracker = tracker(&[]);
-    let mut kat = interactive("kat", tracker.addr, false);
-    registered(&mut kat, "kat");
-    kat.send("!j books");
-    kat.expect_line("joined books; writing to books");
-    let mut yann = Terminal::spawn(&[
-        "127.0.0.1:0".into(),
-        "yann".into(),
-        tracker.addr.to_string(),
-    ]);
-    yann.wait_for("[yann]> ");
+    let (mut kat, mut yann) = kat_in_books_and_yann_at_a_terminal(tracker.addr);
     // Typed faster than the editor reads (as over a slow link, or by a program): the keys
     // after the first Enter are already waiting when the editor starts its next line.
     yann.type_keys("!j books\rfirst of a burst\rsecond of a burst\r");

@@ -334,7 +334,7 @@ impl Channel {
         let timeout = config.connect_timeout;
         let tracker = config.tracker;
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut chan = Self::start(config, Some(ready_tx))?;
+        let mut chan = Self::start(config, Some(ready_tx), None)?;
         match ready_rx.recv_timeout(timeout) {
             Ok(()) => Ok(chan),
             // The loop ended before: it says why.
@@ -355,7 +355,7 @@ impl Channel {
     /// trying). Should the tracker refuse us, the loop ends: events end with
     /// [`ChannelError::Closed`], and [`close`](Self::close) says why.
     pub fn open(config: ChannelConfig) -> Result<Self, ChannelError> {
-        Self::start(config, None)
+        Self::start(config, None, None)
     }
 
     /// [`open`](Self::open), with the events going to `events` instead of the channel's own
@@ -377,7 +377,7 @@ impl Channel {
         let on_end: OnEnd = Box::new(move || {
             let _ = end.send(last);
         });
-        Self::start_with(config, None, Some((sink, Some(on_end))))
+        Self::start(config, None, Some((sink, Some(on_end))))
     }
 
     /// [`open`](Self::open), with every event handed to `handler` on the loop's own thread
@@ -391,14 +391,12 @@ impl Channel {
         mut handler: impl FnMut(ChannelEvent) + Send + 'static,
     ) -> Result<Self, ChannelError> {
         let sink: EventSink = Box::new(move |batch| batch.drain(..).for_each(&mut handler));
-        Self::start_with(config, None, Some((sink, None)))
+        Self::start(config, None, Some((sink, None)))
     }
 
-    fn start(config: ChannelConfig, ready: Option<Sender<()>>) -> Result<Self, ChannelError> {
-        Self::start_with(config, ready, None)
-    }
-
-    fn start_with(
+    /// Binds and starts the loop; `ready` hears of our registration, `sink` takes the events
+    /// instead of the channel's own queue.
+    fn start(
         config: ChannelConfig,
         ready: Option<Sender<()>>,
         sink: Option<(EventSink, Option<OnEnd>)>,

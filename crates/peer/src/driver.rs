@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
 use crate::channel::{
     Api, Call, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery, GroupStatus,
@@ -93,9 +93,9 @@ impl Outgoing {
         }
     }
 
-    /// Answers the caller: every message went, or the member refused one.
-    fn answer(self, refused: Option<member::Error>) {
-        let refused = refused.map(ChannelError::from);
+    /// Answers the caller: every message went, or why not (the member refused one, the
+    /// channel closed).
+    fn answer(self, refused: Option<ChannelError>) {
         // A caller gone is not our concern.
         match self.reply {
             Reply::One(reply) => drop(reply.send(refused.map_or(Ok(self.last), Err))),
@@ -155,11 +155,7 @@ impl Driver {
             }
             None => bound,
         };
-        let mut udp = UdpSocket::from_std(std_udp);
-        let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
-        let stop = Shutdown::new(poll.registry(), WAKER)?;
+        let (poll, udp, stop) = runtime::poll_udp(std_udp, UDP, WAKER)?;
         let now = Instant::now();
         let local = clock::SkewedClock::new(
             (config.clock_offset_ms * 1e6) as i64,
@@ -217,10 +213,7 @@ impl Driver {
     pub(crate) fn run(&mut self) -> Result<(), LoopError> {
         let result = self.run_loop();
         for out in self.outgoing.drain(..) {
-            match out.reply {
-                Reply::One(reply) => drop(reply.send(Err(ChannelError::Closed))),
-                Reply::All(reply) => drop(reply.send(Err(ChannelError::Closed))),
-            }
+            out.answer(Some(ChannelError::Closed));
         }
         result
     }
@@ -350,7 +343,7 @@ impl Driver {
                         budget -= 1;
                     }
                     Err(e) => {
-                        refused = Some(e);
+                        refused = Some(e.into());
                         break;
                     }
                 }

@@ -153,11 +153,7 @@ impl ScriptPeer {
             .iter()
             .map(|l| l.as_bytes().to_vec())
             .collect();
-        let result = Run {
-            peer: &self,
-            shared: &self.shared,
-        }
-        .run(payloads);
+        let result = self.run_script(payloads);
         let closed = self.chan.close();
         match (result, closed) {
             (Err(ScriptError::Channel(ChannelError::Closed)), Err(why)) => Err(why.into()),
@@ -229,15 +225,10 @@ impl Shared {
     }
 }
 
-/// A script running over its peer's channel.
-struct Run<'a> {
-    peer: &'a ScriptPeer,
-    shared: &'a Mutex<Shared>,
-}
-
-impl Run<'_> {
-    fn run(&self, payloads: Vec<Vec<u8>>) -> Result<Report, ScriptError> {
-        let script = &self.peer.script;
+/// The steps of a run.
+impl ScriptPeer {
+    fn run_script(&self, payloads: Vec<Vec<u8>>) -> Result<Report, ScriptError> {
+        let script = &self.script;
         let expected = script
             .expect
             .unwrap_or(script.lines.len() as u64 * script.members as u64);
@@ -246,14 +237,14 @@ impl Run<'_> {
         if self.wait_for_members(joined_at)? {
             self.send_lines(payloads)?;
             let since = Instant::now();
-            while lock(self.shared).measure.delivered < expected
+            while lock(&self.shared).measure.delivered < expected
                 && since.elapsed() <= script.timeout
             {
                 std::thread::sleep(TICK);
             }
         }
         let stats = self.linger()?;
-        let mut shared = lock(self.shared);
+        let mut shared = lock(&self.shared);
         if let Some(file) = shared.deliveries.as_mut() {
             file.flush()?;
         }
@@ -267,12 +258,12 @@ impl Run<'_> {
     /// connect timeout; the loop's end, when the tracker refused us).
     fn wait_registered(&self) -> Result<(), ScriptError> {
         let since = Instant::now();
-        while !lock(self.shared).registered {
-            if since.elapsed() > self.peer.connect_timeout {
-                return Err(ChannelError::Unreachable(self.peer.tracker).into());
+        while !lock(&self.shared).registered {
+            if since.elapsed() > self.connect_timeout {
+                return Err(ChannelError::Unreachable(self.tracker).into());
             }
             // Fails once the loop has ended.
-            self.peer.chan.stats()?;
+            self.chan.stats()?;
             std::thread::sleep(TICK);
         }
         Ok(())
@@ -283,9 +274,9 @@ impl Run<'_> {
     fn join(&self) -> Result<Instant, ScriptError> {
         let since = Instant::now();
         loop {
-            match self.peer.chan.join(&self.peer.script.group) {
+            match self.chan.join(&self.script.group) {
                 Ok(_) => return Ok(Instant::now()),
-                Err(ChannelError::Unreachable(_)) if since.elapsed() < self.peer.script.timeout => {
+                Err(ChannelError::Unreachable(_)) if since.elapsed() < self.script.timeout => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e.into()),
@@ -295,10 +286,10 @@ impl Run<'_> {
 
     /// Waits until every member is there (`false` if they were not, in time).
     fn wait_for_members(&self, joined_at: Instant) -> Result<bool, ScriptError> {
-        let script = &self.peer.script;
+        let script = &self.script;
         let since = Instant::now();
         loop {
-            let stats = self.peer.chan.stats()?;
+            let stats = self.chan.stats()?;
             let group = stats.groups.iter().find(|g| g.name == script.group);
             let heard = group.is_some_and(|g| g.members_heard + 1 >= script.members);
             let ordered = group.is_some_and(|g| g.sequencer_ready);
@@ -323,13 +314,13 @@ impl Run<'_> {
     /// lines at a time, which the loop sends as fast as the flow-control window allows; at a
     /// rate, the lines due.
     fn send_lines(&self, payloads: Vec<Vec<u8>>) -> Result<(), ScriptError> {
-        let (script, chan) = (&self.peer.script, &self.peer.chan);
+        let (script, chan) = (&self.script, &self.chan);
         let step = script
             .rate
             .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
         let mut payloads = payloads.into_iter();
         let start = Instant::now();
-        lock(self.shared).measure.first_send = Some(start);
+        lock(&self.shared).measure.first_send = Some(start);
         let mut next = 0;
         while next < script.lines.len() {
             let now = Instant::now();
@@ -348,7 +339,7 @@ impl Run<'_> {
             let chunk: Vec<Vec<u8>> = payloads.by_ref().take(due).collect();
             let sent = chan.send_all(&script.group, chunk)?;
             next += sent;
-            lock(self.shared).measure.sent += sent as u64;
+            lock(&self.shared).measure.sent += sent as u64;
         }
         Ok(())
     }
@@ -360,7 +351,7 @@ impl Run<'_> {
         let mut nacks = (u64::MAX, since);
         loop {
             std::thread::sleep(TICK);
-            let stats = self.peer.chan.stats()?;
+            let stats = self.chan.stats()?;
             let now = Instant::now();
             if stats.traffic.nacks_received != nacks.0 {
                 nacks = (stats.traffic.nacks_received, now);
@@ -395,8 +386,8 @@ impl Run<'_> {
         let messages = traffic.app_datagrams_sent + traffic.control_datagrams_sent;
         Report {
             username: shared.username.clone(),
-            group: self.peer.script.group.clone(),
-            mode: match self.peer.order {
+            group: self.script.group.clone(),
+            mode: match self.order {
                 Mode::Fifo => "fifo".into(),
                 Mode::Total => "total".into(),
             },

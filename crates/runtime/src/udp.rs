@@ -25,6 +25,24 @@ pub fn bind_udp(
     Ok(socket.into())
 }
 
+/// A member daemon's loop: a `Poll` watching `udp` (readable and writable, as `udp_token`)
+/// and the [`Shutdown`] that wakes it (as `waker_token`).
+pub fn poll_udp(
+    udp: std::net::UdpSocket,
+    udp_token: mio::Token,
+    waker_token: mio::Token,
+) -> io::Result<(mio::Poll, mio::net::UdpSocket, crate::Shutdown)> {
+    let mut udp = mio::net::UdpSocket::from_std(udp);
+    let poll = mio::Poll::new()?;
+    poll.registry().register(
+        &mut udp,
+        udp_token,
+        mio::Interest::READABLE | mio::Interest::WRITABLE,
+    )?;
+    let stop = crate::Shutdown::new(poll.registry(), waker_token)?;
+    Ok((poll, udp, stop))
+}
+
 /// Reads at most `max` datagrams from `udp` into `buf`, handing each to `handle`: a batch,
 /// after which the loop gives other work a turn. Returns whether more may be waiting (the
 /// batch was used up) rather than the socket being empty. Failures other than "empty" are

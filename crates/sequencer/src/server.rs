@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use proto::SEQUENCER;
 use proto::{Envelope, PROTOCOL_VERSION, Request};
 use runtime::{LinkEvent, TrackerLink};
@@ -112,11 +112,7 @@ impl SequencerServer {
     ) -> io::Result<Self> {
         let std_udp = runtime::bind_udp(addr, 8 << 20, 8 << 20)?;
         let addr = std_udp.local_addr()?;
-        let mut udp = UdpSocket::from_std(std_udp);
-        let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
-        let stop = Shutdown::new(poll.registry(), WAKER)?;
+        let (poll, udp, stop) = runtime::poll_udp(std_udp, UDP, WAKER)?;
         let now = Instant::now();
         Ok(Self {
             poll,

@@ -541,7 +541,7 @@ impl Sim {
                     for d in items {
                         if d.kind != proto::DatagramType::Application {
                             println!(
-                                "{:?} {from} -> {to}: {:?} {} {} epoch {:?} start {:?} resume {:?} final {:?} frontier {:?}",
+                                "{:?} {from} -> {to}: {:?} {} {} epoch {:?} start {:?} resume {:?} final {:?} through {:?} frontier {:?}",
                                 self.now,
                                 d.kind,
                                 d.username,
@@ -550,6 +550,7 @@ impl Sim {
                                 d.start,
                                 d.resume,
                                 d.final_counter,
+                                d.through,
                                 d.frontier
                             );
                         }
@@ -692,10 +693,12 @@ impl Sim {
             }
         }
         if self.sequencer_died {
-            return self.check_after_sequencer_crash(&live, crashed);
+            self.check_after_sequencer_crash(&live, crashed)?;
         }
         if mode == Mode::Total {
-            // One sequence: each member delivers it from the place the sequencer gave it.
+            // One sequence: each member delivers it from the place the sequencer gave it,
+            // across sequencer crashes too (uniform agreement: what the dying sequencer
+            // sent to some members only is recovered and ordered again for the others).
             for p in &live {
                 if !longest.delivered.ends_with(&p.delivered) {
                     return Err(format!(

@@ -157,6 +157,30 @@ impl<T: Clone> Sequencer<T> {
         self.output.handle_nack(group, requester, ranges)
     }
 
+    /// Numbers a message that an earlier sequencer of `group` ordered and some member
+    /// delivered, ahead of anything still to come from the authors: after a sequencer crash
+    /// the messages some members lack are ordered again in their old order, so that every
+    /// member's sequence stays a prefix of one sequence. Opens the group if it is not.
+    /// Returns the number given.
+    pub fn sequence_recovered(
+        &mut self,
+        now: Instant,
+        group: &str,
+        origin: Arc<str>,
+        origin_counter: u64,
+        payload: T,
+    ) -> u64 {
+        let number = self.output.open(group);
+        let message = Sequenced {
+            origin,
+            origin_counter,
+            payload,
+        };
+        // Cannot fail: the group is open.
+        let _ = self.output.send(now, group, message);
+        number
+    }
+
     /// Runs the timers of both sides due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.input.handle_timeout(now);

@@ -51,6 +51,14 @@ pub enum DatagramType {
     /// Flow control: the sender (`Username`) has delivered `Origin`'s stream up to `Counter`
     /// (the author's own counter, also in total order), so the author may send further.
     Ack = 8,
+    /// Uniform agreement after a sequencer crash: a new sequencer asks a member for what it
+    /// delivered of the earlier sequencer's sequence (`Epoch`), by sequence numbers
+    /// (`Ranges`), to multicast it again in the same order before anything new.
+    Recover = 9,
+    /// A member's answer to [`Recover`](Self::Recover), one per message: `Counter` is its
+    /// number in the earlier sequence (`Epoch`), `Origin` and `OriginCounter` its author and
+    /// the author's counter, the payload and `SentAt` as delivered.
+    Recovered = 10,
 }
 
 impl DatagramType {
@@ -70,6 +78,8 @@ impl DatagramType {
             6 => Self::Digest,
             7 => Self::Unavailable,
             8 => Self::Ack,
+            9 => Self::Recover,
+            10 => Self::Recovered,
             _ => return None,
         })
     }
@@ -217,6 +227,11 @@ pub struct Datagram {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub frontier: BTreeMap<String, u64>,
+    /// `Through`: in a member's Hello to a new sequencer, the last sequence number of the
+    /// earlier sequencer's sequence (`Epoch`) it delivered or passed: what it lacks of what
+    /// others delivered lies beyond it.
+    #[serde(rename = "Through", default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<u64>,
 }
 
 impl Datagram {
@@ -249,6 +264,7 @@ impl Datagram {
             epoch: None,
             resume: None,
             frontier: BTreeMap::new(),
+            through: None,
         }
     }
 

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod node;
+mod recovery;
 mod server;
 
 pub use node::{NodeOutput, NodeTraffic, SequencerNode, Submitted};

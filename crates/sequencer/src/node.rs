@@ -14,6 +14,8 @@ use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
 
+use crate::recovery::{Recovery, Source};
+
 /// A message as an author submitted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -65,6 +67,13 @@ pub enum NodeOutput {
 /// lost sequencer every 50 ms, so every live member is heard well within it.
 pub const TAKEOVER_WINDOW: Duration = Duration::from_millis(500);
 
+/// How long the window stays open at most while a member the tracker lists has not greeted
+/// us (or while the tracker has not answered who the members are): one that delivered
+/// further than the others must be heard, or what only it delivered is ordered again in
+/// another place. A member that crashed too is evicted by the tracker and drops out of its
+/// list; one that stays silent this long is left out (see [`crate::recovery`]).
+pub const TAKEOVER_WINDOW_MAX: Duration = Duration::from_secs(2);
+
 /// At most one prompt to greet us per address this often, and this many addresses
 /// remembered: bounds what stray datagrams can make the sequencer send.
 const PROMPT_INTERVAL: Duration = Duration::from_millis(100);
@@ -81,13 +90,22 @@ struct Greeting {
     /// another member beyond it is stale (it rejoined since).
     highest: Option<u64>,
     resuming: bool,
+    /// The earlier sequencer it delivered from, and the last number of that sequencer's
+    /// sequence it delivered (`Through`).
+    epoch: Option<u64>,
+    through: Option<u64>,
 }
 
 /// A group this sequencer took over from an earlier one.
 #[derive(Debug, Default)]
 struct Takeover {
-    /// Closes the collection of Hellos, while they are still being collected.
+    /// Closes the collection of Hellos, while they are still being collected, if every
+    /// listed member greeted us by then.
     closes_at: Option<Instant>,
+    /// Closes it whoever is missing.
+    closes_at_latest: Option<Instant>,
+    /// The end of the first window (`closes_at` moves on while a listed member is awaited).
+    first_window_ends: Option<Instant>,
     /// Hellos collected so far, by member.
     greetings: BTreeMap<String, Greeting>,
     /// Each author's highest counter delivered by any member that greeted us: its stream
@@ -95,10 +113,33 @@ struct Takeover {
     delivered: HashMap<String, u64>,
     /// The `Resume` each member was told (a repeated Hello gets the same).
     resumes: HashMap<String, u64>,
-    /// The group's members as the tracker listed them, while Hellos are collected.
-    listed: Vec<(String, SocketAddr)>,
+    /// The group's members as the tracker last listed them, while Hellos are collected
+    /// (`None` until it answers).
+    listed: Option<Vec<(String, SocketAddr)>>,
     /// When to ask the listed members not heard yet to greet us again.
     next_prompt: Option<Instant>,
+    /// After the window: fetching what the earlier sequencer sent to some members only
+    /// (see [`crate::recovery`]); members are admitted when it is done.
+    recovery: Option<Recovery>,
+    /// Where our sequence starts for the members of the earlier sequencer: the first
+    /// message recovered, if any.
+    first_seq: Option<u64>,
+}
+
+impl Takeover {
+    /// Hellos are still held, not answered: the window is open or a recovery runs.
+    fn holds_hellos(&self) -> bool {
+        self.closes_at.is_some() || self.recovery.is_some()
+    }
+
+    /// Every member the tracker listed greeted us (false until it answered).
+    fn everyone_greeted(&self) -> bool {
+        self.listed.as_ref().is_some_and(|listed| {
+            listed
+                .iter()
+                .all(|(name, _)| self.greetings.contains_key(name))
+        })
+    }
 }
 
 /// The sequencer of every group.
@@ -224,6 +265,21 @@ impl SequencerNode {
             self.pump(now);
             return;
         }
+        if d.kind == DatagramType::Recovered {
+            // From a member not admitted yet: the recovery checks it is the one it asked.
+            if let Some(r) = self
+                .takeovers
+                .get_mut(&d.group)
+                .and_then(|t| t.recovery.as_mut())
+            {
+                r.on_recovered(now, from, &d);
+                if r.is_done() {
+                    self.run_recoveries(now);
+                    self.pump(now);
+                }
+            }
+            return;
+        }
         let members = self.groups.get(&d.group);
         if members.and_then(|m| m.admits(&d, from)).is_none() {
             if members.is_some_and(|m| m.get(&d.username).is_some()) {
@@ -267,7 +323,11 @@ impl SequencerNode {
                 self.seq.handle_bye(now, group, author, d.final_counter)
             }
             // Members acknowledge to authors, never to the sequencer.
-            DatagramType::Hello | DatagramType::HelloAck | DatagramType::Ack => Ok(()),
+            DatagramType::Hello
+            | DatagramType::HelloAck
+            | DatagramType::Ack
+            | DatagramType::Recover
+            | DatagramType::Recovered => Ok(()),
         };
         self.pump(now);
     }
@@ -292,29 +352,41 @@ impl SequencerNode {
             frontier: d.frontier.clone(),
             highest: d.final_counter,
             resuming: d.epoch.is_some_and(|e| e != self.epoch),
+            epoch: d.epoch,
+            through: d.through,
         };
-        if greeting.resuming && self.seq.next_sequence(group).is_none() {
-            // The first we hear of this group is a member of an earlier sequencer: collect
-            // every member's Hello before deciding where each author resumes.
+        let fresh = self.seq.next_sequence(group).is_none()
+            && !self
+                .takeovers
+                .get(group)
+                .is_some_and(Takeover::holds_hellos);
+        if fresh && (greeting.resuming || self.tracker.is_some()) {
+            // The first we hear of this group. A member of an earlier sequencer, or (with a
+            // tracker to ask) maybe a new member of a group an earlier sequencer ordered,
+            // whose other members have not greeted us yet: collect every member's Hello
+            // before deciding where each author resumes. The tracker's list ends the wait
+            // as soon as everyone in it greeted us (at once for a group that is new).
             let takeover = self.takeovers.entry(group.to_owned()).or_default();
             if takeover.greetings.is_empty() {
                 log::info!(
-                    "taking over {group} from an earlier sequencer: collecting its members' Hellos for {TAKEOVER_WINDOW:?}"
+                    "{group} is new to us: collecting its members' Hellos (asking the tracker who they are) for {TAKEOVER_WINDOW:?} to {TAKEOVER_WINDOW_MAX:?}, or until all have greeted"
                 );
                 takeover.closes_at = Some(now + TAKEOVER_WINDOW);
+                takeover.closes_at_latest = Some(now + TAKEOVER_WINDOW_MAX);
+                takeover.first_window_ends = Some(now + TAKEOVER_WINDOW);
+                takeover.listed = None;
+                takeover.next_prompt = Some(now + PROMPT_INTERVAL);
                 self.outputs.push_back(NodeOutput::ListMembers {
                     group: group.to_owned(),
                 });
             }
             takeover.greetings.insert(author.to_owned(), greeting);
+            self.close_takeovers(now);
             return;
         }
-        if let Some(takeover) = self
-            .takeovers
-            .get_mut(group)
-            .filter(|t| t.closes_at.is_some())
-        {
+        if let Some(takeover) = self.takeovers.get_mut(group).filter(|t| t.holds_hellos()) {
             takeover.greetings.insert(author.to_owned(), greeting);
+            self.close_takeovers(now);
             return;
         }
         self.admit(now, group, author, &greeting);
@@ -332,22 +404,36 @@ impl SequencerNode {
         else {
             return;
         };
-        takeover.listed = members
+        takeover.listed = Some(
+            members
+                .iter()
+                .filter(|m| m.username != SEQUENCER)
+                .filter_map(|m| {
+                    Some((
+                        m.username.clone(),
+                        SocketAddr::new(m.ip.parse().ok()?, m.port),
+                    ))
+                })
+                .collect(),
+        );
+        // The silent ones are asked at once (`prompt` limits how often per address).
+        let silent: Vec<SocketAddr> = takeover
+            .listed
             .iter()
-            .filter(|m| m.username != SEQUENCER)
-            .filter_map(|m| {
-                Some((
-                    m.username.clone(),
-                    SocketAddr::new(m.ip.parse().ok()?, m.port),
-                ))
-            })
+            .flatten()
+            .filter(|(name, _)| !takeover.greetings.contains_key(name))
+            .map(|(_, addr)| *addr)
             .collect();
-        takeover.next_prompt = Some(now);
-        self.prompt_silent(now);
+        for to in silent {
+            self.prompt(now, to, group);
+        }
+        self.close_takeovers(now);
+        self.pump(now);
     }
 
     /// Asks the listed members of the groups being taken over that did not greet us yet to
-    /// do so, when it is time to.
+    /// do so, when it is time to, and the tracker again who the members are (one crashed
+    /// meanwhile drops out of its list; a tracker that was down may answer now).
     fn prompt_silent(&mut self, now: Instant) {
         let mut due = Vec::new();
         for (group, t) in &mut self.takeovers {
@@ -355,7 +441,10 @@ impl SequencerNode {
                 continue;
             }
             t.next_prompt = Some(now + PROMPT_INTERVAL);
-            for (name, addr) in &t.listed {
+            self.outputs.push_back(NodeOutput::ListMembers {
+                group: group.clone(),
+            });
+            for (name, addr) in t.listed.iter().flatten() {
                 if !t.greetings.contains_key(name) {
                     due.push((group.clone(), *addr));
                 }
@@ -367,12 +456,39 @@ impl SequencerNode {
     }
 
     /// Ends the takeover windows due at `now`: every author's stream resumes after the
-    /// highest counter any member delivered, and every member collected is admitted.
+    /// highest counter any member delivered; what the earlier sequencer sent to some
+    /// members only is recovered (see [`crate::recovery`]) before the members are admitted.
     fn close_takeovers(&mut self, now: Instant) {
+        let tracker = self.tracker;
+        for t in self.takeovers.values_mut() {
+            // Waiting for a listed member past the first window: look again at the next
+            // prompt.
+            if let (Some(at), Some(latest), Some(_)) = (t.closes_at, t.closes_at_latest, tracker)
+                && at <= now
+                && !t.everyone_greeted()
+                && latest > now
+            {
+                t.closes_at = Some(t.next_prompt.unwrap_or(latest).max(now).min(latest));
+            }
+        }
         let due: Vec<String> = self
             .takeovers
             .iter()
-            .filter(|(_, t)| t.closes_at.is_some_and(|at| at <= now))
+            .filter(|(_, t)| match (t.closes_at, tracker) {
+                (None, _) => false,
+                // Nobody to ask who the members are: the first window.
+                (Some(at), None) => at <= now,
+                // Everyone listed greeted us, past the first window (members that have not
+                // noticed the change yet may still greet us as their old sequencer, and a
+                // later Hello with what they delivered must count), or at once if no
+                // member came from an earlier sequencer (a group new to everyone).
+                (Some(_), Some(_)) => {
+                    let resuming = t.greetings.values().any(|g| g.resuming);
+                    let first_window_over = t.first_window_ends.is_none_or(|at| at <= now);
+                    t.everyone_greeted() && (first_window_over || !resuming)
+                        || t.closes_at_latest.is_none_or(|at| at <= now)
+                }
+            })
             .map(|(g, _)| g.clone())
             .collect();
         for group in due {
@@ -380,21 +496,75 @@ impl SequencerNode {
                 continue;
             };
             takeover.closes_at = None;
-            let greetings = std::mem::take(&mut takeover.greetings);
-            for g in greetings.values() {
+            takeover.closes_at_latest = None;
+            for g in takeover.greetings.values() {
                 for (author, &counter) in &g.frontier {
                     let best = takeover.delivered.entry(author.clone()).or_insert(0);
                     *best = (*best).max(counter);
                 }
             }
-            log::info!(
-                "took over {group}: {} member(s), resuming {} author stream(s) after what they delivered",
-                greetings.len(),
-                takeover.delivered.len()
-            );
-            for (author, greeting) in &greetings {
-                self.admit(now, &group, author, greeting);
+            takeover.recovery = recovery_for(now, &takeover.greetings);
+            match &takeover.recovery {
+                Some(r) => log::info!(
+                    "took over {group}: recovering numbers {:?} of the earlier sequence, which some members lack, from {}",
+                    r.wanted(),
+                    r.source().map_or("nobody", |s| s.name.as_str())
+                ),
+                None => self.complete_takeover(now, &group),
             }
+        }
+        self.run_recoveries(now);
+    }
+
+    /// Asks for what has not come yet, and completes the takeovers whose recovery is done.
+    fn run_recoveries(&mut self, now: Instant) {
+        let mut requests = Vec::new();
+        let mut done = Vec::new();
+        for (group, t) in &mut self.takeovers {
+            let Some(r) = t.recovery.as_mut() else {
+                continue;
+            };
+            if let Some(request) = r.poll_request(now, group, self.addr) {
+                requests.push(request);
+            }
+            if r.is_done() {
+                done.push(group.clone());
+            }
+        }
+        for (to, d) in requests {
+            self.send(to, encode(&d));
+        }
+        for group in done {
+            self.complete_takeover(now, &group);
+        }
+    }
+
+    /// Admits the members collected in the takeover of `group`, then orders what was
+    /// recovered of the earlier sequence, first in ours.
+    fn complete_takeover(&mut self, now: Instant, group: &str) {
+        let first = self.seq.open_group(group);
+        let Some(takeover) = self.takeovers.get_mut(group) else {
+            return;
+        };
+        let recovered = takeover
+            .recovery
+            .take()
+            .map(Recovery::into_messages)
+            .unwrap_or_default();
+        let greetings = std::mem::take(&mut takeover.greetings);
+        takeover.first_seq = greetings.values().any(|g| g.resuming).then_some(first);
+        log::info!(
+            "took over {group}: {} member(s), resuming {} author stream(s) after what they delivered, {} message(s) of the earlier sequence ordered again first",
+            greetings.len(),
+            takeover.delivered.len(),
+            recovered.len()
+        );
+        for (author, greeting) in &greetings {
+            self.admit(now, group, author, greeting);
+        }
+        for m in recovered {
+            self.seq
+                .sequence_recovered(now, group, m.origin, m.origin_counter, m.submitted);
         }
     }
 
@@ -410,7 +580,15 @@ impl SequencerNode {
         let repeated = previous.is_some();
         // A repeated Hello (its first answer was lost or slow) gets the same start as the
         // first: a later one would make the member skip messages already sent to it.
-        let start_told = previous.and_then(|m| m.our_start).unwrap_or(next);
+        let first_seq = self
+            .takeovers
+            .get(group)
+            .and_then(|t| t.first_seq)
+            .filter(|_| greeting.resuming);
+        let start_told = previous
+            .and_then(|m| m.our_start)
+            .or(first_seq)
+            .unwrap_or(next);
         members.insert(
             author,
             MemberInfo {
@@ -518,6 +696,7 @@ impl SequencerNode {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.prompt_silent(now);
         self.close_takeovers(now);
+        self.run_recoveries(now);
         self.seq.handle_timeout(now);
         self.pump(now);
     }
@@ -532,6 +711,11 @@ impl SequencerNode {
                     .values()
                     .filter(|t| t.closes_at.is_some())
                     .filter_map(|t| t.next_prompt),
+            )
+            .chain(
+                self.takeovers
+                    .values()
+                    .filter_map(|t| t.recovery.as_ref().map(Recovery::next_timeout)),
             )
             .chain(self.seq.poll_timeout())
             .min()
@@ -664,6 +848,32 @@ impl SequencerNode {
     }
 }
 
+/// What to recover of the earlier sequence after a takeover window, from the members that
+/// greeted us (see [`crate::recovery`]): the numbers between the least and the furthest any
+/// newer member delivered of the latest earlier sequencer's sequence.
+fn recovery_for(now: Instant, greetings: &BTreeMap<String, Greeting>) -> Option<Recovery> {
+    let resumers = || {
+        greetings
+            .values()
+            .filter(|g| g.resuming && g.proto.is_some() && g.through.is_some())
+    };
+    let epoch = resumers().filter_map(|g| g.epoch).max()?;
+    let of_epoch = || resumers().filter(|g| g.epoch == Some(epoch));
+    let lowest = of_epoch().filter_map(|g| g.through).min()?;
+    let sources = greetings
+        .iter()
+        .filter(|(_, g)| g.resuming && g.proto.is_some() && g.epoch == Some(epoch))
+        .filter_map(|(name, g)| {
+            Some(Source {
+                name: name.clone(),
+                addr: g.from,
+                through: g.through?,
+            })
+        })
+        .collect();
+    Recovery::new(now, epoch, lowest, sources)
+}
+
 fn encode(d: &Datagram) -> Arc<[u8]> {
     let mut out = Vec::with_capacity(192);
     d.encode_into(&mut out);
@@ -699,7 +909,8 @@ mod tests {
         let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
         let (ford, kat): (SocketAddr, SocketAddr) =
             (([127, 0, 0, 1], 6001).into(), ([127, 0, 0, 1], 6002).into());
-        let mut node = SequencerNode::new(us, None, ordering::Config::default(), 2);
+        let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let mut node = SequencerNode::new(us, Some(tracker), ordering::Config::default(), 2);
         let t = Instant::now();
         // ford greets us as a member of the sequencer of epoch 1.
         let mut hello = Datagram::new(DatagramType::Hello, "books", "ford", "", ford, 5, "ford");
@@ -735,14 +946,62 @@ mod tests {
                 .collect()
         };
         assert_eq!(prompted(&mut node), [kat], "only the silent member");
-        // Its prompt was lost: asked again, and only until the window closes.
+        // Its prompt was lost: asked again (and the tracker asked again who the members
+        // are), past the first window while it stays silent, until the longest window ends.
         let later = t + PROMPT_INTERVAL;
         assert!(node.poll_timeout().is_some_and(|at| at <= later));
         node.handle_timeout(later);
         assert_eq!(prompted(&mut node), [kat]);
         node.handle_timeout(t + TAKEOVER_WINDOW);
         let _ = prompted(&mut node);
-        node.handle_timeout(t + TAKEOVER_WINDOW + PROMPT_INTERVAL);
+        let after_first_window = t + TAKEOVER_WINDOW + PROMPT_INTERVAL;
+        assert!(
+            node.poll_timeout()
+                .is_some_and(|at| at > t + TAKEOVER_WINDOW)
+        );
+        node.handle_timeout(after_first_window);
+        assert_eq!(prompted(&mut node), [kat], "still waited for");
+        node.handle_timeout(t + TAKEOVER_WINDOW_MAX);
+        let _ = prompted(&mut node);
+        node.handle_timeout(t + TAKEOVER_WINDOW_MAX + PROMPT_INTERVAL);
         assert!(prompted(&mut node).is_empty(), "the window is closed");
+        assert!(node.members("books") == 1, "ford is admitted without kat");
+    }
+
+    #[test]
+    fn a_takeover_window_closes_early_once_every_listed_member_greeted() {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let ford: SocketAddr = ([127, 0, 0, 1], 6001).into();
+        let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
+        let mut node = SequencerNode::new(us, Some(tracker), ordering::Config::default(), 2);
+        let t = Instant::now();
+        let mut hello = Datagram::new(DatagramType::Hello, "books", "ford", "", ford, 5, "ford");
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.start = Some(5);
+        hello.epoch = Some(1);
+        node.handle_datagram(t, ford, &encode(&hello));
+        // The tracker does not answer at first (it is down): the window waits for its list.
+        node.handle_timeout(t + TAKEOVER_WINDOW);
+        assert_eq!(
+            node.members("books"),
+            0,
+            "not before the tracker said who is in"
+        );
+        let asked: Vec<_> = std::iter::from_fn(|| node.poll_output())
+            .filter(|o| matches!(o, NodeOutput::ListMembers { .. }))
+            .collect();
+        assert!(!asked.is_empty(), "the tracker is asked again");
+        let ford_listed = proto::Member {
+            ip: "127.0.0.1".into(),
+            port: 6001,
+            username: "ford".into(),
+            uid: "ford".into(),
+        };
+        node.handle_members(t + TAKEOVER_WINDOW, "books", &[ford_listed]);
+        assert_eq!(
+            node.members("books"),
+            1,
+            "ford admitted as soon as the list is complete"
+        );
     }
 }

@@ -304,7 +304,7 @@ impl SequencerServer {
                 group: group.clone(),
             };
             if link.request(request, Purpose::Members(group)).is_err() {
-                log::info!("could not ask the tracker for a group's members: not connected");
+                log::debug!("could not ask the tracker for a group's members: not connected");
             }
         }
         if self.patience_until.is_some_and(|at| at <= now) {

@@ -95,6 +95,9 @@ impl PeerCore {
             DatagramType::Digest => self.on_digest(now, d),
             DatagramType::Unavailable => self.on_unavailable(now, d),
             DatagramType::Ack => self.on_ack(now, d),
+            DatagramType::Recover => self.on_recover(&d),
+            // Only a sequencer asks for them.
+            DatagramType::Recovered => {}
         }
         self.pump(now);
     }

@@ -235,6 +235,11 @@ impl PeerCore {
             let Some(out) = out else { break };
             match out {
                 Order::Deliver(d) => {
+                    if self.mode == Mode::Total
+                        && let Some(state) = self.groups.get_mut(&*d.group)
+                    {
+                        state.takeover.keep(d.counter, &d.payload);
+                    }
                     if self.mode == Mode::Total && !self.first_delivery(&d.group, &d.payload) {
                         self.traffic.already_delivered += 1;
                         continue;

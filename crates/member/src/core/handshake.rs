@@ -177,9 +177,14 @@ impl PeerCore {
             sequencer_silent.then(|| now + SEQUENCER_HELLO_RETRY)
         };
         let give_up_on_sequencer = !patient && !state.handshake.peers_greeted;
+        // A lost sequencer is greeted by `probe_sequencer`, with what a successor needs.
+        let sequencer_lost = state.timers[Timer::SequencerProbe].is_some();
         let mut resend = Vec::new();
         for (name, m) in state.members.iter() {
             let is_sequencer = name == SEQUENCER;
+            if is_sequencer && sequencer_lost {
+                continue;
+            }
             let wanted = !m.heard
                 && match self.mode {
                     Mode::Fifo => !is_sequencer,

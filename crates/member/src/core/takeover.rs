@@ -10,6 +10,28 @@ use super::*;
 /// (a member not heard in the window has its deliveries ignored by the successor).
 pub(super) const SEQUENCER_PROBE: Duration = Duration::from_millis(50);
 
+/// How many of the last messages delivered from the sequencer we keep, and how many bytes
+/// of their payloads at most: a successor asks the member that delivered furthest for what
+/// others lack (see the sequencer's `recovery`), which is what the dying sequencer had sent
+/// to some members only, or what a member had not recovered yet.
+pub(super) const TAIL_MESSAGES: usize = 4096;
+pub(super) const TAIL_BYTES: usize = 4 << 20;
+
+/// Most messages sent in answer to one `Recover`: bounds what one datagram can make us send
+/// (the successor asks again for the rest).
+const RECOVERED_PER_REQUEST: usize = 1024;
+
+/// A message delivered from the sequencer we follow (or passed over, delivered before a
+/// takeover), with its number in that sequencer's sequence.
+#[derive(Debug, Clone)]
+pub(super) struct Kept {
+    seq: u64,
+    origin: Arc<str>,
+    origin_counter: u64,
+    payload: Vec<u8>,
+    sent_at_us: Option<u64>,
+}
+
 /// Total order: which sequencer we follow and what a successor must not deliver again
 /// (probing a lost one is [`Timer::SequencerProbe`]).
 #[derive(Debug, Default)]
@@ -22,6 +44,39 @@ pub(super) struct Takeover {
     /// was delivered already (from the old one). An entry goes at the first message beyond
     /// it.
     pub(super) skip_through: HashMap<Arc<str>, u64>,
+    /// The last messages delivered from the sequencer of [`epoch`](Self::epoch), oldest
+    /// first, for a successor that asks (`Recover`).
+    tail: VecDeque<Kept>,
+    /// Payload bytes in `tail`.
+    tail_bytes: usize,
+}
+
+impl Takeover {
+    /// Keeps a message delivered (or passed over) with number `seq`, forgetting the oldest
+    /// beyond [`TAIL_MESSAGES`] and [`TAIL_BYTES`].
+    pub(super) fn keep(&mut self, seq: u64, m: &Received) {
+        let Some(origin_counter) = m.origin_counter else {
+            return;
+        };
+        if self.epoch.is_none() {
+            // The report's sequencer: no successor of it asks.
+            return;
+        }
+        self.tail_bytes += m.payload.len();
+        self.tail.push_back(Kept {
+            seq,
+            origin: m.origin.clone(),
+            origin_counter,
+            payload: m.payload.clone(),
+            sent_at_us: m.sent_at_us,
+        });
+        while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > TAIL_BYTES {
+            match self.tail.pop_front() {
+                Some(old) => self.tail_bytes -= old.payload.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 impl PeerCore {
@@ -54,6 +109,8 @@ impl PeerCore {
         // Nothing held from the old sequence can be delivered any more: the new one
         // sequences again whatever no member delivered.
         state.takeover.skip_through = state.takeover.delivered.clone();
+        state.takeover.tail.clear();
+        state.takeover.tail_bytes = 0;
         self.total.leave(group);
         self.total.join(now, group, Start::At(start));
         self.traffic.sequencer_takeovers += 1;
@@ -84,11 +141,16 @@ impl PeerCore {
         {
             return false;
         }
-        let ours = self
-            .groups
-            .get(&d.group)
-            .and_then(|state| state.takeover.epoch);
-        let (Some(ours), Some(theirs)) = (ours, d.epoch) else {
+        let started = self.total.stream(&d.group).is_some_and(|s| s.started);
+        let Some(state) = self.groups.get_mut(&d.group) else {
+            return false;
+        };
+        if state.takeover.epoch.is_none() && !started && d.epoch.is_some() {
+            // Its HelloAck to us is late or lost, but only a sequencer that admitted us
+            // names its epoch to us: that is the sequencer we follow (not the report's).
+            state.takeover.epoch = d.epoch;
+        }
+        let (Some(ours), Some(theirs)) = (state.takeover.epoch, d.epoch) else {
             return false;
         };
         if theirs == ours {
@@ -128,6 +190,13 @@ impl PeerCore {
         }
         state.timers[Timer::SequencerProbe] = Some(now + SEQUENCER_PROBE);
         self.traffic.sequencer_losses += 1;
+        if !self.total.stream(group).is_some_and(|s| s.started) {
+            // It never told us where our place in its sequence was: nothing it sent us may
+            // be delivered (not even as the report's sequencer's, after the handshake's
+            // time). We wait for our place in a successor's.
+            self.total.leave(group);
+            self.total.join(now, group, Start::Handshake);
+        }
         log::info!(
             "total order unavailable in {group}: lost the sequencer ({reason}); nothing is delivered out of order, messages wait for a sequencer"
         );
@@ -140,6 +209,11 @@ impl PeerCore {
     /// Greets the sequencer's address while it is lost: our old epoch, what we delivered of
     /// each author, and where our own stream must resume.
     pub(super) fn probe_sequencer(&mut self, now: Instant, group: &str) {
+        let through = self
+            .total
+            .stream(group)
+            .filter(|s| s.started)
+            .map(|s| s.next.saturating_sub(1));
         let Some(state) = self.groups.get_mut(group) else {
             return;
         };
@@ -167,6 +241,7 @@ impl PeerCore {
         hello.proto = Some(PROTOCOL_VERSION);
         hello.start = Some(start);
         hello.epoch = state.takeover.epoch;
+        hello.through = through;
         hello.final_counter = self.tx.next_counter(group).map(|n| n.saturating_sub(1));
         hello.frontier = state
             .takeover
@@ -177,5 +252,56 @@ impl PeerCore {
             .collect();
         let bytes = self.encode(&hello);
         self.transmit(to, bytes, false);
+    }
+
+    /// A new sequencer's request for what we delivered of our sequencer's sequence: the
+    /// messages of the numbers asked that our tail still holds, each in a `Recovered`.
+    pub(super) fn on_recover(&mut self, d: &Datagram) {
+        if self.mode != Mode::Total || d.username != SEQUENCER {
+            return;
+        }
+        let Some(state) = self.groups.get(&d.group) else {
+            return;
+        };
+        let (Some(epoch), Some(sequencer)) = (d.epoch, state.members.get(SEQUENCER)) else {
+            return;
+        };
+        if state.takeover.epoch != Some(epoch) {
+            return;
+        }
+        let to = sequencer.addr;
+        let ranges = ranges_of(&d.ranges);
+        let answers: Vec<Arc<[u8]>> = state
+            .takeover
+            .tail
+            .iter()
+            .filter(|k| ranges.iter().any(|r| r.contains(&k.seq)))
+            .take(RECOVERED_PER_REQUEST)
+            .map(|k| {
+                let mut m = Datagram::new(
+                    DatagramType::Recovered,
+                    &d.group,
+                    &*self.me,
+                    "",
+                    self.addr,
+                    k.seq,
+                    &*k.origin,
+                );
+                m.set_payload(&k.payload);
+                m.sent_at_us = k.sent_at_us;
+                m.origin_counter = Some(k.origin_counter);
+                m.epoch = Some(epoch);
+                self.encode(&m)
+            })
+            .collect();
+        log::info!(
+            "the new sequencer of {} asks for {} message(s) we delivered: sending {}",
+            d.group,
+            ranges.iter().map(|r| r.end() + 1 - r.start()).sum::<u64>(),
+            answers.len()
+        );
+        for bytes in answers {
+            self.transmit(to, bytes, true);
+        }
     }
 }

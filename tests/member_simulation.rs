@@ -365,7 +365,7 @@ impl Sim {
                 match output {
                     NodeOutput::Transmit(t) => out.push(t),
                     NodeOutput::ListMembers { group } => lists.push(group),
-                    NodeOutput::Evicted => {}
+                    NodeOutput::Evicted | NodeOutput::TookOver { .. } => {}
                 }
             }
             // The tracker's answer (a round trip later in reality; at once here).
@@ -435,7 +435,9 @@ impl Sim {
                 let pending: Vec<Transmit> = std::iter::from_fn(|| dying.poll_output())
                     .filter_map(|o| match o {
                         NodeOutput::Transmit(t) => Some(t),
-                        NodeOutput::Evicted | NodeOutput::ListMembers { .. } => None,
+                        NodeOutput::Evicted
+                        | NodeOutput::ListMembers { .. }
+                        | NodeOutput::TookOver { .. } => None,
                     })
                     .collect();
                 let sent = self.rng.random_range(0..=pending.len());

@@ -34,4 +34,4 @@ mod recovery;
 mod server;
 
 pub use node::{NodeOutput, NodeTraffic, SequencerNode, Submitted};
-pub use server::{SequencerServer, Shutdown, TrackerNews};
+pub use server::{SequencerServer, Shutdown, News};

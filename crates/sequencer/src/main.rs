@@ -1,7 +1,11 @@
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sequencer::{SequencerServer, TrackerNews};
+use sequencer::{News, SequencerServer};
 
 /// The sequencer of the group messenger: orders every group's messages for total order.
 ///
@@ -10,6 +14,12 @@ use sequencer::{SequencerServer, TrackerNews};
 /// messages to it and deliver its sequence.
 ///
 /// Example: sequencer 127.0.0.1:5001 --tracker 127.0.0.1:5000
+///
+/// A standby on the same host: a second `sequencer 127.0.0.1:5001 --standby -T ...` waits
+/// while another process holds the address and takes over the moment it is free (the
+/// active one died): the members find a new sequencer at the address they know, and it
+/// recovers what the dead one had sent to some of them only. Restart the old one with
+/// --standby and it is the next standby.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -22,6 +32,11 @@ struct Args {
     #[arg(short = 'T', long, value_name = "HOST:PORT")]
     tracker: Option<String>,
 
+    /// Stand by: if another sequencer holds the address, wait (trying every 20 ms) and take
+    /// over when it is free.
+    #[arg(long)]
+    standby: bool,
+
     /// Largest bundle of ordered messages to one member, in bytes (0: one datagram per
     /// message; default 16 KiB on loopback, 1472 bytes elsewhere, so never fragmented).
     #[arg(long, value_name = "BYTES")]
@@ -33,6 +48,51 @@ struct Args {
     verbose: u8,
 }
 
+/// How often a standby tries the address.
+const STANDBY_RETRY: Duration = Duration::from_millis(20);
+
+/// Binds `addr`; a standby waits while another process holds it. `None` if interrupted.
+fn bind(
+    addr: SocketAddr,
+    tracker: Option<SocketAddr>,
+    standby: bool,
+    interrupted: &AtomicBool,
+) -> Result<Option<SequencerServer>, String> {
+    let since = Instant::now();
+    let mut told = false;
+    loop {
+        match SequencerServer::bind(addr, tracker, ordering::Config::default()) {
+            Ok(server) => {
+                if told {
+                    println!(
+                        "standby: {addr} is free after {:.3} s: the sequencer there is gone, taking over",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(Some(server));
+            }
+            Err(e) if standby && e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !told {
+                    println!(
+                        "standby: another sequencer holds {addr}; taking over the moment it is free"
+                    );
+                    told = true;
+                }
+                if interrupted.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                std::thread::sleep(STANDBY_RETRY);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "cannot listen on {addr}: {e} (another sequencer? --standby waits for it)"
+                ));
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+}
+
 fn run(args: Args) -> Result<(), String> {
     let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
     let tracker = args
@@ -41,12 +101,31 @@ fn run(args: Args) -> Result<(), String> {
         .map(cli::parse_addr)
         .transpose()
         .map_err(|e| format!("--tracker: {e}"))?;
-    let mut server = SequencerServer::bind(addr, tracker, ordering::Config::default())
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?
-        .with_max_bundle(args.bundle_bytes);
-    let stop = server.shutdown_handle();
-    ctrlc::set_handler(move || stop.shutdown())
+    // Ctrl-C before the server exists (a standby waiting) ends the wait; after, it stops the
+    // server.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let server_stop: Arc<Mutex<Option<sequencer::Shutdown>>> = Arc::new(Mutex::new(None));
+    {
+        let (interrupted, server_stop) = (interrupted.clone(), server_stop.clone());
+        ctrlc::set_handler(move || {
+            interrupted.store(true, Ordering::SeqCst);
+            if let Some(stop) = server_stop.lock().ok().and_then(|s| s.clone()) {
+                stop.shutdown();
+            }
+        })
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    }
+    let Some(server) = bind(addr, tracker, args.standby, &interrupted)? else {
+        println!("standby ended before taking over");
+        return Ok(());
+    };
+    let mut server = server.with_max_bundle(args.bundle_bytes);
+    if let Ok(mut slot) = server_stop.lock() {
+        *slot = Some(server.shutdown_handle());
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        server.shutdown_handle().shutdown();
+    }
     println!(
         "sequencer listening on {}{}",
         server.local_addr(),
@@ -56,17 +135,24 @@ fn run(args: Args) -> Result<(), String> {
     );
     server
         .run(&mut |news| match news {
-            TrackerNews::Registered { tracker, again } => println!(
+            News::TookOver {
+                group,
+                members,
+                recovered,
+            } => println!(
+                "took {group} over from an earlier sequencer: {members} member(s), {recovered} message(s) it had given some members only ordered again"
+            ),
+            News::Registered { tracker, again } => println!(
                 "registered with the tracker at {tracker}{}",
                 if again { " again" } else { "" }
             ),
-            TrackerNews::Refused { tracker, reason } => {
+            News::Refused { tracker, reason } => {
                 eprintln!("the tracker at {tracker} refused to register the sequencer: {reason}")
             }
-            TrackerNews::Unreachable { tracker } => eprintln!(
+            News::Unreachable { tracker } => eprintln!(
                 "cannot reach the tracker at {tracker} yet; sequencing goes on, and it keeps trying"
             ),
-            TrackerNews::Lost { tracker, reason } => eprintln!(
+            News::Lost { tracker, reason } => eprintln!(
                 "lost the tracker at {tracker} ({reason}); sequencing goes on, reconnecting"
             ),
         })

@@ -60,6 +60,16 @@ pub enum NodeOutput {
         /// The group.
         group: String,
     },
+    /// We took `group` over from an earlier sequencer: its members are admitted, and what
+    /// some lacked of the earlier sequence is ordered again (for the user to see).
+    TookOver {
+        /// The group.
+        group: String,
+        /// Members that greeted us in time.
+        members: usize,
+        /// Messages of the earlier sequence ordered again first.
+        recovered: usize,
+    },
 }
 
 /// How long a new sequencer collects the Hellos of a group's members, who delivered from a
@@ -561,6 +571,13 @@ impl SequencerNode {
         );
         for (author, greeting) in &greetings {
             self.admit(now, group, author, greeting);
+        }
+        if greetings.values().any(|g| g.resuming) {
+            self.outputs.push_back(NodeOutput::TookOver {
+                group: group.to_owned(),
+                members: greetings.len(),
+                recovered: recovered.len(),
+            });
         }
         for m in recovered {
             self.seq

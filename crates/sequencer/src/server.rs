@@ -30,10 +30,20 @@ fn epoch_now() -> u64 {
 /// Stops a running [`SequencerServer`].
 pub use runtime::Shutdown;
 
-/// What happened between the sequencer and its tracker, for the user to see: the
-/// registration is reported when the tracker confirms it, never before.
+/// What happened that the user should see: between the sequencer and its tracker (the
+/// registration is reported when the tracker confirms it, never before), and the groups it
+/// took over from an earlier sequencer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrackerNews {
+pub enum News {
+    /// We took `group` over from an earlier sequencer: total order resumes there.
+    TookOver {
+        /// The group.
+        group: String,
+        /// Members that greeted us in time.
+        members: usize,
+        /// Messages of the earlier sequence ordered again for members that lacked them.
+        recovered: usize,
+    },
     /// The tracker accepted our registration (again, after `again`).
     Registered {
         /// The tracker.
@@ -97,7 +107,7 @@ pub struct SequencerServer {
     member_lists: Vec<String>,
     /// When to tell the user the tracker is unreachable, if still unregistered then.
     patience_until: Option<Instant>,
-    news: Vec<TrackerNews>,
+    news: Vec<News>,
     outbox: runtime::Outbox,
     udp_pending: bool,
     buf: Box<[u8]>,
@@ -163,7 +173,7 @@ impl SequencerServer {
     }
 
     /// Serves until [`Shutdown::shutdown`]; `on_news` hears of the tracker registration.
-    pub fn run(&mut self, on_news: &mut dyn FnMut(TrackerNews)) -> io::Result<()> {
+    pub fn run(&mut self, on_news: &mut dyn FnMut(News)) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         while !self.stop.requested() {
             let now = Instant::now();
@@ -240,6 +250,15 @@ impl SequencerServer {
                 NodeOutput::Transmit(t) => self.outbox.queue(t.to, t.bytes, t.bundle),
                 NodeOutput::Evicted => self.evicted = true,
                 NodeOutput::ListMembers { group } => self.member_lists.push(group),
+                NodeOutput::TookOver {
+                    group,
+                    members,
+                    recovered,
+                } => self.news.push(News::TookOver {
+                    group,
+                    members,
+                    recovered,
+                }),
             }
         }
         self.outbox.flush(&self.udp);
@@ -265,13 +284,13 @@ impl SequencerServer {
                         }
                         self.next_heartbeat.get_or_insert(now);
                         self.patience_until = None;
-                        self.news.push(TrackerNews::Registered {
+                        self.news.push(News::Registered {
                             tracker,
                             again: self.registered,
                         });
                         self.registered = true;
                     } else {
-                        self.news.push(TrackerNews::Refused {
+                        self.news.push(News::Refused {
                             tracker,
                             reason: reply.text().unwrap_or_default(),
                         });
@@ -290,7 +309,7 @@ impl SequencerServer {
                     self.node.handle_members(now, &group, &members);
                 }
                 LinkEvent::Disconnected { reason } => {
-                    self.news.push(TrackerNews::Lost { tracker, reason });
+                    self.news.push(News::Lost { tracker, reason });
                     self.patience_until = Some(now + REGISTRATION_PATIENCE);
                 }
                 LinkEvent::Lost(_) => {}
@@ -309,7 +328,7 @@ impl SequencerServer {
         }
         if self.patience_until.is_some_and(|at| at <= now) {
             self.patience_until = None;
-            self.news.push(TrackerNews::Unreachable { tracker });
+            self.news.push(News::Unreachable { tracker });
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
             let heartbeat = Request::Heartbeat {

@@ -125,7 +125,7 @@ impl Net {
                         }
                         continue;
                     }
-                    NodeOutput::Evicted => continue,
+                    NodeOutput::Evicted | NodeOutput::TookOver { .. } => continue,
                 };
                 moved = true;
                 let sequenced =

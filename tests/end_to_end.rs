@@ -623,7 +623,7 @@ fn sequencer_outage(outage: Outage) {
     };
     let mut sequencer = start_sequencer();
     sequencer.expect(|l| l.contains("listening"), "the sequencer's banner");
-    let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, true);
+    let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, true, 600);
     // Mid-stream (the streams take two seconds).
     std::thread::sleep(Duration::from_millis(1000));
     let takeovers = match outage {
@@ -663,6 +663,82 @@ fn sequencer_outage(outage: Outage) {
     assert!(sequencer.wait(Duration::from_secs(5)).success());
 }
 
+/// A standby sequencer on the same host takes over each time the active one is SIGKILLed,
+/// ten times in one run, while three members stream at 300 messages a second each; each
+/// killed one is restarted as the next standby. Every message is delivered exactly once, in
+/// one identical sequence at every member. Prints the takeover times (from the kill to the
+/// new sequencer's word that it took the group over).
+#[test]
+fn total_order_survives_ten_sequencer_kills_with_a_standby_taking_over_each_time() {
+    const KILLS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let seq_addr = format!("127.0.0.1:{}", free_port());
+    let tracker = tracker(&["--seq-addr", &seq_addr, "--heartbeat-ms", "200"]);
+    let sequencer = |standby: bool| {
+        let mut args = vec![
+            seq_addr.clone(),
+            "--tracker".into(),
+            tracker.addr.to_string(),
+        ];
+        if standby {
+            args.push("--standby".into());
+        }
+        let mut p = Process::spawn("sequencer", &args);
+        if standby {
+            p.expect(
+                |l| l.starts_with("standby: another sequencer holds"),
+                "the standby waiting",
+            );
+        } else {
+            p.expect(|l| l.contains("listening"), "the sequencer's banner");
+        }
+        p
+    };
+    let mut active = sequencer(false);
+    let mut standby = sequencer(true);
+    let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, true, 6000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut takeovers = Vec::new();
+    for kill in 0..KILLS {
+        let killed_at = Instant::now();
+        active.child.kill().unwrap();
+        active.child.wait().unwrap();
+        standby.expect(
+            |l| l.starts_with("took test over from an earlier sequencer"),
+            "the standby taking the group over",
+        );
+        takeovers.push(killed_at.elapsed());
+        eprintln!("kill {}: taken over in {:?}", kill + 1, killed_at.elapsed());
+        active = standby;
+        standby = sequencer(true);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert!(
+            p.wait(Duration::from_secs(60)).success(),
+            "s{i} delivered everything: {:#?}",
+            p.seen
+        );
+        let report: Value = serde_json::from_str(p.seen.last().unwrap()).unwrap();
+        assert_eq!(
+            report["failover"]["takeovers"],
+            json!(KILLS),
+            "s{i} followed every new sequencer: {report}"
+        );
+    }
+    check_deliveries(dir.path(), &names, &names, 6000, true);
+    takeovers.sort();
+    eprintln!(
+        "takeover after SIGKILL with a standby, {KILLS} kills: p50 {:?}, max {:?}",
+        takeovers[KILLS / 2],
+        takeovers[KILLS - 1]
+    );
+    active.interrupt();
+    standby.interrupt();
+    assert!(active.wait(Duration::from_secs(5)).success());
+    assert!(standby.wait(Duration::from_secs(5)).success());
+}
+
 #[test]
 fn a_fifo_peer_evicted_while_alive_greets_again_and_nothing_is_lost() {
     evicted_while_alive(false);
@@ -685,7 +761,7 @@ fn evicted_while_alive(total: bool) {
     }
     let tracker_args: Vec<&str> = tracker_args.iter().map(String::as_str).collect();
     let tracker = tracker(&tracker_args);
-    let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, total);
+    let (names, mut peers) = three_streaming_peers(dir.path(), tracker.addr, total, 600);
     std::thread::sleep(Duration::from_millis(1000));
     // Past its eviction: two 200 ms intervals of silence, then 500 ms of probes.
     freeze(&peers[0], Duration::from_millis(1500));
@@ -714,12 +790,14 @@ fn three_streaming_peers(
     dir: &Path,
     tracker: SocketAddr,
     total: bool,
+    messages: usize,
 ) -> (Vec<String>, Vec<Process>) {
     let names: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+    let expect = (3 * messages).to_string();
     let peers = names
         .iter()
         .map(|name| {
-            let text: Vec<String> = (0..600).map(|i| format!("{name} {i}")).collect();
+            let text: Vec<String> = (0..messages).map(|i| format!("{name} {i}")).collect();
             let file = lines_file(dir, &format!("{name}.txt"), &text);
             let mut args: Vec<String> = [
                 "127.0.0.1:0",
@@ -732,7 +810,7 @@ fn three_streaming_peers(
                 "--rate",
                 "300",
                 "--expect",
-                "1800",
+                &expect,
                 "--json",
                 "--deliveries",
                 &dir.join(format!("{name}.tsv")).display().to_string(),

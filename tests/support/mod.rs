@@ -50,7 +50,15 @@ impl Process {
     /// A daemon whose standard error is read too: its lines come among the others,
     /// prefixed with `stderr: `.
     pub fn spawn_capturing_stderr(name: &str, args: &[String]) -> Self {
-        Self::start(Command::new(bin(name)).args(args), true)
+        Self::spawn_program_capturing_stderr(bin(name), args)
+    }
+
+    /// Any program, its standard error read too (as [`Self::spawn_capturing_stderr`]).
+    pub fn spawn_program_capturing_stderr(
+        program: impl AsRef<std::ffi::OsStr>,
+        args: &[String],
+    ) -> Self {
+        Self::start(Command::new(program).args(args), true)
     }
 
     fn start(command: &mut Command, stderr: bool) -> Self {
@@ -343,11 +351,22 @@ pub fn check_deliveries(
         if total {
             match &first {
                 None => first = Some(got),
-                Some(f) => assert!(
-                    *f == got,
-                    "{peer} delivered another order than {}",
-                    peers[0]
-                ),
+                Some(f) => {
+                    if let Some(i) = (0..f.len()).find(|&i| f[i] != got[i]) {
+                        let show = |d: &[Delivery]| -> Vec<String> {
+                            d[i.saturating_sub(3)..(i + 4).min(d.len())]
+                                .iter()
+                                .map(|d| format!("{} (#{})", d.text, d.counter))
+                                .collect()
+                        };
+                        panic!(
+                            "{peer} delivered another order than {}: first difference at delivery {i}: {:?} against {:?}",
+                            peers[0],
+                            show(&got),
+                            show(f)
+                        );
+                    }
+                }
             }
         }
     }

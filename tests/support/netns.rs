@@ -126,6 +126,15 @@ impl Namespace {
 
     /// Runs one of our programs inside the namespace.
     pub fn spawn(&self, name: &str, args: &[String]) -> Process {
+        Process::spawn_program("ip", &self.command(name, args))
+    }
+
+    /// As [`Self::spawn`], reading the program's standard error too.
+    pub fn spawn_capturing_stderr(&self, name: &str, args: &[String]) -> Process {
+        Process::spawn_program_capturing_stderr("ip", &self.command(name, args))
+    }
+
+    fn command(&self, name: &str, args: &[String]) -> Vec<String> {
         let mut all = vec![
             "netns".to_owned(),
             "exec".into(),
@@ -133,7 +142,7 @@ impl Namespace {
             bin(name).display().to_string(),
         ];
         all.extend(args.iter().cloned());
-        Process::spawn_program("ip", &all)
+        all
     }
 }
 

@@ -34,4 +34,4 @@ mod recovery;
 mod server;
 
 pub use node::{NodeOutput, NodeTraffic, SequencerNode, Submitted};
-pub use server::{SequencerServer, Shutdown, News};
+pub use server::{News, SequencerServer, Shutdown};

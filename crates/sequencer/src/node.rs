@@ -921,20 +921,36 @@ mod tests {
         assert_eq!(node.poll_output(), None);
     }
 
-    #[test]
-    fn a_takeover_asks_every_listed_member_to_greet_until_it_does() {
+    /// A sequencer of epoch 2 at port 5001 with a tracker at 5000, and the moment ford (at
+    /// 6001) greets it as a member of the sequencer of epoch 1.
+    fn greeted_by_a_member_of_epoch_1() -> (SequencerNode, Instant) {
         let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
-        let (ford, kat): (SocketAddr, SocketAddr) =
-            (([127, 0, 0, 1], 6001).into(), ([127, 0, 0, 1], 6002).into());
+        let ford: SocketAddr = ([127, 0, 0, 1], 6001).into();
         let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
         let mut node = SequencerNode::new(us, Some(tracker), ordering::Config::default(), 2);
         let t = Instant::now();
-        // ford greets us as a member of the sequencer of epoch 1.
         let mut hello = Datagram::new(DatagramType::Hello, "books", "ford", "", ford, 5, "ford");
         hello.proto = Some(PROTOCOL_VERSION);
         hello.start = Some(5);
         hello.epoch = Some(1);
         node.handle_datagram(t, ford, &encode(&hello));
+        (node, t)
+    }
+
+    /// A member as the tracker lists it.
+    fn listed(name: &str, port: u16) -> proto::Member {
+        proto::Member {
+            ip: "127.0.0.1".into(),
+            port,
+            username: name.into(),
+            uid: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_takeover_asks_every_listed_member_to_greet_until_it_does() {
+        let kat: SocketAddr = ([127, 0, 0, 1], 6002).into();
+        let (mut node, t) = greeted_by_a_member_of_epoch_1();
         let out: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
         assert_eq!(
             out,
@@ -942,12 +958,6 @@ mod tests {
                 group: "books".into()
             }]
         );
-        let listed = |name: &str, port: u16| proto::Member {
-            ip: "127.0.0.1".into(),
-            port,
-            username: name.into(),
-            uid: name.into(),
-        };
         let members = [
             listed("ford", 6001),
             listed("kat", 6002),
@@ -987,16 +997,7 @@ mod tests {
 
     #[test]
     fn a_takeover_window_closes_early_once_every_listed_member_greeted() {
-        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
-        let ford: SocketAddr = ([127, 0, 0, 1], 6001).into();
-        let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
-        let mut node = SequencerNode::new(us, Some(tracker), ordering::Config::default(), 2);
-        let t = Instant::now();
-        let mut hello = Datagram::new(DatagramType::Hello, "books", "ford", "", ford, 5, "ford");
-        hello.proto = Some(PROTOCOL_VERSION);
-        hello.start = Some(5);
-        hello.epoch = Some(1);
-        node.handle_datagram(t, ford, &encode(&hello));
+        let (mut node, t) = greeted_by_a_member_of_epoch_1();
         // The tracker does not answer at first (it is down): the window waits for its list.
         node.handle_timeout(t + TAKEOVER_WINDOW);
         assert_eq!(
@@ -1008,12 +1009,7 @@ mod tests {
             .filter(|o| matches!(o, NodeOutput::ListMembers { .. }))
             .collect();
         assert!(!asked.is_empty(), "the tracker is asked again");
-        let ford_listed = proto::Member {
-            ip: "127.0.0.1".into(),
-            port: 6001,
-            username: "ford".into(),
-            uid: "ford".into(),
-        };
+        let ford_listed = listed("ford", 6001);
         node.handle_members(t + TAKEOVER_WINDOW, "books", &[ford_listed]);
         assert_eq!(
             node.members("books"),

@@ -513,7 +513,7 @@ impl SequencerNode {
                     *best = (*best).max(counter);
                 }
             }
-            takeover.recovery = recovery_for(now, &takeover.greetings);
+            takeover.recovery = recovery_for(now, &takeover.greetings, takeover.listed.as_deref());
             match &takeover.recovery {
                 Some(r) => log::info!(
                     "took over {group}: recovering numbers {:?} of the earlier sequence, which some members lack, from {}",
@@ -867,8 +867,14 @@ impl SequencerNode {
 
 /// What to recover of the earlier sequence after a takeover window, from the members that
 /// greeted us (see [`crate::recovery`]): the numbers between the least and the furthest any
-/// newer member delivered of the latest earlier sequencer's sequence.
-fn recovery_for(now: Instant, greetings: &BTreeMap<String, Greeting>) -> Option<Recovery> {
+/// newer member delivered of the latest earlier sequencer's sequence. Only members the
+/// tracker `listed` (when it did) are asked for them: a stranger's Hello claiming to have
+/// delivered further would only delay the takeover.
+fn recovery_for(
+    now: Instant,
+    greetings: &BTreeMap<String, Greeting>,
+    listed: Option<&[(String, SocketAddr)]>,
+) -> Option<Recovery> {
     let resumers = || {
         greetings
             .values()
@@ -880,6 +886,9 @@ fn recovery_for(now: Instant, greetings: &BTreeMap<String, Greeting>) -> Option<
     let sources = greetings
         .iter()
         .filter(|(_, g)| g.resuming && g.proto.is_some() && g.epoch == Some(epoch))
+        .filter(|(name, g)| {
+            listed.is_none_or(|l| l.iter().any(|(n, a)| n == *name && *a == g.from))
+        })
         .filter_map(|(name, g)| {
             Some(Source {
                 name: name.clone(),

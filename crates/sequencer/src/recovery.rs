@@ -34,6 +34,17 @@ pub(crate) const RECOVERY_RETRY: Duration = Duration::from_millis(50);
 /// How long a member may stay silent before the next furthest is asked instead.
 pub(crate) const RECOVERY_PATIENCE: Duration = Duration::from_millis(500);
 
+/// Most messages recovered: members keep their last 4,096 deliveries, so no member holds
+/// more (and a Hello claiming a far higher number cannot make us want more).
+pub(crate) const MAX_RECOVERED: u64 = 4096;
+
+/// The first number wanted: just after `lowest`, but no more than a tail before `last`.
+fn first_wanted(lowest: u64, last: u64) -> u64 {
+    lowest
+        .saturating_add(1)
+        .max(last.saturating_sub(MAX_RECOVERED - 1))
+}
+
 /// One message of the earlier sequence, as a member delivered it.
 #[derive(Debug, Clone)]
 pub(crate) struct Recovered {
@@ -54,6 +65,8 @@ pub(crate) struct Source {
 #[derive(Debug)]
 pub(crate) struct Recovery {
     epoch: u64,
+    /// The last number the member that delivered least reached.
+    lowest: u64,
     /// The numbers wanted: from just after the member that delivered least to the last
     /// delivered by the source asked now.
     first: u64,
@@ -80,7 +93,8 @@ impl Recovery {
         let last = sources.first()?.through;
         Some(Self {
             epoch,
-            first: lowest + 1,
+            lowest,
+            first: first_wanted(lowest, last),
             last,
             got: BTreeMap::new(),
             sources,
@@ -132,7 +146,7 @@ impl Recovery {
 
     /// Whether every number wanted has come (or nobody is left to ask).
     pub(crate) fn is_done(&self) -> bool {
-        self.sources.is_empty() || self.got.len() as u64 == self.last + 1 - self.first
+        self.sources.is_empty() || self.got.len() as u64 > self.last.saturating_sub(self.first)
     }
 
     /// When [`poll_request`](Self::poll_request) has something to do.
@@ -160,6 +174,7 @@ impl Recovery {
             // What only the silent one had delivered is not needed by the survivors.
             if let Some(next) = self.sources.first() {
                 self.last = next.through;
+                self.first = first_wanted(self.lowest, self.last);
                 let last = self.last;
                 self.got.retain(|&n, _| n <= last);
             }
@@ -171,19 +186,21 @@ impl Recovery {
         let source = self.sources.first()?;
         let mut missing = Vec::new();
         let mut start = None;
-        for n in self.first..=self.last + 1 {
-            let have = n > self.last || self.got.contains_key(&n);
-            match (have, start) {
+        for n in self.first..=self.last {
+            match (self.got.contains_key(&n), start) {
                 (false, None) => start = Some(n),
                 (true, Some(s)) => {
                     missing.push(CounterRange::new(s, n - 1));
                     start = None;
-                    if missing.len() == proto::MAX_RANGES {
-                        break;
-                    }
                 }
                 _ => {}
             }
+            if missing.len() == proto::MAX_RANGES {
+                break;
+            }
+        }
+        if let Some(s) = start.filter(|_| missing.len() < proto::MAX_RANGES) {
+            missing.push(CounterRange::new(s, self.last));
         }
         let mut d = Datagram::new(
             DatagramType::Recover,
@@ -210,5 +227,93 @@ impl Recovery {
             out.push(m);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, port: u16, through: u64) -> Source {
+        Source {
+            name: name.into(),
+            addr: ([127, 0, 0, 1], port).into(),
+            through,
+        }
+    }
+
+    fn recovered(from: &Source, n: u64) -> Datagram {
+        let mut d = Datagram::new(
+            DatagramType::Recovered,
+            "g",
+            from.name.as_str(),
+            format!("m{n}"),
+            from.addr,
+            n,
+            "author",
+        );
+        d.origin_counter = Some(n);
+        d.epoch = Some(1);
+        d
+    }
+
+    #[test]
+    fn asks_the_furthest_member_for_what_is_missing_until_it_has_it_all() {
+        let t = Instant::now();
+        let us = ([127, 0, 0, 1], 5001).into();
+        let (ann, bob) = (source("ann", 6001, 7), source("bob", 6002, 4));
+        let mut r = Recovery::new(t, 1, 4, vec![bob.clone(), ann.clone()]).expect("a gap");
+        assert_eq!(r.wanted(), 5..=7);
+        let (to, ask) = r.poll_request(t, "g", us).expect("asks at once");
+        assert_eq!(
+            (to, ask.ranges.clone()),
+            (ann.addr, vec![CounterRange::new(5, 7)])
+        );
+        // 6 comes; a stranger's and bob's answers are not taken.
+        r.on_recovered(t, ann.addr, &recovered(&ann, 6));
+        r.on_recovered(t, bob.addr, &recovered(&bob, 5));
+        assert!(r.poll_request(t, "g", us).is_none(), "not before the retry");
+        let (_, ask) = r
+            .poll_request(t + RECOVERY_RETRY, "g", us)
+            .expect("asks again");
+        assert_eq!(
+            ask.ranges,
+            [CounterRange::new(5, 5), CounterRange::new(7, 7)]
+        );
+        r.on_recovered(t, ann.addr, &recovered(&ann, 5));
+        r.on_recovered(t, ann.addr, &recovered(&ann, 7));
+        assert!(r.is_done());
+        let texts: Vec<_> = r
+            .into_messages()
+            .into_iter()
+            .map(|m| m.submitted.text.to_string())
+            .collect();
+        assert_eq!(texts, ["m5", "m6", "m7"]);
+    }
+
+    #[test]
+    fn a_silent_source_gives_way_to_the_next_and_a_huge_claim_wants_no_more_than_a_tail() {
+        let t = Instant::now();
+        let us = ([127, 0, 0, 1], 5001).into();
+        let liar = source("liar", 6009, u64::MAX);
+        let bob = source("bob", 6002, 10);
+        let mut r = Recovery::new(t, 1, 3, vec![liar, bob.clone()]).expect("a gap");
+        assert_eq!(
+            *r.wanted().end() - *r.wanted().start() + 1,
+            MAX_RECOVERED,
+            "never more than a tail"
+        );
+        let _ = r.poll_request(t, "g", us);
+        let (to, ask) = r
+            .poll_request(t + RECOVERY_PATIENCE, "g", us)
+            .expect("the next is asked");
+        assert_eq!(to, bob.addr);
+        assert_eq!(ask.ranges, [CounterRange::new(4, 10)]);
+        // bob has only 4 and 6: after its patience too, the part before the hole is kept.
+        r.on_recovered(t, bob.addr, &recovered(&bob, 4));
+        r.on_recovered(t, bob.addr, &recovered(&bob, 6));
+        let _ = r.poll_request(t + RECOVERY_PATIENCE * 3, "g", us);
+        assert!(r.is_done(), "nobody left to ask");
+        assert_eq!(r.into_messages().len(), 1);
     }
 }

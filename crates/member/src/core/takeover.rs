@@ -297,7 +297,9 @@ impl PeerCore {
         log::info!(
             "the new sequencer of {} asks for {} message(s) we delivered: sending {}",
             d.group,
-            ranges.iter().map(|r| r.end() + 1 - r.start()).sum::<u64>(),
+            ranges.iter().fold(0u64, |n, r| n
+                .saturating_add(r.end().saturating_sub(*r.start()))
+                .saturating_add(1)),
             answers.len()
         );
         for bytes in answers {

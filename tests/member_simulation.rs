@@ -703,9 +703,24 @@ impl Sim {
             // sent to some members only is recovered and ordered again for the others).
             for p in &live {
                 if !longest.delivered.ends_with(&p.delivered) {
+                    let offset = longest.delivered.len().saturating_sub(p.delivered.len());
+                    let first = (0..p.delivered.len())
+                        .find(|&i| longest.delivered.get(offset + i) != Some(&p.delivered[i]))
+                        .unwrap_or(0);
+                    let around = |d: &[(String, String)], from: usize| -> Vec<String> {
+                        d.iter()
+                            .skip(from.saturating_sub(2))
+                            .take(5)
+                            .map(|(_, t)| t.clone())
+                            .collect()
+                    };
                     return Err(format!(
-                        "{} and {} delivered different sequences",
-                        longest.name, p.name
+                        "{} and {} delivered different sequences: from {}'s delivery {first}, {:?} against {:?}",
+                        longest.name,
+                        p.name,
+                        p.name,
+                        around(&p.delivered, first),
+                        around(&longest.delivered, offset + first)
                     ));
                 }
             }
@@ -869,6 +884,10 @@ fn replay() {
         );
         println!("  ordering: {:?}", p.member.core().ordering_counters());
         println!("  stream: {:?}", p.member.core().stream(GROUP, ""));
+        if sim.trace {
+            let texts: Vec<&str> = p.delivered.iter().map(|(_, t)| t.as_str()).collect();
+            println!("  delivered: {texts:?}");
+        }
     }
     if let Some(seq) = &sim.sequencer {
         println!("sequencer: {:?}; {:?}", seq.traffic(), seq.counters());

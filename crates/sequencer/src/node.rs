@@ -414,18 +414,22 @@ impl SequencerNode {
         else {
             return;
         };
-        takeover.listed = Some(
-            members
-                .iter()
-                .filter(|m| m.username != SEQUENCER)
-                .filter_map(|m| {
-                    Some((
-                        m.username.clone(),
-                        SocketAddr::new(m.ip.parse().ok()?, m.port),
-                    ))
-                })
-                .collect(),
-        );
+        let listed: Vec<(String, SocketAddr)> = members
+            .iter()
+            .filter(|m| m.username != SEQUENCER)
+            .filter_map(|m| {
+                Some((
+                    m.username.clone(),
+                    SocketAddr::new(m.ip.parse().ok()?, m.port),
+                ))
+            })
+            .collect();
+        if listed.is_empty() {
+            // A tracker restarted empty knows no member of the group yet (they join it
+            // again in a moment): that says nothing of who is in it. Asked again soon.
+            return;
+        }
+        takeover.listed = Some(listed);
         // The silent ones are asked at once (`prompt` limits how often per address).
         let silent: Vec<SocketAddr> = takeover
             .listed
@@ -595,6 +599,7 @@ impl SequencerNode {
             .filter(|m| m.addr == from && m.start == greeting.start)
             .cloned();
         let repeated = previous.is_some();
+        let same_place = members.is_at(author, from);
         // A repeated Hello (its first answer was lost or slow) gets the same start as the
         // first: a later one would make the member skip messages already sent to it.
         let first_seq = self
@@ -637,11 +642,20 @@ impl SequencerNode {
                     Start::At(resume)
                 }
                 (Some(_), Some(s)) => {
-                    // An evicted author alive after all goes on where its stream stopped.
+                    // An evicted author alive after all goes on where its stream stopped,
+                    // also when the tracker's word of the eviction never reached us (lost):
+                    // greeting us again from the same place with a later start, it is the
+                    // same stream going on.
+                    let going_on = same_place
+                        .then(|| self.seq.author_stream(group, author))
+                        .flatten()
+                        .filter(|stream| stream.started)
+                        .map_or(u64::MAX, |stream| stream.next);
                     Start::At(
                         self.groups
                             .get_mut(group)
-                            .map_or(s, |m| m.resume_point(author, from, s)),
+                            .map_or(s, |m| m.resume_point(author, from, s))
+                            .min(going_on),
                     )
                 }
                 _ => Start::Legacy,
@@ -954,6 +968,69 @@ mod tests {
             username: name.into(),
             uid: name.into(),
         }
+    }
+
+    /// The tracker evicted ford while it was alive, and its word of it to us was lost: ford
+    /// greets us again from the same place with a later start (what it sent meanwhile did
+    /// not reach us). Its stream goes on where we stopped: we ask for the rest, and nothing
+    /// it sent is skipped.
+    #[test]
+    fn a_member_greeting_again_with_a_later_start_goes_on_where_its_stream_stopped() {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let ford: SocketAddr = ([127, 0, 0, 1], 6001).into();
+        let mut node = SequencerNode::new(us, None, ordering::Config::default(), 1);
+        let t = Instant::now();
+        let hello = |start: u64| {
+            let mut h = Datagram::new(
+                DatagramType::Hello,
+                "books",
+                "ford",
+                "",
+                ford,
+                start,
+                "ford",
+            );
+            h.proto = Some(PROTOCOL_VERSION);
+            h.start = Some(start);
+            encode(&h)
+        };
+        let message = |counter: u64| {
+            let d = Datagram::new(
+                DatagramType::Application,
+                "books",
+                "ford",
+                format!("m{counter}"),
+                ford,
+                counter,
+                "ford",
+            );
+            encode(&d)
+        };
+        node.handle_datagram(t, ford, &hello(1));
+        for c in 1..=3 {
+            node.handle_datagram(t, ford, &message(c));
+        }
+        assert_eq!(node.counters().sent, 3);
+        let _: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        // Messages 4 and 5 were lost with the eviction notice; ford greets again at 6.
+        node.handle_datagram(t, ford, &hello(6));
+        node.handle_datagram(t, ford, &message(6));
+        assert_eq!(node.counters().sent, 3, "6 waits for 4 and 5");
+        let later = node.poll_timeout().expect("a gap timer");
+        node.handle_timeout(later);
+        let asked: Vec<Vec<CounterRange>> = std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                NodeOutput::Transmit(t) => Datagram::decode(&t.bytes)
+                    .ok()
+                    .filter(|d| d.kind == DatagramType::Nack)
+                    .map(|d| d.ranges),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, [vec![CounterRange::new(4, 5)]]);
+        node.handle_datagram(later, ford, &message(4));
+        node.handle_datagram(later, ford, &message(5));
+        assert_eq!(node.counters().sent, 6, "nothing skipped");
     }
 
     #[test]

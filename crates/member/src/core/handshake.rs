@@ -68,11 +68,22 @@ impl PeerCore {
             },
         );
         if self.mode == Mode::Fifo && name != SEQUENCER {
+            // A member greeting again from the same place with a later start is its stream
+            // going on (it was evicted while alive, and the tracker's word of it may have
+            // been lost): it resumes where we stopped, and what it sent meanwhile is asked
+            // for again.
+            let going_on = known
+                .as_ref()
+                .filter(|k| k.addr == from)
+                .and_then(|_| self.fifo.stream(group, name))
+                .filter(|stream| stream.started)
+                .map_or(u64::MAX, |stream| stream.next);
             let start = match (d.proto, d.start) {
                 (Some(_), Some(s)) => Start::At(
                     self.groups
                         .get_mut(group)
-                        .map_or(s, |g| g.members.resume_point(name, from, s)),
+                        .map_or(s, |g| g.members.resume_point(name, from, s))
+                        .min(going_on),
                 ),
                 _ => Start::Legacy,
             };

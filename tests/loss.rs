@@ -58,6 +58,8 @@ struct Outcome {
     /// With a member killed: from the kill until the tracker's eviction was seen, and the
     /// tracker's own line about it.
     eviction: Option<(Duration, String)>,
+    /// What the tracker wrote on standard error.
+    tracker_lines: Vec<String>,
 }
 
 /// Spinning threads, one per core, until dropped.
@@ -269,6 +271,7 @@ fn lossy_group(
         line,
         memory,
         eviction,
+        tracker_lines,
     }
 }
 
@@ -338,7 +341,7 @@ fn soak(seconds: usize, memory: bool) {
         200 * seconds,
         Some(200),
         Loss::Everywhere,
-        &["--heartbeat-ms", "200"],
+        &["--heartbeat-ms", "200", "-v"],
         Stress {
             cpu_hog: true,
             kill_a_member_after: Some(Duration::from_secs(seconds as u64 / 3)),
@@ -347,6 +350,18 @@ fn soak(seconds: usize, memory: bool) {
     eprintln!(
         "soak, {seconds} s, 10 % loss everywhere, CPU hog: {}",
         run.line
+    );
+    let count = |what: &str| {
+        run.tracker_lines
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    eprintln!(
+        "the tracker's suspicions: {} (members silent past 2 x 200 ms), {} cleared by an answer, {} evictions",
+        count("is suspect: silent for"),
+        count("was suspected"),
+        count("evicted \"")
     );
     let (detected, line) = run.eviction.expect("checked by the run");
     eprintln!(

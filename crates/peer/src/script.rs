@@ -93,15 +93,53 @@ struct Shared {
     username: String,
     registered: bool,
     measure: Measure,
-    deliveries: Option<io::BufWriter<std::fs::File>>,
-    /// The deliveries file could not be written.
-    failed: Option<io::Error>,
+    /// Deliveries not yet written to the deliveries file (`None`: no file). The loop only
+    /// appends here; the file is written by its own thread, so that a slow disk never
+    /// delays the loop (and its heartbeats).
+    pending: Option<Vec<u8>>,
+}
+
+/// The thread that writes the deliveries file from [`Shared::pending`].
+struct DeliveriesWriter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl DeliveriesWriter {
+    fn start(file: std::fs::File, shared: Arc<Mutex<Shared>>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = io::BufWriter::new(file);
+            loop {
+                let last = stopped.load(std::sync::atomic::Ordering::SeqCst);
+                let batch = lock(&shared).pending.as_mut().map(std::mem::take);
+                if let Some(batch) = batch {
+                    out.write_all(&batch)?;
+                }
+                if last {
+                    return out.flush();
+                }
+                std::thread::sleep(TICK);
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// Writes what is left and closes the file.
+    fn finish(self) -> io::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the deliveries writer panicked")))
+    }
 }
 
 /// A script-mode peer: its channel, and what the handler on the channel's loop records.
 pub struct ScriptPeer {
     chan: Channel,
     shared: Arc<Mutex<Shared>>,
+    writer: Option<DeliveriesWriter>,
     script: Script,
     order: Mode,
     tracker: std::net::SocketAddr,
@@ -112,17 +150,17 @@ impl ScriptPeer {
     /// Creates the deliveries file, if asked for, and opens the channel (the tracker is
     /// contacted at once; [`run`](Self::run) waits for it, at most `connect_timeout`).
     pub fn open(config: ChannelConfig, script: Script) -> Result<Self, ScriptError> {
-        let deliveries = match &script.deliveries {
-            Some(path) => Some(io::BufWriter::new(std::fs::File::create(path)?)),
+        let file = match &script.deliveries {
+            Some(path) => Some(std::fs::File::create(path)?),
             None => None,
         };
         let shared = Arc::new(Mutex::new(Shared {
             username: config.name.clone(),
             registered: false,
             measure: Measure::default(),
-            deliveries,
-            failed: None,
+            pending: file.as_ref().map(|_| Vec::new()),
         }));
+        let writer = file.map(|f| DeliveriesWriter::start(f, shared.clone()));
         let (order, tracker) = (config.order, config.tracker);
         let connect_timeout = config.connect_timeout;
         let recorder = shared.clone();
@@ -130,6 +168,7 @@ impl ScriptPeer {
         Ok(Self {
             chan,
             shared,
+            writer,
             script,
             order,
             tracker,
@@ -145,7 +184,7 @@ impl ScriptPeer {
     /// Runs the script and closes the channel; returns what was measured. Stopped before
     /// the end, it fails with [`ChannelError::Closed`], or with why the channel's loop ended
     /// (the tracker refused our name, say).
-    pub fn run(self) -> Result<Report, ScriptError> {
+    pub fn run(mut self) -> Result<Report, ScriptError> {
         // The messages are made before the clock starts: sending moves them, copies nothing.
         let payloads = self
             .script
@@ -154,10 +193,12 @@ impl ScriptPeer {
             .map(|l| l.as_bytes().to_vec())
             .collect();
         let result = self.run_script(payloads);
+        let written = self.writer.take().map_or(Ok(()), DeliveriesWriter::finish);
         let closed = self.chan.close();
-        match (result, closed) {
-            (Err(ScriptError::Channel(ChannelError::Closed)), Err(why)) => Err(why.into()),
-            (result, _) => result,
+        match (result, closed, written) {
+            (Err(ScriptError::Channel(ChannelError::Closed)), Err(why), _) => Err(why.into()),
+            (Ok(_), _, Err(e)) => Err(e.into()),
+            (result, _, _) => result,
         }
     }
 }
@@ -170,11 +211,7 @@ impl Shared {
     /// On the channel's loop: records an event.
     fn handle(&mut self, event: ChannelEvent) {
         match &event {
-            ChannelEvent::Message(m) => {
-                if let Err(e) = self.deliver(m) {
-                    self.failed.get_or_insert(e);
-                }
-            }
+            ChannelEvent::Message(m) => self.deliver(m),
             ChannelEvent::Registered => self.registered = true,
             ChannelEvent::MemberEvicted { member, .. } => {
                 self.measure.evicted.push(member.clone());
@@ -193,7 +230,7 @@ impl Shared {
         }
     }
 
-    fn deliver(&mut self, m: &Delivery) -> io::Result<()> {
+    fn deliver(&mut self, m: &Delivery) {
         let measure = &mut self.measure;
         measure.delivered += 1;
         measure.first_delivery.get_or_insert(m.delivered_at);
@@ -211,17 +248,17 @@ impl Shared {
                 }
             }
         }
-        if let Some(file) = self.deliveries.as_mut() {
-            writeln!(
-                file,
+        if let Some(pending) = self.pending.as_mut() {
+            // Into memory: cannot fail.
+            let _ = writeln!(
+                pending,
                 "{}\t{}\t{}\t{}",
                 m.group,
                 m.author,
                 m.seq,
                 String::from_utf8_lossy(&m.payload)
-            )?;
+            );
         }
-        Ok(())
     }
 }
 
@@ -245,12 +282,6 @@ impl ScriptPeer {
         }
         let stats = self.linger()?;
         let mut shared = lock(&self.shared);
-        if let Some(file) = shared.deliveries.as_mut() {
-            file.flush()?;
-        }
-        if let Some(e) = shared.failed.take() {
-            return Err(e.into());
-        }
         Ok(self.report(&mut shared, expected, &stats))
     }
 

@@ -372,36 +372,53 @@ fn messaging_survives_the_trackers_death_and_peers_rejoin_when_it_returns() {
 
 #[test]
 fn peers_with_clocks_far_apart_measure_latency_on_the_synchronized_clock() {
+    clocks_apart(50, None, ["0", "150"]);
+}
+
+/// Clocks that drift 200 ppm apart each way (2 ms in a 10 s sync interval, ten times the
+/// bound), over three sync intervals: every latency still lies within the bounds, for the
+/// disciplined clock carries each sync forward at the measured rate.
+#[test]
+fn peers_with_drifting_clocks_measure_latency_within_the_bounds_across_sync_intervals() {
+    clocks_apart(320, Some(10), ["200", "-200"]);
+}
+
+/// Two peers whose clocks are 400 ms ahead and 300 ms behind (drifting as `drift_ppm`)
+/// exchange `lines` messages each (at `rate` a second, or flat out): each learns its true
+/// offset within its bound, and every latency lies within the sum of the bounds.
+fn clocks_apart(lines: usize, rate: Option<u32>, drift_ppm: [&str; 2]) {
     let dir = tempfile::tempdir().unwrap();
     let tracker = tracker(&[]);
-    let lines: Vec<String> = (0..50).map(|i| format!("tick {i}")).collect();
-    let file = lines_file(dir.path(), "ticks.txt", &lines);
-    let mut peers: Vec<Process> = [("ahead", "400", "0"), ("behind", "-300", "150")]
+    let text: Vec<String> = (0..lines).map(|i| format!("tick {i}")).collect();
+    let file = lines_file(dir.path(), "ticks.txt", &text);
+    let mut peers: Vec<Process> = [("ahead", "400"), ("behind", "-300")]
         .into_iter()
-        .map(|(name, offset, drift)| {
-            Process::spawn(
-                "peer",
-                &[
-                    "127.0.0.1:0".into(),
-                    name.into(),
-                    tracker.addr.to_string(),
-                    "-t".into(),
-                    file.display().to_string(),
-                    "--members".into(),
-                    "2".into(),
-                    "--json".into(),
-                    "--clock-offset-ms".into(),
-                    offset.into(),
-                    "--clock-drift-ppm".into(),
-                    drift.into(),
-                ],
-            )
+        .zip(drift_ppm)
+        .map(|((name, offset), drift)| {
+            let mut args: Vec<String> = vec![
+                "127.0.0.1:0".into(),
+                name.into(),
+                tracker.addr.to_string(),
+                "-t".into(),
+                file.display().to_string(),
+                "--members".into(),
+                "2".into(),
+                "--json".into(),
+                "--clock-offset-ms".into(),
+                offset.into(),
+                "--clock-drift-ppm".into(),
+                drift.into(),
+            ];
+            if let Some(r) = rate {
+                args.extend(["--rate".into(), r.to_string()]);
+            }
+            Process::spawn("peer", &args)
         })
         .collect();
     let reports: Vec<Value> = peers
         .iter_mut()
         .map(|p| {
-            assert!(p.wait(Duration::from_secs(30)).success(), "{:#?}", p.seen);
+            assert!(p.wait(Duration::from_secs(90)).success(), "{:#?}", p.seen);
             serde_json::from_str(p.seen.last().unwrap()).unwrap()
         })
         .collect();
@@ -427,7 +444,7 @@ fn peers_with_clocks_far_apart_measure_latency_on_the_synchronized_clock() {
             "a latency below zero by more than the bounds ({bounds} µs): {r}"
         );
         assert!(max <= 50_000 + bounds, "a latency of {max} µs: {r}");
-        assert_eq!(r["latency"]["samples"], 100);
+        assert_eq!(r["latency"]["samples"], 2 * lines);
     }
 }
 

@@ -23,6 +23,10 @@ const WAKER: Token = Token(2);
 const FIRST_CONNECTION: usize = 3;
 
 /// Most Bye datagrams waiting for the UDP socket; beyond it the oldest are dropped (their
+/// How many times each eviction notice is sent (at 10 % loss, all three are lost once in
+/// a thousand).
+const NOTICE_COPIES: usize = 3;
+
 /// members will learn of the eviction from the tracker's member lists).
 const OUTBOX_LIMIT: usize = 100_000;
 
@@ -392,12 +396,17 @@ impl Tracker {
                 eviction.interval,
                 eviction.groups.len()
             );
+            // Each notice goes out NOTICE_COPIES times, back to back: one lost datagram
+            // would leave a member waiting for a dead one (a Bye is idempotent everywhere,
+            // the report's peers included).
             for (to, bytes) in eviction.notices() {
-                if self.outbox.len() >= OUTBOX_LIMIT {
-                    self.outbox.pop_front();
+                for _ in 0..NOTICE_COPIES {
+                    if self.outbox.len() >= OUTBOX_LIMIT {
+                        self.outbox.pop_front();
+                    }
+                    bump(&self.stats.byes_sent);
+                    self.outbox.push_back((to, bytes.clone()));
                 }
-                bump(&self.stats.byes_sent);
-                self.outbox.push_back((to, bytes));
             }
         }
     }

@@ -378,7 +378,10 @@ fn a_silent_member_is_evicted_between_two_and_three_intervals_and_the_others_are
                     (bye.username.as_str(), bye.origin.as_str()),
                     ("silent", "silent")
                 );
-                byes.push((bye.group.clone(), Instant::now()));
+                // Each notice comes three times (a datagram can be lost): the first counts.
+                if !byes.iter().any(|(g, _)| *g == bye.group) {
+                    byes.push((bye.group.clone(), Instant::now()));
+                }
             }
         }
     }
@@ -407,8 +410,8 @@ fn a_silent_member_is_evicted_between_two_and_three_intervals_and_the_others_are
     assert_eq!(names(&books), ["alive"], "the heartbeating member stays");
     assert_eq!(t.stats.snapshot().evictions, 1);
     // One per group to the remaining member, and one per group to the evicted member
-    // itself, in case it is alive after all.
-    assert_eq!(t.stats.snapshot().byes_sent, 4);
+    // itself, in case it is alive after all; each three times.
+    assert_eq!(t.stats.snapshot().byes_sent, 4 * 3);
 }
 
 #[test]

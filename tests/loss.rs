@@ -47,6 +47,8 @@ struct Stress {
     /// A sixth member joins the group and is SIGKILLed this long after the start: the
     /// tracker must evict it (and nobody else).
     kill_a_member_after: Option<Duration>,
+    /// The group is sealed: the sequencer and every peer hold its key.
+    sealed: bool,
 }
 
 /// What a run shows.
@@ -117,7 +119,17 @@ fn lossy_group(
         Loss::Everywhere => ns.lose_all(percent).unwrap(),
     }
     let dir = tempfile::tempdir().unwrap();
-    let _sequencer = total.then(|| ns.spawn("sequencer", &[SEQUENCER.into()]));
+    // `--group-key-file test=FILE` for the sequencer and every peer of a sealed group.
+    let key_args: Vec<String> = if stress.sealed {
+        support::key_file(dir.path(), "test").1.to_vec()
+    } else {
+        Vec::new()
+    };
+    let _sequencer = total.then(|| {
+        let mut args = vec![SEQUENCER.to_owned()];
+        args.extend(key_args.iter().cloned());
+        ns.spawn("sequencer", &args)
+    });
     let mut tracker_args = vec![TRACKER.to_owned()];
     tracker_args.extend(tracker_options.iter().map(|o| o.to_string()));
     if total {
@@ -156,6 +168,7 @@ fn lossy_group(
             if let Some(r) = rate {
                 args.extend(["--rate".into(), r.to_string()]);
             }
+            args.extend(key_args.iter().cloned());
             ns.spawn("peer", &args)
         })
         .collect();
@@ -178,6 +191,7 @@ fn lossy_group(
         if total {
             args.push("-s".into());
         }
+        args.extend(key_args.iter().cloned());
         ns.spawn("peer", &args)
     });
     let mut killed_at = None;
@@ -281,6 +295,14 @@ fn lossy_group(
         serde_json::json!([])
     };
     for (p, r) in reports.iter().enumerate() {
+        if stress.sealed {
+            // Everything went sealed, opened, and nothing was taken for a forgery.
+            assert!(r["sealed"]["opened"].as_u64() > Some(0), "p{p}: {r}");
+            assert_eq!(r["sealed"]["wrong_key"], 0, "p{p}: {r}");
+            assert_eq!(r["sealed"]["unsealed"], 0, "p{p}: {r}");
+        } else {
+            assert!(r.get("sealed").is_none(), "p{p}: {r}");
+        }
         assert_eq!(r["times_evicted"], 0, "p{p} was evicted while alive: {r}");
         assert_eq!(r["evicted"], killed, "p{p} saw another eviction: {r}");
     }
@@ -300,8 +322,9 @@ fn lossy_group(
         assert!(eviction.is_some(), "the killed member was never evicted");
     }
     let line = format!(
-        "{} order, {percent} % loss: {} messages sent, {} delivered; {nacks} retransmission requests, \
+        "{}{} order, {percent} % loss: {} messages sent, {} delivered; {nacks} retransmission requests, \
          {retransmitted} messages retransmitted by the peers, {recovered} recovered; done in {:.1} s",
+        if stress.sealed { "sealed group, " } else { "" },
         if total { "total" } else { "FIFO" },
         sum(&["sent"]),
         sum(&["delivered"]),
@@ -332,6 +355,26 @@ fn every_message_arrives_once_and_in_order_under_real_loss() {
                 &[],
                 Stress::default(),
             );
+            eprintln!("{}", run.line);
+        }
+    }
+}
+
+/// The same in a sealed group: every datagram sealed, retransmissions and recovery included,
+/// and none taken for a forgery or a replay by mistake.
+#[test]
+fn a_sealed_group_delivers_every_message_once_and_in_order_under_real_loss() {
+    if let Err(why) = can_run() {
+        eprintln!("skipped: real-loss test needs namespaces and iptables: {why}");
+        return;
+    }
+    for total in [false, true] {
+        for percent in [10, 30] {
+            let stress = Stress {
+                sealed: true,
+                ..Stress::default()
+            };
+            let run = lossy_group(total, percent, 1000, None, Loss::GroupOnly, &[], stress);
             eprintln!("{}", run.line);
         }
     }
@@ -385,6 +428,7 @@ fn soak(seconds: usize, memory: bool) {
         Stress {
             cpu_hog: true,
             kill_a_member_after: Some(Duration::from_secs(seconds as u64 / 3)),
+            sealed: false,
         },
     );
     eprintln!(

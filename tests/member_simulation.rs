@@ -211,6 +211,7 @@ impl Sim {
                         tracker,
                         mode,
                         ordering: ordering::Config::default(),
+                        seals: Vec::new(),
                     },
                     clock: None,
                 };
@@ -400,6 +401,7 @@ impl Sim {
                         },
                         proto: Some(proto::PROTOCOL_VERSION),
                         secret: None,
+                        seal: None,
                     }
                     .encode();
                     let tracker = self.tracker;

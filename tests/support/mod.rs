@@ -275,6 +275,29 @@ pub fn lines_file(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     path
 }
 
+/// A new random group key in `dir/NAME.key`, readable by its owner only (as the programs
+/// want key files); returns the key and the `--group-key-file GROUP=FILE` arguments.
+pub fn key_file(dir: &Path, group: &str) -> (seal::GroupKey, [String; 2]) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = seal::GroupKey::generate();
+    let path = dir.join(format!("{group}.key"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{}", key.to_hex()).unwrap();
+    (
+        key,
+        [
+            "--group-key-file".into(),
+            format!("{group}={}", path.display()),
+        ],
+    )
+}
+
 /// One delivery as a script peer logged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

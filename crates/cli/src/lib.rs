@@ -114,6 +114,60 @@ pub fn report<E: Display>(program: &str, result: Result<(), E>) -> ExitCode {
     }
 }
 
+/// The keys of sealed groups, as the peer and the sequencer take them (flattened into their
+/// arguments).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct SealArgs {
+    /// Seal GROUP with the key in FILE: 64 hexadecimal digits (make one with `openssl rand
+    /// -hex 32 > FILE; chmod 600 FILE`). Every member of the group and the sequencer need
+    /// the same key; the report's peers cannot join a sealed group. Repeat for more groups.
+    #[arg(long = "group-key-file", value_name = "GROUP=FILE")]
+    pub key_files: Vec<String>,
+
+    /// Seal GROUP with a key derived from the passphrase on FILE's first line (Argon2id,
+    /// salted with the group's name): the same passphrase gives every member the same key.
+    /// Repeat for more groups.
+    #[arg(long = "group-passphrase-file", value_name = "GROUP=FILE")]
+    pub passphrase_files: Vec<String>,
+}
+
+impl SealArgs {
+    /// Reads every key given: one per group, and no key shared by two groups.
+    pub fn keys(&self) -> Result<Vec<(String, seal::GroupKey)>, String> {
+        let mut keys: Vec<(String, seal::GroupKey)> = Vec::new();
+        let given = self
+            .key_files
+            .iter()
+            .map(|a| (a, "--group-key-file", false))
+            .chain(
+                self.passphrase_files
+                    .iter()
+                    .map(|a| (a, "--group-passphrase-file", true)),
+            );
+        for (arg, flag, passphrase) in given {
+            let Some((group, path)) = arg.split_once('=') else {
+                return Err(format!("{flag} {arg:?}: expected GROUP=FILE"));
+            };
+            if group.is_empty() || path.is_empty() {
+                return Err(format!("{flag} {arg:?}: expected GROUP=FILE"));
+            }
+            if keys.iter().any(|(g, _)| g == group) {
+                return Err(format!("{flag}: group {group:?} is given a key twice"));
+            }
+            let path = std::path::Path::new(path);
+            let key = if passphrase {
+                seal::GroupKey::read_passphrase_file(group, path)
+            } else {
+                seal::GroupKey::read_key_file(path)
+            }
+            .map_err(|e| format!("{flag} {group}: {e}"))?;
+            keys.push((group.to_owned(), key));
+        }
+        seal::check_distinct(&keys).map_err(|e| e.to_string())?;
+        Ok(keys)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@
 //!             tracker: ([127, 0, 0, 1], 5000).into(),
 //!             mode: Mode::Fifo,
 //!             ordering: ordering::Config::default(),
+//!             seals: Vec::new(),
 //!         },
 //!         clock: None,
 //!     },
@@ -94,6 +95,7 @@
 //!         tracker: ([127, 0, 0, 1], 5000).into(),
 //!         mode: Mode::Fifo,
 //!         ordering: ordering::Config::default(),
+//!         seals: Vec::new(),
 //!     })
 //! };
 //! let listed = |name: &str, port: u16| proto::Member {

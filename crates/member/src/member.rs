@@ -164,6 +164,8 @@ pub struct Member {
     next_ticket: Ticket,
     /// The latest time an input carried (for the core's events handled in `poll_output`).
     now: Instant,
+    /// Sealed groups: the token of the key we hold, shown to the tracker to join and list.
+    seal_tokens: std::collections::HashMap<String, Secret>,
 }
 
 impl std::fmt::Debug for Member {
@@ -181,7 +183,13 @@ impl Member {
     /// the connection is up ([`tracker_connected`](Self::tracker_connected)).
     pub fn new(config: MemberConfig, now: Instant) -> Self {
         let core = config.core;
+        let seal_tokens = core
+            .seals
+            .iter()
+            .map(|(group, key)| (group.clone(), Secret::new(key.tracker_token(group))))
+            .collect();
         Self {
+            seal_tokens,
             username: core.username.clone(),
             addr: core.addr,
             tracker: core.tracker,
@@ -600,6 +608,7 @@ impl Member {
                 to: self.tracker,
                 bytes: query.as_slice().into(),
                 bundle: false,
+                seal: None,
             }));
         }
     }
@@ -652,10 +661,18 @@ impl Member {
 
     fn request(&mut self, request: Request, ask: Ask) {
         self.session.requests += 1;
+        // A sealed group's key shown (as its token) where the tracker asks for it.
+        let seal = match &request {
+            Request::JoinGroup { group, .. } | Request::ListMembers { group } => {
+                self.seal_tokens.get(group).cloned()
+            }
+            _ => None,
+        };
         let envelope = Envelope {
             request,
             proto: Some(PROTOCOL_VERSION),
             secret: self.session.secret.clone(),
+            seal,
         };
         self.out
             .push_back(Output::Tracker(TrackerRequest { envelope, ask }));
@@ -698,6 +715,7 @@ impl Member {
             },
             proto: Some(PROTOCOL_VERSION),
             secret: s.secret.clone(),
+            seal: None,
         }
         .encode();
         s.datagrams += 1;
@@ -707,6 +725,7 @@ impl Member {
             to: self.tracker,
             bytes: beat.into(),
             bundle: false,
+            seal: None,
         }));
         // Heartbeats go by datagram; the connection would look idle and be closed (the
         // tracker's default is 30 s), so every tenth also goes over it.
@@ -766,6 +785,7 @@ mod tests {
                 tracker: TRACKER.into(),
                 mode: Mode::Fifo,
                 ordering: ordering::Config::default(),
+                seals: Vec::new(),
             },
             clock: clock.then(|| {
                 let t0 = now;
@@ -1029,6 +1049,7 @@ mod tests {
             },
             proto: Some(PROTOCOL_VERSION),
             secret: None,
+            seal: None,
         }
         .encode();
         let t1 = t0 + Duration::from_millis(30);

@@ -68,6 +68,9 @@ pub struct ChannelConfig {
     pub clock_offset_ms: f64,
     /// Pretend this process's clock gains this many microseconds per second.
     pub clock_drift_ppm: f64,
+    /// Sealed groups and their keys (see the `seal` crate): their datagrams are sealed, and
+    /// only members showing the same key join them. One key per group.
+    pub seals: Vec<(String, seal::GroupKey)>,
 }
 
 impl ChannelConfig {
@@ -84,12 +87,20 @@ impl ChannelConfig {
             bundle_bytes: None,
             clock_offset_ms: 0.0,
             clock_drift_ppm: 0.0,
+            seals: Vec::new(),
         }
     }
 
     /// The same, in total order (the tracker must know a sequencer).
     pub fn total(mut self) -> Self {
         self.order = Mode::Total;
+        self
+    }
+
+    /// The same, with `group` sealed by `key` (replacing any key given it before).
+    pub fn sealed(mut self, group: &str, key: seal::GroupKey) -> Self {
+        self.seals.retain(|(g, _)| g != group);
+        self.seals.push((group.to_owned(), key));
         self
     }
 }
@@ -241,6 +252,8 @@ pub struct ChannelStats {
     pub ordering: ordering::Counters,
     /// Datagrams and bundles that left the socket (tracker datagrams included).
     pub wire: runtime::OutboxStats,
+    /// Sealed datagrams opened, and dropped by reason (wrong key, forged, replayed).
+    pub sealed: seal::OpenStats,
     /// Messages to the tracker: requests, heartbeats and clock queries.
     pub tracker_messages: u64,
     /// Of those, datagrams (heartbeats and clock queries).
@@ -261,6 +274,8 @@ pub struct GroupStatus {
     pub members_heard: usize,
     /// Total order: a sequencer orders the group (always true in FIFO order).
     pub sequencer_ready: bool,
+    /// A sealed group (we hold its key).
+    pub sealed: bool,
 }
 
 /// A request from the handle to the loop, with where to answer.

@@ -170,6 +170,7 @@ impl Driver {
                     tracker: config.tracker,
                     mode: config.order,
                     ordering: config.ordering.clone(),
+                    seals: config.seals.clone(),
                 },
                 clock: Some(Box::new(move |_| local.read(real_now()))),
             },
@@ -399,6 +400,7 @@ impl Driver {
             .map(|name| GroupStatus {
                 members_heard: core.members_heard(&name),
                 sequencer_ready: self.order == Mode::Fifo || core.sequencer_ready(&name),
+                sealed: core.is_sealed(&name),
                 name,
             })
             .collect();
@@ -408,6 +410,7 @@ impl Driver {
             traffic: core.traffic(),
             ordering: core.ordering_counters(),
             wire: self.outbox.stats(),
+            sealed: core.seal_stats(),
             tracker_messages: self.member.tracker_messages(),
             tracker_datagrams: self.member.tracker_datagrams(),
             clock: self.member.clock().and_then(|c| c.estimate()),
@@ -524,9 +527,12 @@ impl Driver {
         while let Some(output) = self.member.poll_output() {
             match output {
                 // Queued: the end of the loop's turn sends them, bundled and per member.
-                Output::Transmit(Transmit { to, bytes, bundle }) => {
-                    self.outbox.queue(to, bytes, bundle)
-                }
+                Output::Transmit(Transmit {
+                    to,
+                    bytes,
+                    bundle,
+                    seal,
+                }) => self.outbox.queue(to, bytes, bundle, seal),
                 Output::Tracker(request) => {
                     if let Err(ask) = self.link.send(&request.envelope, request.ask) {
                         self.member.tracker_unanswered(now, ask);

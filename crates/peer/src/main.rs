@@ -116,6 +116,9 @@ struct Args {
     )]
     clock_drift_ppm: f64,
 
+    #[command(flatten)]
+    seal: cli::SealArgs,
+
     /// More detail on standard error (-v: membership and tracker events; -vv: every dropped
     /// datagram); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -168,6 +171,7 @@ fn run(args: Args) -> Result<bool, String> {
         bundle_bytes: args.bundle_bytes,
         clock_offset_ms: args.clock_offset_ms,
         clock_drift_ppm: args.clock_drift_ppm,
+        seals: args.seal.keys()?,
         ..ChannelConfig::new(&args.username, tracker)
     };
     match script {

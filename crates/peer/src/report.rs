@@ -95,6 +95,22 @@ pub struct Dropped {
     pub beyond_window: u64,
 }
 
+/// A sealed group's datagrams: how many opened, and what was dropped and why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sealed {
+    /// Sealed datagrams that opened (authentic, new).
+    pub opened: u64,
+    /// Dropped: sealed with another key, forged or damaged, or not in the sealed format.
+    pub wrong_key: u64,
+    /// Dropped: replayed.
+    pub replayed: u64,
+    /// Dropped: from an earlier incarnation of a member.
+    pub stale: u64,
+    /// Dropped: plain datagrams for the sealed group (or for another group, sealed as this
+    /// one).
+    pub unsealed: u64,
+}
+
 /// One peer's measurements of a script run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -137,6 +153,9 @@ pub struct Report {
     pub datagrams_per_message: f64,
     /// Datagrams dropped, by reason.
     pub dropped: Dropped,
+    /// For a sealed group: what its key opened and dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
     /// Members the tracker evicted while this peer ran (it stopped sending to them).
     pub evicted: Vec<String>,
     /// Times the tracker evicted this peer itself (it registered and greeted again).
@@ -250,6 +269,16 @@ impl fmt::Display for Report {
                 self.flow.acks_received
             ),
         )?;
+        if let Some(s) = &self.sealed {
+            row(
+                f,
+                "sealed group",
+                format!(
+                    "{} datagrams opened; dropped: {} with a wrong key or forged, {} replayed, {} stale, {} plain",
+                    s.opened, s.wrong_key, s.replayed, s.stale, s.unsealed
+                ),
+            )?;
+        }
         if self.failover.sequencer_losses > 0 || self.failover.takeovers > 0 {
             row(
                 f,

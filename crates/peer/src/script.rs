@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery};
 use crate::console::{describe, visible};
-use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report};
+use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report, Sealed};
 
 /// Lines handed to the channel at once when sending flat out: the loop sends them as the
 /// flow-control window opens, and between two chunks it waits for the next (so a chunk is
@@ -455,6 +455,20 @@ impl ScriptPeer {
                 other_mode: traffic.other_mode,
                 beyond_window: order_counters.beyond_window,
             },
+            sealed: stats
+                .groups
+                .iter()
+                .any(|g| g.name == self.script.group && g.sealed)
+                .then(|| {
+                    let s = stats.sealed;
+                    Sealed {
+                        opened: s.opened,
+                        wrong_key: s.unknown_key + s.forged + s.malformed,
+                        replayed: s.replayed,
+                        stale: s.stale,
+                        unsealed: traffic.unsealed,
+                    }
+                }),
             evicted: measure.evicted.clone(),
             times_evicted: traffic.times_evicted,
             clock_synced: stats.clock.is_some(),

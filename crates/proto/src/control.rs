@@ -148,6 +148,8 @@ struct RawRequest<'a> {
     proto: Option<u32>,
     #[serde(rename = "Secret", default)]
     secret: Option<String>,
+    #[serde(rename = "Seal", default)]
+    seal: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -200,6 +202,8 @@ struct Wire<'a, C> {
     proto: Option<u32>,
     #[serde(rename = "Secret", skip_serializing_if = "Option::is_none")]
     secret: Option<&'a str>,
+    #[serde(rename = "Seal", skip_serializing_if = "Option::is_none")]
+    seal: Option<&'a str>,
 }
 
 /// The secret the tracker gives a newer member at Register, which it shows in every later
@@ -248,6 +252,11 @@ pub struct Envelope {
     pub proto: Option<u32>,
     /// `Secret`: the member's proof that the request comes from it (see [`Secret`]).
     pub secret: Option<Secret>,
+    /// `Seal` (JoinGroup and ListMembers of a sealed group): the proof that the client holds
+    /// the group's key, a value derived from it (`seal::GroupKey::tracker_token`). The
+    /// first member to join a group with one seals the group; from then on the tracker
+    /// lets in, and shows the members to, only a client showing the same.
+    pub seal: Option<Secret>,
 }
 
 impl Envelope {
@@ -260,6 +269,7 @@ impl Envelope {
             request: Request::from_raw(raw.kind, raw.content)?,
             proto: raw.proto,
             secret: raw.secret.map(Secret),
+            seal: raw.seal.map(Secret),
         })
     }
 
@@ -270,8 +280,12 @@ impl Envelope {
 
     /// Appends the JSON encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        self.request
-            .encode_with(self.proto, self.secret.as_ref().map(Secret::as_str), out);
+        self.request.encode_with(
+            self.proto,
+            self.secret.as_ref().map(Secret::as_str),
+            self.seal.as_ref().map(Secret::as_str),
+            out,
+        );
     }
 
     /// The JSON encoding.
@@ -362,10 +376,16 @@ impl Request {
 
     /// Appends the JSON encoding (without a `Proto` key: the report's form) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        self.encode_with(None, None, out);
+        self.encode_with(None, None, None, out);
     }
 
-    fn encode_with(&self, proto: Option<u32>, secret: Option<&str>, out: &mut Vec<u8>) {
+    fn encode_with(
+        &self,
+        proto: Option<u32>,
+        secret: Option<&str>,
+        seal: Option<&str>,
+        out: &mut Vec<u8>,
+    ) {
         let kind = self.code();
         let result = match self {
             Self::ListGroups => serde_json::to_writer(
@@ -375,6 +395,7 @@ impl Request {
                     content: serde_json::Map::new(),
                     proto,
                     secret,
+                    seal,
                 },
             ),
             Self::JoinGroup {
@@ -392,6 +413,7 @@ impl Request {
                     },
                     proto,
                     secret,
+                    seal,
                 },
             ),
             Self::ExitGroup { username, group } => serde_json::to_writer(
@@ -404,6 +426,7 @@ impl Request {
                     },
                     proto,
                     secret,
+                    seal,
                 },
             ),
             Self::Register { ip, port, username } => serde_json::to_writer(
@@ -417,6 +440,7 @@ impl Request {
                     },
                     proto,
                     secret,
+                    seal,
                 },
             ),
             Self::ListMembers { group } => serde_json::to_writer(
@@ -428,6 +452,7 @@ impl Request {
                     },
                     proto,
                     secret,
+                    seal,
                 },
             ),
             Self::Quit { username } | Self::Heartbeat { username } => serde_json::to_writer(
@@ -439,6 +464,7 @@ impl Request {
                     },
                     proto,
                     secret,
+                    seal,
                 },
             ),
         };
@@ -622,6 +648,7 @@ mod tests {
                 request: request.clone(),
                 proto: Some(2),
                 secret: Some(Secret::new("s3cr3t".into())),
+                seal: None,
             };
             let bytes = envelope.encode();
             let value: Value = serde_json::from_slice(&bytes).expect("json");

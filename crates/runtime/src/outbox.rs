@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mio::net::UdpSocket;
 use proto::bundle::{BundleWriter, LAN_BUNDLE_LEN, LOOPBACK_BUNDLE_LEN};
+use seal::Sealer;
 
 #[derive(Debug)]
 struct Pending {
@@ -14,6 +15,21 @@ struct Pending {
     bytes: Arc<[u8]>,
     /// The destination reads bundles.
     bundle: bool,
+    /// Seal it (and the bundle it goes in) with this.
+    seal: Option<Arc<Sealer>>,
+}
+
+impl Pending {
+    /// Whether `other` may go in the same bundle: same destination, and sealed alike.
+    fn bundles_with(&self, other: &Pending) -> bool {
+        other.to == self.to
+            && other.bundle
+            && match (&self.seal, &other.seal) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 /// What an outbox sent.
@@ -33,13 +49,17 @@ pub struct OutboxStats {
 /// turn, so a lone message goes out at once, while what piled up meanwhile (a backlog, a
 /// batch of received datagrams answered together) goes out *per destination, back to back*:
 /// each receiver is woken once for its share. Consecutive datagrams for a destination that
-/// reads bundles are packed into one, up to the bundle limit. What the socket refuses with
+/// reads bundles are packed into one, up to the bundle limit; datagrams of a sealed group are
+/// bundled only with others of that group, and the whole UDP datagram is sealed (the limit
+/// holds for it sealed). What the socket refuses with
 /// "would block" stays queued, in order, for the next flush (when the socket is writable);
 /// one multicast shares one buffer among its destinations.
 #[derive(Debug, Default)]
 pub struct Outbox {
     queue: VecDeque<Pending>,
     writer: BundleWriter,
+    /// The sealed form of the datagram being sent.
+    sealed: Vec<u8>,
     /// Largest bundle; `None`: by destination (16 KiB on loopback, 1472 bytes elsewhere);
     /// `Some(0)`: no bundling.
     max_bundle: Option<usize>,
@@ -58,16 +78,27 @@ impl Outbox {
         self
     }
 
-    /// Queues `bytes` for `to`; `bundle` says whether `to` reads bundles. Nothing is sent
-    /// before [`flush`](Self::flush).
-    pub fn queue(&mut self, to: SocketAddr, bytes: Arc<[u8]>, bundle: bool) {
-        self.queue.push_back(Pending { to, bytes, bundle });
+    /// Queues `bytes` for `to`; `bundle` says whether `to` reads bundles, `seal` what seals
+    /// it (a datagram of a sealed group). Nothing is sent before [`flush`](Self::flush).
+    pub fn queue(
+        &mut self,
+        to: SocketAddr,
+        bytes: Arc<[u8]>,
+        bundle: bool,
+        seal: Option<Arc<Sealer>>,
+    ) {
+        self.queue.push_back(Pending {
+            to,
+            bytes,
+            bundle,
+            seal,
+        });
     }
 
     /// Sends `bytes` to `to` now if nothing waits, else queues it behind what waits. Never
     /// bundled (for the tracker and other single datagrams).
     pub fn send(&mut self, udp: &UdpSocket, to: SocketAddr, bytes: Arc<[u8]>) {
-        self.queue(to, bytes, false);
+        self.queue(to, bytes, false, None);
         if self.queue.len() == 1 {
             self.flush(udp);
         }
@@ -91,24 +122,35 @@ impl Outbox {
         }
         while let Some(first) = self.queue.front() {
             let to = first.to;
-            let max = self.limit(to);
+            let max = match (self.limit(to), &first.seal) {
+                (0, _) => 0,
+                (max, Some(_)) => max.saturating_sub(seal::OVERHEAD).max(1),
+                (max, None) => max,
+            };
             // How many of the datagrams at the front go in one bundle.
             let mut take = 1;
-            if first.bundle && max > 0 && first.bytes.len() < max {
+            if first.bundle && first.bytes.len() < max {
                 self.writer.push(&first.bytes);
                 for p in self.queue.iter().skip(1) {
-                    if p.to != to || !p.bundle || !self.writer.fits(&p.bytes, max) {
+                    if !first.bundles_with(p) || !self.writer.fits(&p.bytes, max) {
                         break;
                     }
                     self.writer.push(&p.bytes);
                     take += 1;
                 }
             }
-            let result = if take > 1 {
-                udp.send_to(self.writer.finish(), to)
+            let plain: &[u8] = if take > 1 {
+                self.writer.finish()
             } else {
                 let _ = self.writer.finish();
-                udp.send_to(&first.bytes, to)
+                &first.bytes
+            };
+            let result = match &first.seal {
+                Some(sealer) => {
+                    sealer.seal_into(plain, to, &mut self.sealed);
+                    udp.send_to(&self.sealed, to)
+                }
+                None => udp.send_to(plain, to),
             };
             match result {
                 Ok(_) => {
@@ -171,8 +213,8 @@ mod tests {
         let mut out = Outbox::new().with_max_bundle(Some(30));
         for n in 0..5 {
             // A reads bundles, B does not: interleaved as a multicast would queue them.
-            out.queue(to_a, item(n), true);
-            out.queue(to_b, item(n), false);
+            out.queue(to_a, item(n), true, None);
+            out.queue(to_b, item(n), false, None);
         }
         out.flush(&udp);
         assert!(out.is_empty());
@@ -198,11 +240,11 @@ mod tests {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let to = a.local_addr().expect("a");
         let mut out = Outbox::new();
-        out.queue(to, Arc::from(&b"{\"alone\":1}"[..]), true);
+        out.queue(to, Arc::from(&b"{\"alone\":1}"[..]), true, None);
         out.flush(&udp);
         let mut off = Outbox::new().with_max_bundle(Some(0));
         for _ in 0..3 {
-            off.queue(to, Arc::from(&b"{\"x\":1}"[..]), true);
+            off.queue(to, Arc::from(&b"{\"x\":1}"[..]), true, None);
         }
         off.flush(&udp);
         let got = receive_all(&a);

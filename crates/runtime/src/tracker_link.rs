@@ -106,10 +106,22 @@ impl<P> TrackerLink<P> {
     /// Sends `request`; its reply comes back as [`LinkEvent::Reply`] with `purpose`. When
     /// there is no connection the request is refused at once, handing `purpose` back.
     pub fn request(&mut self, request: Request, purpose: P) -> Result<(), P> {
+        self.request_showing(request, None, purpose)
+    }
+
+    /// As [`request`](Self::request), showing `seal`, the proof that we hold a sealed
+    /// group's key (see [`Envelope::seal`]).
+    pub fn request_showing(
+        &mut self,
+        request: Request,
+        seal: Option<Secret>,
+        purpose: P,
+    ) -> Result<(), P> {
         let envelope = Envelope {
             request,
             proto: Some(PROTOCOL_VERSION),
             secret: self.secret.clone(),
+            seal,
         };
         self.send(&envelope, purpose)
     }

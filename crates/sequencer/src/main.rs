@@ -42,6 +42,9 @@ struct Args {
     #[arg(long, value_name = "BYTES")]
     bundle_bytes: Option<usize>,
 
+    #[command(flatten)]
+    seal: cli::SealArgs,
+
     /// More detail on standard error (-v: joins and evictions; -vv: dropped datagrams);
     /// RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -101,6 +104,7 @@ fn run(args: Args) -> Result<(), String> {
         .map(cli::parse_addr)
         .transpose()
         .map_err(|e| format!("--tracker: {e}"))?;
+    let seals = args.seal.keys()?;
     // Ctrl-C before the server exists (a standby waiting) ends the wait; after, it stops the
     // server.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -119,7 +123,10 @@ fn run(args: Args) -> Result<(), String> {
         println!("standby ended before taking over");
         return Ok(());
     };
-    let mut server = server.with_max_bundle(args.bundle_bytes);
+    let mut server = server
+        .with_max_bundle(args.bundle_bytes)
+        .with_seals(&seals)
+        .map_err(|e| e.to_string())?;
     if let Ok(mut slot) = server_stop.lock() {
         *slot = Some(server.shutdown_handle());
     }
@@ -168,7 +175,7 @@ fn run(args: Args) -> Result<(), String> {
         t.datagrams_sent,
         wire.datagrams,
         wire.bundles,
-        t.malformed + t.spoofed + t.unknown
+        t.malformed + t.spoofed + t.unknown + t.unsealed + server.node().seal_stats().dropped()
     );
     Ok(())
 }

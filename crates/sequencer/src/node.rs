@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use member::{MemberInfo, Members, SEQUENCER, Transmit, hello_source};
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use proto::bundle::BundleReaders;
-use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION};
+use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION, Secret};
+use seal::{GroupKey, Opener, Sealer, SharedKey};
 
 use crate::recovery::{Recovery, Source};
 
@@ -41,6 +42,8 @@ pub struct NodeTraffic {
     pub spoofed: u64,
     /// Dropped: from a member that never said Hello.
     pub unknown: u64,
+    /// Dropped: a plain datagram for a sealed group, or one sealed with another group's key.
+    pub unsealed: u64,
 }
 
 /// What the sequencer core asks its driver to do.
@@ -166,6 +169,14 @@ pub struct SequencerNode {
     traffic: NodeTraffic,
     /// Members that announced they read bundles.
     bundle_readers: BundleReaders,
+    /// What seals our datagrams in each sealed group.
+    sealers: HashMap<String, Arc<Sealer>>,
+    /// What opens the sealed datagrams that arrive.
+    opener: Opener,
+    /// The plain datagram opened last (kept for its buffer).
+    opened: Vec<u8>,
+    /// Sealed groups: the token of the key we hold, shown to the tracker to list members.
+    seal_tokens: HashMap<String, Secret>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -194,7 +205,41 @@ impl SequencerNode {
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
             bundle_readers: BundleReaders::default(),
+            sealers: HashMap::new(),
+            opener: Opener::new(addr),
+            opened: Vec::new(),
+            seal_tokens: HashMap::new(),
         }
+    }
+
+    /// Holds the keys of these sealed groups from now on: their datagrams are sealed as
+    /// they leave, and only datagrams sealed with their key are believed. Each group needs
+    /// its own key.
+    pub fn add_seals(&mut self, seals: &[(String, GroupKey)]) -> Result<(), SharedKey> {
+        for (group, key) in seals {
+            self.opener.add(group, key)?;
+            self.sealers
+                .insert(group.clone(), Arc::new(Sealer::new(key)));
+            self.seal_tokens
+                .insert(group.clone(), Secret::new(key.tracker_token(group)));
+        }
+        Ok(())
+    }
+
+    /// What shows the tracker that we hold `group`'s key, if it is a sealed group (to list
+    /// its members).
+    pub fn seal_token(&self, group: &str) -> Option<&Secret> {
+        self.seal_tokens.get(group)
+    }
+
+    /// What the sealed groups' keys opened and dropped.
+    pub fn seal_stats(&self) -> seal::OpenStats {
+        self.opener.stats()
+    }
+
+    /// Whether `group` is a sealed group whose key we hold.
+    pub fn is_sealed(&self, group: &str) -> bool {
+        self.sealers.contains_key(group)
     }
 
     /// This incarnation's epoch.
@@ -220,10 +265,44 @@ impl SequencerNode {
     /// One datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        match proto::bundle::decode_datagrams(bytes) {
+        // A sealed datagram opens with the key of one group, and holds datagrams of that
+        // group only; a plain one holds none of a sealed group (but the tracker's Bye).
+        let mut plain = std::mem::take(&mut self.opened);
+        let (decoded, sealed_as) = if seal::is_sealed(bytes) {
+            match self.opener.open(from, bytes, &mut plain) {
+                Ok(group) => {
+                    let group = group.to_owned();
+                    (proto::bundle::decode_datagrams(&plain), Some(group))
+                }
+                // Counted (and logged once per source) by the opener.
+                Err(_) => {
+                    self.opened = plain;
+                    return;
+                }
+            }
+        } else {
+            (proto::bundle::decode_datagrams(bytes), None)
+        };
+        self.opened = plain;
+        match decoded {
             Ok(items) => {
                 for d in items {
-                    self.handle_one(now, from, d);
+                    let admitted = match &sealed_as {
+                        Some(group) => d.group == *group,
+                        None => {
+                            !self.sealers.contains_key(&d.group)
+                                || (d.kind == DatagramType::Bye && Some(from) == self.tracker)
+                        }
+                    };
+                    if admitted {
+                        self.handle_one(now, from, d);
+                    } else {
+                        self.traffic.unsealed += 1;
+                        log::debug!(
+                            "dropped a datagram for {:?}: not sealed with its key",
+                            d.group
+                        );
+                    }
                 }
             }
             Err(e) => {
@@ -546,7 +625,7 @@ impl SequencerNode {
             }
         }
         for (to, d) in requests {
-            self.send(to, encode(&d));
+            self.send(&d.group, to, encode(&d));
         }
         for group in done {
             self.complete_takeover(now, &group);
@@ -692,7 +771,7 @@ impl SequencerNode {
             .takeovers
             .get(group)
             .and_then(|t| t.resumes.get(author).copied());
-        self.send(to, encode(&ack));
+        self.send(group, to, encode(&ack));
     }
 
     /// Asks whoever sent us a datagram of `group` without greeting us first to greet us
@@ -720,7 +799,7 @@ impl SequencerNode {
         );
         hello.proto = Some(PROTOCOL_VERSION);
         hello.epoch = Some(self.epoch);
-        self.send(to, encode(&hello));
+        self.send(group, to, encode(&hello));
     }
 
     /// Runs the timers due at `now`.
@@ -757,11 +836,17 @@ impl SequencerNode {
         self.outputs.pop_front()
     }
 
-    fn send(&mut self, to: SocketAddr, bytes: Arc<[u8]>) {
+    /// Sends `bytes`, a datagram of `group`, to `to`: sealed if it is a sealed group.
+    fn send(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
         let bundle = self.bundle_readers.reads(&to);
-        self.outputs
-            .push_back(NodeOutput::Transmit(Transmit { to, bytes, bundle }));
+        let seal = self.sealers.get(group).cloned();
+        self.outputs.push_back(NodeOutput::Transmit(Transmit {
+            to,
+            bytes,
+            bundle,
+            seal,
+        }));
     }
 
     fn addr_of(&self, group: &str, name: &str, newer_only: bool) -> Option<SocketAddr> {
@@ -837,7 +922,7 @@ impl SequencerNode {
                                 self.sequenced(&group, counter, &payload, is_newer)
                             })
                             .clone();
-                        self.send(to, bytes);
+                        self.send(&group, to, bytes);
                     }
                 }
                 Order::Retransmit {
@@ -848,21 +933,21 @@ impl SequencerNode {
                 } => {
                     if let Some(addr) = self.addr_of(&group, &to, true) {
                         let bytes = self.sequenced(&group, counter, &payload, true);
-                        self.send(addr, bytes);
+                        self.send(&group, addr, bytes);
                     }
                 }
                 Order::Nack { to, group, ranges } => {
                     if let Some(addr) = self.addr_of(&group, &to, true) {
                         let first = ranges.first().map_or(0, |r| *r.start());
                         let bytes = self.control(DatagramType::Nack, &group, first, &to, &ranges);
-                        self.send(addr, bytes);
+                        self.send(&group, addr, bytes);
                     }
                 }
                 Order::Digest { group, highest } => {
                     let bytes = self.control(DatagramType::Digest, &group, highest, SEQUENCER, &[]);
                     for (to, newer) in self.everyone(&group) {
                         if newer {
-                            self.send(to, bytes.clone());
+                            self.send(&group, to, bytes.clone());
                         }
                     }
                 }
@@ -870,7 +955,7 @@ impl SequencerNode {
                     if let Some(addr) = self.addr_of(&group, &to, true) {
                         let bytes =
                             self.control(DatagramType::Unavailable, &group, 0, SEQUENCER, &ranges);
-                        self.send(addr, bytes);
+                        self.send(&group, addr, bytes);
                     }
                 }
                 Order::Deliver(_) => {}

@@ -145,6 +145,15 @@ impl SequencerServer {
         })
     }
 
+    /// Holds the keys of these sealed groups (see [`SequencerNode::add_seals`]).
+    pub fn with_seals(
+        mut self,
+        seals: &[(String, seal::GroupKey)],
+    ) -> Result<Self, seal::SharedKey> {
+        self.node.add_seals(seals)?;
+        Ok(self)
+    }
+
     /// Sets the largest bundle towards members that read bundles (`Some(0)`: never bundle;
     /// `None`: 16 KiB on loopback, 1472 bytes elsewhere).
     pub fn with_max_bundle(mut self, max: Option<usize>) -> Self {
@@ -247,7 +256,7 @@ impl SequencerServer {
         // back, bundled for members that read bundles.
         while let Some(output) = self.node.poll_output() {
             match output {
-                NodeOutput::Transmit(t) => self.outbox.queue(t.to, t.bytes, t.bundle),
+                NodeOutput::Transmit(t) => self.outbox.queue(t.to, t.bytes, t.bundle, t.seal),
                 NodeOutput::Evicted => self.evicted = true,
                 NodeOutput::ListMembers { group } => self.member_lists.push(group),
                 NodeOutput::TookOver {
@@ -322,7 +331,11 @@ impl SequencerServer {
             let request = Request::ListMembers {
                 group: group.clone(),
             };
-            if link.request(request, Purpose::Members(group)).is_err() {
+            let seal = self.node.seal_token(&group).cloned();
+            if link
+                .request_showing(request, seal, Purpose::Members(group))
+                .is_err()
+            {
                 log::debug!("could not ask the tracker for a group's members: not connected");
             }
         }
@@ -342,6 +355,7 @@ impl SequencerServer {
                 request: heartbeat,
                 proto: Some(PROTOCOL_VERSION),
                 secret: link.secret().cloned(),
+                seal: None,
             }
             .encode();
             self.outbox.send(&self.udp, tracker, Arc::from(beat));

@@ -52,6 +52,7 @@ impl Net {
                     tracker: addr(TRACKER),
                     mode: Mode::Total,
                     ordering: ordering::Config::default(),
+                    seals: Vec::new(),
                 })
             })
             .collect();

@@ -127,6 +127,7 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
         },
         proto: Some(2),
         secret: None,
+        seal: None,
     };
     s.write_all(&register.encode()).unwrap();
     let mut reply = [0u8; 4096];
@@ -141,6 +142,7 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
             },
             proto: Some(2),
             secret: reply.secret.clone(),
+            seal: None,
         }
         .encode_into(&mut batch);
     }
@@ -204,6 +206,7 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
                 },
                 proto: Some(2),
                 secret: None,
+                seal: None,
             }
             .encode_into(&mut batch);
             names.push(name);
@@ -233,6 +236,7 @@ fn heartbeats(t: &TrackerProcess, plan: &Plan) -> (f64, usize) {
                 },
                 proto: Some(2),
                 secret,
+                seal: None,
             }
             .encode()
         })

@@ -166,6 +166,9 @@ pub struct Registry {
     /// group → the delivery order its first newer member declared (the report's clients
     /// declare none); forgotten with the group.
     orders: HashMap<String, GroupOrder>,
+    /// group → the token of its key, for sealed groups: the first member to join showed it
+    /// (see [`Envelope::seal`]); forgotten with the group.
+    seals: HashMap<String, Secret>,
     sequencer: Option<Member>,
     outputs: VecDeque<RegistryOutput>,
 }
@@ -181,6 +184,7 @@ impl Registry {
             uids: HashMap::new(),
             groups: BTreeMap::new(),
             orders: HashMap::new(),
+            seals: HashMap::new(),
             sequencer: sequencer.map(|addr| Member {
                 ip: addr.ip().to_string(),
                 port: addr.port(),
@@ -240,6 +244,7 @@ impl Registry {
                 request,
                 proto,
                 secret: None,
+                seal: None,
             },
             via,
         )
@@ -255,6 +260,7 @@ impl Registry {
             request,
             proto,
             secret,
+            seal,
         } = envelope;
         if let Err(refusal) = self.authorize(now, &request, secret.as_ref(), via) {
             return refusal;
@@ -274,11 +280,14 @@ impl Registry {
                 username,
                 group,
                 order,
-            } => self.join(now, &username, &group, order),
+            } => self.join(now, &username, &group, order, seal.as_ref()),
             Request::Register { ip, port, username } => {
                 self.register(now, &ip, port, &username, proto, secret)
             }
             Request::ListMembers { group } => match self.members_of(&group) {
+                Some(_) if !self.may_see(&group, seal.as_ref()) => Reply::failure(format!(
+                    "group {group:?} is sealed: only a client showing its key sees its members"
+                )),
                 Some(list) => Reply::ok(members_value(list)),
                 // The report answers an unknown group with an empty list.
                 None => Reply {
@@ -501,8 +510,16 @@ impl Registry {
         username: &str,
         group: &str,
         order: Option<GroupOrder>,
+        seal: Option<&Secret>,
     ) -> Reply {
         if let Err(reason) = proto::check_name("group name", group) {
+            return Reply::failure(reason);
+        }
+        if !self.members.contains_key(username) {
+            return unknown_member(username);
+        }
+        if let Err(reason) = self.check_seal(group, seal) {
+            log::info!("refused {username} in {group}: {reason}");
             return Reply::failure(reason);
         }
         let Some(record) = self.members.get_mut(username) else {
@@ -529,6 +546,12 @@ impl Registry {
             }
             _ => {}
         }
+        if let Some(token) = seal
+            && !self.groups.contains_key(group)
+        {
+            log::info!("{group} is sealed: only members showing its key join it");
+            self.seals.insert(group.to_owned(), token.clone());
+        }
         if record.groups.insert(group.to_owned()) {
             self.groups
                 .entry(group.to_owned())
@@ -537,6 +560,39 @@ impl Registry {
             log::info!("{username} joined {group}");
         }
         Reply::ok(members_value(self.members_of(group).unwrap_or_default()))
+    }
+
+    /// Whether a join of `group` showing `shown` may go on: an open group takes members
+    /// that show no key, a sealed one only those that show its key's token, and a new group
+    /// takes either (and is sealed if a token was shown).
+    fn check_seal(&self, group: &str, shown: Option<&Secret>) -> Result<(), String> {
+        let exists = self.groups.contains_key(group);
+        match (self.seals.get(group), shown) {
+            (Some(token), Some(shown)) if token.matches(shown) => Ok(()),
+            (Some(_), Some(_)) => Err(format!(
+                "group {group:?} is sealed with another key: check the group's key file or passphrase"
+            )),
+            (Some(_), None) => Err(format!(
+                "group {group:?} is sealed: only members holding its key can join (the report's peers cannot)"
+            )),
+            (None, Some(_)) if exists => Err(format!(
+                "group {group:?} is open (its members hold no key), so it cannot be joined as a sealed group: choose another name"
+            )),
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// Whether a client showing `shown` may see `group`'s members.
+    fn may_see(&self, group: &str, shown: Option<&Secret>) -> bool {
+        match self.seals.get(group) {
+            Some(token) => shown.is_some_and(|s| token.matches(s)),
+            None => true,
+        }
+    }
+
+    /// Whether `group` is sealed.
+    pub fn is_sealed(&self, group: &str) -> bool {
+        self.seals.contains_key(group)
     }
 
     fn exit(&mut self, now: Instant, username: &str, group: &str) -> Reply {
@@ -572,6 +628,7 @@ impl Registry {
             if names.is_empty() {
                 self.groups.remove(group);
                 self.orders.remove(group);
+                self.seals.remove(group);
             }
         }
     }
@@ -767,6 +824,7 @@ mod tests {
                 request,
                 proto,
                 secret,
+                seal: None,
             },
             via,
         );
@@ -1273,5 +1331,122 @@ mod tests {
             next_eviction(&mut r).is_some(),
             "a spoofed heartbeat keeps no one alive"
         );
+    }
+
+    /// `ask` with a seal token shown (JoinGroup, ListMembers of a sealed group).
+    fn ask_sealed(r: &mut Registry, now: Instant, request: Request, seal: Option<&str>) -> Reply {
+        let name = match &request {
+            Request::JoinGroup { username, .. } => Some(username.clone()),
+            _ => None,
+        };
+        let secret = name.and_then(|n| SECRETS.with(|s| s.borrow().get(&n).cloned()));
+        r.handle_envelope(
+            now,
+            Envelope {
+                request,
+                proto: Some(proto::PROTOCOL_VERSION),
+                secret,
+                seal: seal.map(|s| Secret::new(s.into())),
+            },
+            Via::Tcp(LOCAL),
+        )
+    }
+
+    fn join_sealed(
+        r: &mut Registry,
+        now: Instant,
+        name: &str,
+        group: &str,
+        seal: Option<&str>,
+    ) -> Reply {
+        let request = Request::JoinGroup {
+            username: name.into(),
+            group: group.into(),
+            order: None,
+        };
+        ask_sealed(r, now, request, seal)
+    }
+
+    fn list_sealed(r: &mut Registry, now: Instant, group: &str, seal: Option<&str>) -> Reply {
+        let request = Request::ListMembers {
+            group: group.into(),
+        };
+        ask_sealed(r, now, request, seal)
+    }
+
+    #[test]
+    fn a_sealed_group_takes_and_shows_its_members_only_to_those_showing_its_key() {
+        let (mut r, t) = registry();
+        for (i, name) in ["ford", "kat", "eve", "old"].iter().enumerate() {
+            register(
+                &mut r,
+                t,
+                name,
+                5001 + i as u16,
+                Some(proto::PROTOCOL_VERSION),
+            );
+        }
+        let token = "a".repeat(64);
+        assert!(join_sealed(&mut r, t, "ford", "books", Some(&token)).success);
+        assert!(r.is_sealed("books"));
+        assert_eq!(
+            names(&join_sealed(&mut r, t, "kat", "books", Some(&token))),
+            ["ford", "kat", "sequencer"]
+        );
+        // Another key, or none (the report's peers show none): refused, nothing changes.
+        let wrong = join_sealed(&mut r, t, "eve", "books", Some(&"b".repeat(64)));
+        assert!(!wrong.success);
+        assert!(
+            wrong
+                .content
+                .as_str()
+                .is_some_and(|c| c.contains("another key")),
+            "{wrong:?}"
+        );
+        let plain = join_sealed(&mut r, t, "old", "books", None);
+        assert!(!plain.success);
+        assert!(
+            plain
+                .content
+                .as_str()
+                .is_some_and(|c| c.contains("sealed") && c.contains("report")),
+            "{plain:?}"
+        );
+        // Listing: only with the key; the refusal names nobody.
+        let shown = list_sealed(&mut r, t, "books", Some(&token));
+        assert_eq!(names(&shown), ["ford", "kat", "sequencer"]);
+        for seal in [None, Some("b".repeat(64))] {
+            let hidden = list_sealed(&mut r, t, "books", seal.as_deref());
+            assert!(!hidden.success);
+            let text = hidden.content.to_string();
+            assert!(!text.contains("ford") && !text.contains("5001"), "{text}");
+        }
+        // An open group cannot be taken over as a sealed one, nor joined with a key.
+        assert!(join(&mut r, t, "old", "films").success);
+        let takeover = join_sealed(&mut r, t, "eve", "films", Some(&token));
+        assert!(!takeover.success && !r.is_sealed("films"));
+        assert_eq!(
+            names(&list_sealed(&mut r, t, "films", None)),
+            ["old", "sequencer"]
+        );
+        // Emptied, the sealed group is forgotten with its key's token.
+        for name in ["ford", "kat"] {
+            let exit = Request::ExitGroup {
+                username: name.into(),
+                group: "books".into(),
+            };
+            assert!(
+                ask(
+                    &mut r,
+                    t,
+                    exit,
+                    Some(proto::PROTOCOL_VERSION),
+                    Via::Tcp(LOCAL)
+                )
+                .success
+            );
+        }
+        assert!(!r.is_sealed("books"));
+        assert!(join(&mut r, t, "old", "books").success);
     }
 }

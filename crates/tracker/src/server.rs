@@ -369,6 +369,7 @@ impl Tracker {
                 },
                 proto: Some(PROTOCOL_VERSION),
                 secret: None,
+                seal: None,
             }
             .encode();
             if self.outbox.len() >= OUTBOX_LIMIT {

@@ -113,6 +113,7 @@ impl Persistent {
             request,
             proto: Some(2),
             secret,
+            seal: None,
         }
         .encode();
         self.stream.write_all(&bytes).unwrap();
@@ -333,6 +334,7 @@ impl Member {
             },
             proto: Some(2),
             secret: self.secret.clone(),
+            seal: None,
         }
         .encode();
         self.udp.send_to(&bytes, tracker).unwrap();

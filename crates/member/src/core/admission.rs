@@ -1,6 +1,8 @@
-//! The checks every datagram passes before any part of the protocol sees it: it decodes, it is
-//! for a group we are in (or left a moment ago), and it comes from where its sender may send
-//! from (the source rule of [`Members`]). Then it goes to the concern it is for.
+//! The checks every datagram passes before any part of the protocol sees it: it opens, if it
+//! is sealed, with the key of the group it is for (and a plain one is not for a sealed
+//! group); it decodes; it is for a group we are in (or left a moment ago); and it comes from
+//! where its sender may send from (the source rule of [`Members`]). Then it goes to the
+//! concern it is for.
 
 use super::*;
 
@@ -9,15 +11,61 @@ impl PeerCore {
     /// checked and handled as if it had come alone).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
+        if seal::is_sealed(bytes) {
+            self.handle_sealed(now, from, bytes);
+            return;
+        }
         match proto::bundle::decode_datagrams(bytes) {
             Ok(items) => {
                 for d in items {
+                    // The tracker has no group keys: its eviction notices come plain.
+                    if self.sealers.contains_key(&d.group)
+                        && !(d.kind == DatagramType::Bye && from == self.tracker)
+                    {
+                        self.traffic.unsealed += 1;
+                        log::debug!("dropped a plain datagram for sealed group {:?}", d.group);
+                        continue;
+                    }
                     self.handle_one(now, from, d);
                 }
             }
             Err(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
+            }
+        }
+    }
+
+    /// A sealed datagram: opened with the key of the group it names, its items must all be
+    /// of that group.
+    fn handle_sealed(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let mut plain = std::mem::take(&mut self.opened);
+        let decoded = match self.opener.open(from, bytes, &mut plain) {
+            Ok(group) => {
+                let group = group.to_owned();
+                proto::bundle::decode_datagrams(&plain).map(|items| (group, items))
+            }
+            // Counted (and logged once per source) by the opener.
+            Err(_) => {
+                self.opened = plain;
+                return;
+            }
+        };
+        self.opened = plain;
+        match decoded {
+            Ok((group, items)) => {
+                for d in items {
+                    if d.group == group {
+                        self.handle_one(now, from, d);
+                    } else {
+                        self.traffic.unsealed += 1;
+                        log::debug!("dropped a datagram for {:?} sealed as {group:?}", d.group);
+                    }
+                }
+            }
+            Err(e) => {
+                self.traffic.malformed += 1;
+                log::debug!("dropped a sealed datagram from {from}: {e}");
             }
         }
     }

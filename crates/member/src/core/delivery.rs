@@ -196,20 +196,20 @@ impl PeerCore {
             match out {
                 Order::Multicast { group, payload, .. } => {
                     for to in self.audience(&group, false) {
-                        self.transmit(to, payload.clone(), true);
+                        self.transmit(&group, to, payload.clone(), true);
                     }
                 }
                 Order::Retransmit {
                     to, group, payload, ..
                 } => {
                     if let Some(addr) = self.newer_member(&group, &to) {
-                        self.transmit(addr, payload, true);
+                        self.transmit(&group, addr, payload, true);
                     }
                 }
                 Order::Digest { group, highest } => {
                     let digest = self.control(DatagramType::Digest, &group, highest, None);
                     for to in self.audience(&group, true) {
-                        self.transmit(to, digest.clone(), false);
+                        self.transmit(&group, to, digest.clone(), false);
                     }
                 }
                 Order::Unavailable { to, group, ranges } => {
@@ -221,7 +221,7 @@ impl PeerCore {
                             0,
                             Some((&me, &ranges)),
                         );
-                        self.transmit(addr, d, false);
+                        self.transmit(&group, addr, d, false);
                     }
                 }
                 Order::Deliver(_) | Order::Nack { .. } => {}
@@ -264,7 +264,7 @@ impl PeerCore {
                         let first = ranges.first().map_or(0, |r| *r.start());
                         let nack =
                             self.control(DatagramType::Nack, &group, first, Some((&to, &ranges)));
-                        self.transmit(addr, nack, false);
+                        self.transmit(&group, addr, nack, false);
                     }
                 }
                 _ => {}

@@ -221,7 +221,7 @@ impl PeerCore {
         );
         let bytes = self.encode(&ack);
         self.traffic.acks_sent += 1;
-        self.transmit(addr, bytes, false);
+        self.transmit(group, addr, bytes, false);
     }
 
     /// We sent a message in `group`: the tail probe waits for us to be idle.
@@ -290,7 +290,7 @@ impl PeerCore {
         let digest = self.control(DatagramType::Digest, group, sent, None);
         for to in holding {
             self.traffic.flow_probes += 1;
-            self.transmit(to, digest.clone(), false);
+            self.transmit(group, to, digest.clone(), false);
         }
     }
 
@@ -310,7 +310,7 @@ impl PeerCore {
         let digest = self.control(DatagramType::Digest, group, sent, None);
         for to in holding {
             self.traffic.flow_probes += 1;
-            self.transmit(to, digest.clone(), false);
+            self.transmit(group, to, digest.clone(), false);
         }
     }
 }

@@ -21,6 +21,7 @@ proptest! {
             tracker: addr(8),
             mode: Mode::Fifo,
             ordering: ordering::Config { window: 64, ..ordering::Config::default() },
+            seals: Vec::new(),
         });
         let members: Vec<proto::Member> = ["a", "b"]
             .iter()

@@ -87,7 +87,7 @@ impl PeerCore {
         }
         let hello = self.control(DatagramType::Hello, group, start, None);
         for to in greet {
-            self.transmit(to, hello.clone(), false);
+            self.transmit(group, to, hello.clone(), false);
         }
     }
 
@@ -111,7 +111,7 @@ impl PeerCore {
         bye.final_counter = Some(final_counter);
         let bytes = self.encode(&bye);
         for (_, m) in state.members.iter() {
-            self.transmit(m.addr, bytes.clone(), false);
+            self.transmit(group, m.addr, bytes.clone(), false);
         }
         self.fifo.remove_group(group);
         self.total.leave(group);
@@ -134,7 +134,11 @@ impl PeerCore {
         self.departed.retain(|group, d| {
             while d.due() <= now && d.byes_repeated < BYE_REPEATS.len() {
                 d.byes_repeated += 1;
-                again.extend(d.members.iter().map(|(_, m)| (m.addr, d.bye.clone())));
+                again.extend(
+                    d.members
+                        .iter()
+                        .map(|(_, m)| (group.clone(), m.addr, d.bye.clone())),
+                );
             }
             let keep = d.due() > now;
             if !keep {
@@ -142,8 +146,8 @@ impl PeerCore {
             }
             keep
         });
-        for (to, bye) in again {
-            self.transmit(to, bye, false);
+        for (group, to, bye) in again {
+            self.transmit(&group, to, bye, false);
         }
         let gone: Vec<String> = self
             .tx

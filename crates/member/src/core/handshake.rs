@@ -113,7 +113,7 @@ impl PeerCore {
             .is_some_and(|s| s.handshake.peers_greeted || self.mode == Mode::Fifo);
         if d.proto.is_some() && welcomed {
             let ack = self.control(DatagramType::HelloAck, group, our_start, None);
-            self.transmit(from, ack, false);
+            self.transmit(group, from, ack, false);
         }
     }
 
@@ -165,7 +165,7 @@ impl PeerCore {
                 .or_else(|| self.tx.next_counter(group))
                 .unwrap_or(1);
             let hello = self.control(DatagramType::Hello, group, start, None);
-            self.transmit(to, hello, false);
+            self.transmit(group, to, hello, false);
         }
     }
 
@@ -215,7 +215,7 @@ impl PeerCore {
                 .or_else(|| self.tx.next_counter(group))
                 .unwrap_or(1);
             let hello = self.control(DatagramType::Hello, group, start, None);
-            self.transmit(to, hello, false);
+            self.transmit(group, to, hello, false);
         }
     }
 
@@ -253,7 +253,7 @@ impl PeerCore {
         self.traffic.times_evicted += 1;
         let hello = self.control(DatagramType::Hello, group, next, None);
         for to in greet {
-            self.transmit(to, hello.clone(), false);
+            self.transmit(group, to, hello.clone(), false);
         }
         self.outputs.push_back(Output::Event(Event::WeWereEvicted {
             group: group.to_owned(),

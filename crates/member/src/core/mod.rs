@@ -20,6 +20,7 @@ use proto::bundle::BundleReaders;
 use proto::{
     CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION, SEQUENCER,
 };
+use seal::{GroupKey, Opener, Sealer};
 use thiserror::Error;
 
 use crate::member::{Answer, JoinFailure, Registration, Ticket, TrackerRequest};
@@ -257,6 +258,10 @@ pub struct Traffic {
     pub window_closed: u64,
     /// Flow control: Digests sent to ask the members we waited for how far they are.
     pub flow_probes: u64,
+    /// Dropped: a plain datagram for a sealed group, or a sealed one whose items name
+    /// another group than the one whose key opened it. (Sealed datagrams that do not open
+    /// are counted in [`PeerCore::seal_stats`].)
+    pub unsealed: u64,
 }
 
 /// What [`PeerCore::new`] needs.
@@ -272,6 +277,10 @@ pub struct CoreConfig {
     pub mode: Mode,
     /// Windows and timers of the ordering cores.
     pub ordering: ordering::Config,
+    /// The sealed groups whose keys we hold: every datagram of theirs is sealed as it
+    /// leaves, and only datagrams sealed with their key are believed (see the `seal`
+    /// crate). Each group needs its own key.
+    pub seals: Vec<(String, GroupKey)>,
 }
 
 #[derive(Debug, Clone)]
@@ -323,6 +332,12 @@ pub struct PeerCore {
     flow_window: u64,
     /// Members that announced they read bundles.
     bundle_readers: BundleReaders,
+    /// What seals our datagrams in each sealed group.
+    sealers: HashMap<String, Arc<Sealer>>,
+    /// What opens the sealed datagrams that arrive.
+    opener: Opener,
+    /// The plain datagram opened last (kept for its buffer).
+    opened: Vec<u8>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -340,7 +355,22 @@ fn wire_ranges(ranges: &[RangeInclusive<u64>]) -> Vec<CounterRange> {
 impl PeerCore {
     /// A member of no group yet.
     pub fn new(config: CoreConfig) -> Self {
+        let mut opener = Opener::new(config.addr);
+        let mut sealers = HashMap::new();
+        for (group, key) in &config.seals {
+            match opener.add(group, key) {
+                Ok(()) => {
+                    sealers.insert(group.clone(), Arc::new(Sealer::new(key)));
+                }
+                // Drivers check this first (`seal::check_keys`); a group left out is
+                // treated as one we hold no key for: nothing of it is believed.
+                Err(e) => log::error!("{e}: {group} stays closed to us"),
+            }
+        }
         Self {
+            sealers,
+            opener,
+            opened: Vec::new(),
             me: Arc::from(config.username.as_str()),
             addr: config.addr,
             tracker: config.tracker,
@@ -417,6 +447,16 @@ impl PeerCore {
     /// Datagram totals.
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// What the sealed groups' keys opened and dropped.
+    pub fn seal_stats(&self) -> seal::OpenStats {
+        self.opener.stats()
+    }
+
+    /// Whether `group` is a sealed group whose key we hold.
+    pub fn is_sealed(&self, group: &str) -> bool {
+        self.sealers.contains_key(group)
     }
 
     /// Ordering totals of the sender and the receiver of this mode.
@@ -496,15 +536,22 @@ impl PeerCore {
         Arc::from(out)
     }
 
-    fn transmit(&mut self, to: SocketAddr, bytes: Arc<[u8]>, application: bool) {
+    /// Sends `bytes`, a datagram of `group`, to `to`: sealed with the group's key if it is
+    /// a sealed group.
+    fn transmit(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>, application: bool) {
         if application {
             self.traffic.app_datagrams_sent += 1;
         } else {
             self.traffic.control_datagrams_sent += 1;
         }
         let bundle = self.bundle_readers.reads(&to);
-        self.outputs
-            .push_back(Output::Transmit(Transmit { to, bytes, bundle }));
+        let seal = self.sealers.get(group).cloned();
+        self.outputs.push_back(Output::Transmit(Transmit {
+            to,
+            bytes,
+            bundle,
+            seal,
+        }));
     }
 
     /// The address of `name` in `group`, if it may receive the newer datagram types.

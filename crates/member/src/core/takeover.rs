@@ -251,7 +251,7 @@ impl PeerCore {
             .map(|(author, c)| (author.to_string(), *c))
             .collect();
         let bytes = self.encode(&hello);
-        self.transmit(to, bytes, false);
+        self.transmit(group, to, bytes, false);
     }
 
     /// A new sequencer's request for what we delivered of our sequencer's sequence: the
@@ -303,7 +303,7 @@ impl PeerCore {
             answers.len()
         );
         for bytes in answers {
-            self.transmit(to, bytes, true);
+            self.transmit(&d.group, to, bytes, true);
         }
     }
 }

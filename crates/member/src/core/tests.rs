@@ -11,12 +11,17 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn core(name: &str, port: u16, mode: Mode) -> PeerCore {
+    sealed_core(name, port, mode, Vec::new())
+}
+
+fn sealed_core(name: &str, port: u16, mode: Mode, seals: Vec<(String, GroupKey)>) -> PeerCore {
     PeerCore::new(CoreConfig {
         username: name.into(),
         addr: addr(port),
         tracker: TRACKER.parse().expect("addr"),
         mode,
         ordering: ordering::Config::default(),
+        seals,
     })
 }
 
@@ -36,6 +41,8 @@ struct Net {
     delivered: Vec<Vec<(String, String)>>,
     events: Vec<Vec<Event>>,
     sent: Vec<Vec<(SocketAddr, Datagram)>>,
+    /// What each sent as it went on the wire (sealed, in a sealed group).
+    wire: Vec<Vec<(SocketAddr, Vec<u8>)>>,
 }
 
 impl Net {
@@ -46,6 +53,7 @@ impl Net {
             delivered: vec![Vec::new(); n],
             events: vec![Vec::new(); n],
             sent: vec![Vec::new(); n],
+            wire: vec![Vec::new(); n],
         }
     }
 
@@ -57,11 +65,14 @@ impl Net {
                 while let Some(out) = self.cores[i].poll_output() {
                     moved = true;
                     match out {
-                        Output::Transmit(Transmit { to, bytes, .. }) => {
-                            self.sent[i].push((to, Datagram::decode(&bytes).expect("valid")));
+                        Output::Transmit(t) => {
+                            let to = t.to;
+                            self.sent[i].push((to, Datagram::decode(&t.bytes).expect("valid")));
+                            let wire = t.wire().into_owned();
                             if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
-                                self.cores[j].handle_datagram(now, from, &bytes);
+                                self.cores[j].handle_datagram(now, from, &wire);
                             }
+                            self.wire[i].push((to, wire));
                         }
                         Output::Deliver(m) => {
                             self.delivered[i].push((m.author.to_string(), m.text().into_owned()))
@@ -164,7 +175,10 @@ fn a_bundle_is_handled_item_by_item_and_only_newer_members_are_sent_bundles() {
         .expect("joined");
     let mut bundle_flags = Vec::new();
     while let Some(out) = net.cores[1].poll_output() {
-        if let Output::Transmit(Transmit { to, bytes, bundle }) = out {
+        if let Output::Transmit(Transmit {
+            to, bytes, bundle, ..
+        }) = out
+        {
             bundle_flags.push(bundle);
             net.cores[0].handle_datagram(t, addr(6002), &bytes);
             assert_eq!(to, addr(6001));
@@ -808,4 +822,90 @@ fn an_idle_author_tells_a_member_that_missed_its_last_message_until_it_acknowled
         net.delivered[1].last().map(|(_, text)| text.as_str()),
         Some("last words")
     );
+}
+
+#[test]
+fn a_sealed_group_hears_only_its_key_and_nothing_twice() {
+    let t = Instant::now();
+    let key = GroupKey::generate();
+    let seals = || vec![("books".to_owned(), key.clone())];
+    let mut net = Net::new(vec![
+        sealed_core("ford", 6001, Mode::Fifo, seals()),
+        sealed_core("kat", 6002, Mode::Fifo, seals()),
+    ]);
+    net.cores[0].join(t, "books", &[member("ford", 6001)]);
+    net.settle(t);
+    net.cores[1].join(t, "books", &[member("ford", 6001), member("kat", 6002)]);
+    net.settle(t);
+    assert_eq!(
+        net.cores[0].members_heard("books"),
+        1,
+        "the handshake went sealed"
+    );
+    net.cores[0]
+        .send(t, "books", b"the plans", 1)
+        .expect("joined");
+    net.settle(t);
+    assert_eq!(said(&net, 1), ["the plans"]);
+    // Everything ford sent to kat went sealed, and says nothing in clear.
+    let to_kat: Vec<&Vec<u8>> = net.wire[0]
+        .iter()
+        .filter(|(to, _)| *to == addr(6002))
+        .map(|(_, w)| w)
+        .collect();
+    assert!(!to_kat.is_empty());
+    assert!(to_kat.iter().all(|w| seal::is_sealed(w)));
+    assert!(!to_kat.iter().any(|w| w.windows(5).any(|x| x == b"plans")));
+    // Replayed: dropped, counted, not delivered again.
+    for w in &to_kat {
+        net.cores[1].handle_datagram(t, addr(6001), w);
+    }
+    assert_eq!(net.cores[1].seal_stats().replayed, to_kat.len() as u64);
+    // Sealed with another key, or plain (even from ford's own address): dropped.
+    let stranger = Sealer::new(&GroupKey::generate());
+    let forged = old_datagram(DatagramType::Application, "ford", 6001, 2);
+    net.cores[1].handle_datagram(t, addr(6001), &stranger.seal(&forged, addr(6002)));
+    net.cores[1].handle_datagram(t, addr(6001), &forged);
+    assert_eq!(net.cores[1].seal_stats().unknown_key, 1);
+    assert_eq!(net.cores[1].traffic().unsealed, 1);
+    assert_eq!(said(&net, 1), ["the plans"], "nothing more delivered");
+    // A member with the wrong key hears nothing and is heard by nobody.
+    let mut eve = sealed_core(
+        "eve",
+        6003,
+        Mode::Fifo,
+        vec![("books".into(), GroupKey::generate())],
+    );
+    eve.join(
+        t,
+        "books",
+        &[
+            member("ford", 6001),
+            member("kat", 6002),
+            member("eve", 6003),
+        ],
+    );
+    net.cores.push(eve);
+    net.delivered.push(Vec::new());
+    net.events.push(Vec::new());
+    net.sent.push(Vec::new());
+    net.wire.push(Vec::new());
+    net.settle(t);
+    net.cores[2]
+        .send(t, "books", b"let me in", 1)
+        .expect("joined");
+    net.cores[0].send(t, "books", b"second", 1).expect("joined");
+    net.settle(t);
+    assert_eq!(said(&net, 1), ["the plans", "second"]);
+    assert_eq!(said(&net, 2), ["let me in"], "only her own");
+    assert!(net.cores[0].seal_stats().unknown_key > 0);
+    assert_eq!(net.cores[2].seal_stats().opened, 0);
+}
+
+/// What core `i` delivered so far in a [`Net`], by text.
+fn said(net: &Net, i: usize) -> Vec<&str> {
+    net.delivered[i]
+        .iter()
+        .map(|(_, text)| text.as_str())
+        .collect()
 }

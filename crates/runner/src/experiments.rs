@@ -54,6 +54,20 @@ pub struct Plan {
     pub flow_window: Option<u64>,
     /// Largest bundle of the peers and the sequencer (`None`: their default; 0: off).
     pub bundle_bytes: Option<usize>,
+    /// The group is sealed: the sequencer and every peer hold its key, and every datagram
+    /// of the group is sealed.
+    pub sealed: bool,
+}
+
+impl Plan {
+    /// The order, and "sealed" for a sealed group: how tables name the run.
+    pub fn label(&self) -> String {
+        if self.sealed {
+            format!("{} sealed", self.order.name())
+        } else {
+            self.order.name().to_owned()
+        }
+    }
 }
 
 /// The figures of one run, over all its peers.
@@ -216,14 +230,34 @@ pub fn datagram_bytes(payload: usize) -> usize {
         .map_or(payload, |b| b.len())
 }
 
+/// A new key for the group `test` in `dir`, readable by its owner only: the
+/// `--group-key-file` argument that names it.
+fn key_file(dir: &Path) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("test.key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    writeln!(file, "{}", seal::GroupKey::generate().to_hex()).map_err(|e| e.to_string())?;
+    Ok(format!("test={}", path.display()))
+}
+
 /// Runs one plan on a fresh system.
 pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, String> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let bundling: Vec<String> = plan
+    let mut bundling: Vec<String> = plan
         .bundle_bytes
         .map(|b| vec!["--bundle-bytes".to_owned(), b.to_string()])
         .unwrap_or_default();
+    if plan.sealed {
+        // The same options for the sequencer and the peers: the group's key with them.
+        bundling.extend(["--group-key-file".to_owned(), key_file(dir.path())?]);
+    }
     let system = System::start(bin, &bundling)?;
     let expected = (plan.senders * plan.messages) as u64;
     let mut running = Vec::new();
@@ -372,7 +406,7 @@ pub fn peer_table(run: &Run) -> String {
 /// one row per order, with its throughput as a share of the baseline.
 pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
     let mut out = format!(
-        "  {:>5} {:<8} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>10} {:>9}\n",
+        "  {:>5} {:<12} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>10} {:>9}\n",
         "peers",
         "order",
         "complete",
@@ -391,7 +425,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
             match &b.lossless {
                 Some(t) => {
                     out += &format!(
-                        "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
+                        "  {:>5} {:<12} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
                         peers,
                         "raw UDP",
                         "yes",
@@ -422,9 +456,9 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
                 )
             });
             out += &format!(
-                "  {:>5} {:<8} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
+                "  {:>5} {:<12} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
                 r.plan.peers,
-                r.plan.order.name(),
+                r.plan.label(),
                 if s.complete { "yes" } else { "NO" },
                 s.slowest_throughput,
                 s.of_baseline

@@ -83,6 +83,13 @@ struct Args {
     #[arg(long, value_name = "BYTES", conflicts_with = "no_bundling")]
     bundle_bytes: Option<usize>,
 
+    /// Seal the group (every datagram authenticated and encrypted with its key): `yes`
+    /// seals every run; `both` runs each Experiment 2 row plain and then sealed, to compare
+    /// them (the plots show the plain runs). `--sealed` alone means `yes`.
+    #[arg(long, value_name = "WHICH", default_value = "no", num_args = 0..=1,
+          default_missing_value = "yes", value_parser = ["no", "yes", "both"])]
+    sealed: String,
+
     /// Only this order: fifo or total (default: both).
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
@@ -109,6 +116,7 @@ impl Args {
         messages: usize,
     ) -> Plan {
         Plan {
+            sealed: self.sealed == "yes",
             experiment,
             order,
             peers,
@@ -149,8 +157,8 @@ fn run(args: Args) -> Result<(), String> {
         for &order in &orders {
             let plan = args.plan(1, order, args.peers, args.peers, args.messages);
             println!(
-                "Experiment 1, {} order: {} peers each sending {} messages of {} bytes at once",
-                order.name(),
+                "Experiment 1, {}: {} peers each sending {} messages of {} bytes at once",
+                plan.label(),
                 plan.peers,
                 plan.messages,
                 plan.payload
@@ -184,9 +192,20 @@ fn run(args: Args) -> Result<(), String> {
                 })?;
                 baselines.push(found);
             }
-            for &order in &orders {
-                let plan = args.plan(2, order, peers, 1, args.stream);
-                eprint!("  {peers} peers, {} order:", order.name());
+            let sealing: &[bool] = match args.sealed.as_str() {
+                "both" => &[false, true],
+                "yes" => &[true],
+                _ => &[false],
+            };
+            let args = &args;
+            let plans = orders.iter().flat_map(|&order| {
+                sealing.iter().map(move |&sealed| Plan {
+                    sealed,
+                    ..args.plan(2, order, peers, 1, args.stream)
+                })
+            });
+            for plan in plans {
+                eprint!("  {peers} peers, {}:", plan.label());
                 let mut run = experiments::repeat(
                     &bin,
                     &plan,

@@ -2,15 +2,17 @@
 
 use std::net::SocketAddr;
 
+use aes_gcm::Aes256Gcm;
+
 /// How many numbers below the highest one a window remembers.
 pub(crate) const SPAN: u64 = 1024;
 
 const WORDS: usize = (SPAN / 64) as usize;
 
 /// Numbers seen: the highest, and a ring of bits for the [`SPAN`] below and including it
-/// (bit `n % SPAN` for number `n`).
-#[derive(Debug, Default)]
+/// (bit `n % SPAN` for number `n`); and the sender's cipher, derived once.
 pub(crate) struct Window {
+    pub(crate) cipher: Aes256Gcm,
     highest: Option<u64>,
     bits: [u64; WORDS],
     /// When it was last used (the opener's count of opens).
@@ -20,6 +22,17 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// A window where nothing arrived yet, of the sender sealing with `cipher`.
+    pub(crate) fn new(cipher: Aes256Gcm) -> Self {
+        Self {
+            cipher,
+            highest: None,
+            bits: [0; WORDS],
+            used: 0,
+            from: None,
+        }
+    }
+
     /// Whether `n` has not arrived yet and is not too old to tell.
     pub(crate) fn is_new(&self, n: u64) -> bool {
         match self.highest {
@@ -77,7 +90,8 @@ mod tests {
         fn a_window_admits_each_number_once_within_its_span(
             numbers in proptest::collection::vec(0u64..3000, 1..400)
         ) {
-            let mut w = Window::default();
+            use aes_gcm::aead::KeyInit as _;
+            let mut w = Window::new(Aes256Gcm::new(&[0u8; 32].into()));
             let mut seen = std::collections::BTreeSet::new();
             for (t, n) in numbers.into_iter().enumerate() {
                 let highest = seen.iter().next_back().copied();

@@ -270,10 +270,7 @@ impl SequencerNode {
         let mut plain = std::mem::take(&mut self.opened);
         let (decoded, sealed_as) = if seal::is_sealed(bytes) {
             match self.opener.open(from, bytes, &mut plain) {
-                Ok(group) => {
-                    let group = group.to_owned();
-                    (proto::bundle::decode_datagrams(&plain), Some(group))
-                }
+                Ok(group) => (proto::bundle::decode_datagrams(&plain), Some(group)),
                 // Counted (and logged once per source) by the opener.
                 Err(_) => {
                     self.opened = plain;
@@ -288,7 +285,7 @@ impl SequencerNode {
             Ok(items) => {
                 for d in items {
                     let admitted = match &sealed_as {
-                        Some(group) => d.group == *group,
+                        Some(group) => *d.group == **group,
                         None => {
                             !self.sealers.contains_key(&d.group)
                                 || (d.kind == DatagramType::Bye && Some(from) == self.tracker)

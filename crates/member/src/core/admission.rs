@@ -41,10 +41,7 @@ impl PeerCore {
     fn handle_sealed(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let mut plain = std::mem::take(&mut self.opened);
         let decoded = match self.opener.open(from, bytes, &mut plain) {
-            Ok(group) => {
-                let group = group.to_owned();
-                proto::bundle::decode_datagrams(&plain).map(|items| (group, items))
-            }
+            Ok(group) => proto::bundle::decode_datagrams(&plain).map(|items| (group, items)),
             // Counted (and logged once per source) by the opener.
             Err(_) => {
                 self.opened = plain;
@@ -55,7 +52,7 @@ impl PeerCore {
         match decoded {
             Ok((group, items)) => {
                 for d in items {
-                    if d.group == group {
+                    if *d.group == *group {
                         self.handle_one(now, from, d);
                     } else {
                         self.traffic.unsealed += 1;

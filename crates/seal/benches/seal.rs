@@ -29,7 +29,12 @@ fn seal_and_open(c: &mut Criterion) {
             .expect("opens");
         group.bench_function(format!("open {len} bytes"), |b| {
             b.iter_batched_ref(
-                || (sealer.seal(&plain, to), Vec::with_capacity(len)),
+                || {
+                    (
+                        sealer.seal(&plain, to),
+                        Vec::with_capacity(len + seal::OVERHEAD),
+                    )
+                },
                 |(sealed, out)| {
                     assert!(opener.open(from, sealed, out).is_ok());
                 },

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use aes_gcm::Aes256Gcm;
+use crate::cipher::Cipher;
 
 /// How many numbers below the highest one a window remembers.
 pub(crate) const SPAN: u64 = 1024;
@@ -12,7 +12,7 @@ const WORDS: usize = (SPAN / 64) as usize;
 /// Numbers seen: the highest, and a ring of bits for the [`SPAN`] below and including it
 /// (bit `n % SPAN` for number `n`); and the sender's cipher, derived once.
 pub(crate) struct Window {
-    pub(crate) cipher: Aes256Gcm,
+    pub(crate) cipher: Cipher,
     highest: Option<u64>,
     bits: [u64; WORDS],
     /// When it was last used (the opener's count of opens).
@@ -23,7 +23,7 @@ pub(crate) struct Window {
 
 impl Window {
     /// A window where nothing arrived yet, of the sender sealing with `cipher`.
-    pub(crate) fn new(cipher: Aes256Gcm) -> Self {
+    pub(crate) fn new(cipher: Cipher) -> Self {
         Self {
             cipher,
             highest: None,
@@ -90,8 +90,7 @@ mod tests {
         fn a_window_admits_each_number_once_within_its_span(
             numbers in proptest::collection::vec(0u64..3000, 1..400)
         ) {
-            use aes_gcm::aead::KeyInit as _;
-            let mut w = Window::new(Aes256Gcm::new(&[0u8; 32].into()));
+            let mut w = Window::new(Cipher::new(&[0u8; 32]));
             let mut seen = std::collections::BTreeSet::new();
             for (t, n) in numbers.into_iter().enumerate() {
                 let highest = seen.iter().next_back().copied();

@@ -102,6 +102,9 @@ pub enum Answer {
     Members(Vec<String>),
     /// The group asked about does not exist.
     NoSuchGroup,
+    /// The tracker would not say, for this reason (a sealed group, to a client without its
+    /// key).
+    Refused(String),
     /// The connection was lost before the tracker answered.
     Unanswered,
 }
@@ -419,7 +422,12 @@ impl Member {
                             .map(|m| m.username)
                             .collect(),
                     ),
-                    Query::Members(_) => Answer::NoSuchGroup,
+                    // A reason (a sealed group's members are not shown without its key),
+                    // or the report's empty list for an unknown group.
+                    Query::Members(_) => match reply.content.as_str() {
+                        Some(reason) => Answer::Refused(reason.to_owned()),
+                        None => Answer::NoSuchGroup,
+                    },
                 };
                 self.out
                     .push_back(Output::Event(Event::Answered { ticket, answer }));

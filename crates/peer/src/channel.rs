@@ -229,6 +229,10 @@ pub enum ChannelError {
     /// The tracker knows no such group.
     #[error("no such group: {0}")]
     NoSuchGroup(String),
+    /// The tracker would not answer, for this reason (the members of a sealed group whose
+    /// key we do not hold).
+    #[error("the tracker would not say: {0}")]
+    QueryRefused(String),
     /// [`Channel::try_send`]: the flow-control window of the group is full now.
     #[error("the flow-control window of {0} is full: the slowest member is behind")]
     WouldBlock(String),

@@ -514,6 +514,7 @@ impl Driver {
                         Answer::NoSuchGroup => {
                             Err(ChannelError::NoSuchGroup(group.unwrap_or_default()))
                         }
+                        Answer::Refused(reason) => Err(ChannelError::QueryRefused(reason)),
                         Answer::Unanswered => Err(ChannelError::Unreachable(self.link.addr())),
                     });
                 }

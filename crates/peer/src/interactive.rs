@@ -50,6 +50,8 @@ pub struct Identity {
     pub tracker: SocketAddr,
     /// Our delivery order.
     pub order: Mode,
+    /// The sealed groups whose keys we hold.
+    pub sealed: Vec<String>,
 }
 
 /// Runs the interactive peer over `chan` until the person quits (`!q`, end of input,
@@ -240,8 +242,13 @@ impl Interactive<'_> {
                 Ok(_) => {
                     self.joined.insert(group.clone());
                     let writing = self.selected.get_or_insert(group.clone()).clone();
+                    let sealed = if self.who.sealed.contains(&group) {
+                        " (sealed: only members holding its key are in it)"
+                    } else {
+                        ""
+                    };
                     self.say(&format!(
-                        "joined {}; writing to {}",
+                        "joined {}{sealed}; writing to {}",
                         visible(&group),
                         visible(&writing)
                     ))?;

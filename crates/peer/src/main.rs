@@ -210,6 +210,7 @@ fn run_interactive(config: ChannelConfig) -> Result<(), String> {
         username: config.name.clone(),
         tracker: config.tracker,
         order: config.order,
+        sealed: config.seals.iter().map(|(g, _)| g.clone()).collect(),
     };
     let (to, incoming) = mpsc::channel();
     let chan =

@@ -157,8 +157,9 @@ fn run(args: Args) -> Result<(), String> {
         for &order in &orders {
             let plan = args.plan(1, order, args.peers, args.peers, args.messages);
             println!(
-                "Experiment 1, {}: {} peers each sending {} messages of {} bytes at once",
-                plan.label(),
+                "Experiment 1, {} order{}: {} peers each sending {} messages of {} bytes at once",
+                order.name(),
+                if plan.sealed { ", sealed group" } else { "" },
                 plan.peers,
                 plan.messages,
                 plan.payload

@@ -3,6 +3,35 @@
 use super::*;
 use proptest::prelude::*;
 
+/// The address of member `p` of these tests (`me` is 9, the tracker 8).
+fn addr(p: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000 + p))
+}
+
+/// `me`, in FIFO order, a member of group `g` with `a` (port 0) and `b` (port 1).
+fn member_of_g(t: Instant, ordering: ordering::Config, seals: Vec<(String, GroupKey)>) -> PeerCore {
+    let mut core = PeerCore::new(CoreConfig {
+        username: "me".into(),
+        addr: addr(9),
+        tracker: addr(8),
+        mode: Mode::Fifo,
+        ordering,
+        seals,
+    });
+    let members: Vec<proto::Member> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| proto::Member {
+            ip: "127.0.0.1".into(),
+            port: 7000 + i as u16,
+            username: (*n).into(),
+            uid: (*n).into(),
+        })
+        .collect();
+    core.join(t, "g", &members);
+    core
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
@@ -14,21 +43,7 @@ proptest! {
         ),
     ) {
         let t = Instant::now();
-        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], 7000 + p));
-        let mut core = PeerCore::new(CoreConfig {
-            username: "me".into(),
-            addr: addr(9),
-            tracker: addr(8),
-            mode: Mode::Fifo,
-            ordering: ordering::Config { window: 64, ..ordering::Config::default() },
-            seals: Vec::new(),
-        });
-        let members: Vec<proto::Member> = ["a", "b"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| proto::Member { ip: "127.0.0.1".into(), port: 7000 + i as u16, username: (*n).into(), uid: (*n).into() })
-            .collect();
-        core.join(t, "g", &members);
+        let mut core = member_of_g(t, ordering::Config { window: 64, ..ordering::Config::default() }, Vec::new());
         let mut now = t;
         for (kind, counter, from, junk) in inputs {
             now += Duration::from_millis(counter % 7);
@@ -53,5 +68,63 @@ proptest! {
             }
             prop_assert!(core.fifo.held() <= 64 * 3, "memory bound: {}", core.fifo.held());
         }
+    }
+
+    /// A sealed group's member fed genuine datagrams of its members sealed with the group's
+    /// key and then changed (a few bytes flipped, cut or lengthened), datagrams sealed with
+    /// another key or for another member, and plain ones: nothing panics, nothing opens,
+    /// nothing is delivered.
+    #[test]
+    fn mutated_and_foreign_sealed_datagrams_never_panic_open_or_deliver(
+        inputs in proptest::collection::vec(
+            (
+                0u8..4,
+                any::<u64>(),
+                0u16..2,
+                proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+                0usize..3,
+            ),
+            1..60,
+        ),
+    ) {
+        let t = Instant::now();
+        let key = GroupKey::from_bytes([5; seal::KEY_LEN]);
+        let mut core = member_of_g(t, ordering::Config::default(), vec![("g".into(), key.clone())]);
+        let members_sealer = Sealer::new(&key);
+        let stranger = Sealer::new(&GroupKey::from_bytes([6; seal::KEY_LEN]));
+        while core.poll_output().is_some() {}
+        for (how, counter, from, flips, cut) in inputs {
+            let name = ["a", "b"][from as usize];
+            let mut d = Datagram::new(DatagramType::Application, "g", name, "x", addr(from), counter % 50 + 1, name);
+            d.sent_at_us = Some(1);
+            let plain = d.encode(65_000).unwrap_or_default();
+            let bytes = match how {
+                // Genuine, then changed.
+                0 => {
+                    let mut b = members_sealer.seal(&plain, addr(9));
+                    for (at, bits) in &flips {
+                        let i = at.index(b.len());
+                        b[i] ^= bits;
+                    }
+                    b.truncate(b.len() - cut.min(b.len()));
+                    if cut == 2 {
+                        b.push(0);
+                    }
+                    b
+                }
+                // Genuine, but sealed for another member.
+                1 => members_sealer.seal(&plain, addr(0)),
+                // Sealed with another key.
+                2 => stranger.seal(&plain, addr(9)),
+                // Plain.
+                _ => plain,
+            };
+            core.handle_datagram(t, addr(from), &bytes);
+            while let Some(out) = core.poll_output() {
+                let delivered = matches!(out, Output::Deliver(_));
+                prop_assert!(!delivered, "delivered from input kind {}", how);
+            }
+        }
+        prop_assert_eq!(core.seal_stats().opened, 0);
     }
 }

@@ -19,9 +19,10 @@
 //!   deliver the request at that same place, so every answer is the same). The joiner takes
 //!   the first, applies the writes it kept after `p`, and follows the stream: its map is
 //!   now what everyone's is.
-//! - `OK name`: a member is in sync; `DONE name`: a writer wrote its last. They are state
-//!   too (in the snapshot), so that everyone knows when the demo is over: when every writer
-//!   is done and every member that stays is in sync.
+//! - `OK name`: a member is in sync (a writer says it again with its `DONE`, for members
+//!   whose sequence began after its first); `DONE name`: a writer wrote its last. They are
+//!   state too (in the snapshot), so that everyone knows when the demo is over: when every
+//!   writer is done and every member that stays is in sync.
 
 mod support;
 
@@ -156,6 +157,13 @@ fn member(
                 return Ok(replica);
             }
             if written == writes {
+                // Said again: a member that joined after our first `OK` (its handshake
+                // delayed by loss, say) started its sequence after it, and would wait for
+                // it forever. It hears this one, just before our `DONE`.
+                if replica.synced {
+                    chan.send(GROUP, format!("OK {name}").as_bytes())
+                        .map_err(|e| e.to_string())?;
+                }
                 chan.send(GROUP, format!("DONE {name}").as_bytes())
                     .map_err(|e| e.to_string())?;
             }

@@ -458,8 +458,12 @@ fn clocks_apart(lines: usize, rate: Option<u32>, drift_ppm: [&str; 2]) {
             "a latency below zero by more than the bounds ({bounds} µs): {r}"
         );
         assert!(max <= 50_000 + bounds + early, "a latency of {max} µs: {r}");
+        // Above zero by at most what a loaded machine takes to deliver (a burst queued
+        // behind the CI's other tests reached 6 ms once): a clock error of hundreds of
+        // milliseconds is still caught, and the lower bound catches any error that makes
+        // a latency negative.
         assert!(
-            (-bounds - 1..=5_000 + bounds).contains(&p50),
+            (-bounds - 1..=20_000 + bounds).contains(&p50),
             "the median latency outside the bounds ({bounds} µs): {r}"
         );
         assert_eq!(r["latency"]["samples"], 2 * lines);

@@ -17,7 +17,7 @@
 //! | 18 | 8 | epoch: microseconds since 1970 when the sealer was made |
 //! | 26 | 8 | counter: 0 for the sealer's first datagram, one more for each next |
 //! | 34 | n | the plain datagram (a JSON datagram or bundle), encrypted |
-//! | 34 + n | 16 | the Poly1305 tag |
+//! | 34 + n | 16 | the GCM tag |
 //!
 //! The first byte can never start a plain datagram: those are JSON text, and `0xA7` starts
 //! no UTF-8 character. The cipher is AES-256-GCM under the *sender's* key: 32 bytes derived

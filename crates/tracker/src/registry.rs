@@ -478,6 +478,7 @@ impl Registry {
             username: username.to_owned(),
             uid: uid.clone(),
         };
+        log::info!("{username} registered at {addr}");
         self.uids.insert(uid.clone(), username.to_owned());
         self.members.insert(
             username.to_owned(),

@@ -59,7 +59,11 @@ fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
     }
     let tracker = format!("{}:{TRACKER_PORT}", Hosts::address(0));
     let sequencer = format!("{}:{SEQUENCER_PORT}", Hosts::address(1));
-    let _sequencer = total.then(|| hosts.host(1).spawn("sequencer", &[sequencer.clone()]));
+    let _sequencer = total.then(|| {
+        hosts
+            .host(1)
+            .spawn("sequencer", std::slice::from_ref(&sequencer))
+    });
     let mut tracker_args = vec![tracker.clone(), "-v".into()];
     if total {
         tracker_args.extend(["--seq-addr".into(), sequencer.clone()]);

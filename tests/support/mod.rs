@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod etcd;
 pub mod hosts;
 pub mod netns;
 pub mod report;

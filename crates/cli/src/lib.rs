@@ -38,6 +38,26 @@ pub enum Error {
     },
 }
 
+/// Reads a comma-separated list of addresses (`HOST:PORT,HOST:PORT`), each as
+/// [`parse_addr`] does: the trackers sharing one registry, say. At least one.
+pub fn parse_addrs(input: &str) -> Result<Vec<SocketAddr>, Error> {
+    input
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(parse_addr)
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|list| {
+            if list.is_empty() {
+                Err(Error::Malformed {
+                    input: input.to_owned(),
+                })
+            } else {
+                Ok(list)
+            }
+        })
+}
+
 /// Parses `HOST:PORT`, where HOST is an IP address or a name to resolve; an IPv4 address is
 /// preferred when a name has several, since the report's peers speak IPv4.
 pub fn parse_addr(input: &str) -> Result<SocketAddr, Error> {

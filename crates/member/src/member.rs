@@ -239,6 +239,15 @@ impl Member {
         self.tracker
     }
 
+    /// The tracker is now at `addr`: the connection moved to another tracker sharing the
+    /// registry. Heartbeats and clock queries go there from now on, and only its Byes on
+    /// another's behalf are believed. Call it before
+    /// [`tracker_connected`](Self::tracker_connected).
+    pub fn set_tracker(&mut self, addr: SocketAddr) {
+        self.tracker = addr;
+        self.core.set_tracker(addr);
+    }
+
     /// Whether the tracker accepted our registration at least once.
     pub fn is_registered(&self) -> bool {
         self.session.registered_at.is_some()

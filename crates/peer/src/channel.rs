@@ -48,6 +48,9 @@ pub struct ChannelConfig {
     pub name: String,
     /// The tracker.
     pub tracker: SocketAddr,
+    /// Further trackers sharing the tracker's registry (its `--registry`): when the one in
+    /// use dies, the channel moves to the next, keeping its identity and groups.
+    pub other_trackers: Vec<SocketAddr>,
     /// The UDP address to receive on (default 127.0.0.1 with a free port). Bound to
     /// `0.0.0.0`, we register the address of our interface towards the tracker.
     pub bind: SocketAddr,
@@ -79,6 +82,7 @@ impl ChannelConfig {
         Self {
             name: name.to_owned(),
             tracker,
+            other_trackers: Vec::new(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             order: Mode::Fifo,

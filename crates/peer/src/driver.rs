@@ -177,7 +177,13 @@ impl Driver {
             now,
         );
         Ok(Self {
-            link: TrackerLink::new(config.tracker, TRACKER, now),
+            link: TrackerLink::with_trackers(
+                std::iter::once(config.tracker)
+                    .chain(config.other_trackers.iter().copied())
+                    .collect(),
+                TRACKER,
+                now,
+            ),
             poll,
             udp,
             stop,
@@ -451,6 +457,7 @@ impl Driver {
                 LinkEvent::Connected => {
                     log::info!("connected to the tracker at {}", self.link.addr());
                     self.told_unreachable = false;
+                    self.member.set_tracker(self.link.addr());
                     self.member.tracker_connected(now);
                 }
                 LinkEvent::Disconnected { reason } => {

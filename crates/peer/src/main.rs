@@ -36,8 +36,9 @@ struct Args {
     /// control characters; "sequencer" is reserved.
     username: String,
 
-    /// The tracker's address.
-    #[arg(value_name = "TRACKER_HOST:PORT")]
+    /// The tracker's address; several, comma-separated, for trackers sharing one registry
+    /// (their --registry): the peer moves to the next when its tracker dies.
+    #[arg(value_name = "TRACKER_HOST:PORT[,...]")]
     tracker: String,
 
     /// The address the other members reach us at, when it is not the one bound (behind a
@@ -134,7 +135,7 @@ fn run(args: Args) -> Result<bool, String> {
         ));
     }
     let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
-    let tracker = cli::parse_addr(&args.tracker).map_err(|e| format!("tracker: {e}"))?;
+    let trackers = cli::parse_addrs(&args.tracker).map_err(|e| format!("tracker: {e}"))?;
     let script = match &args.script {
         None => None,
         Some(path) => {
@@ -172,7 +173,8 @@ fn run(args: Args) -> Result<bool, String> {
         clock_offset_ms: args.clock_offset_ms,
         clock_drift_ppm: args.clock_drift_ppm,
         seals: args.seal.keys()?,
-        ..ChannelConfig::new(&args.username, tracker)
+        other_trackers: trackers[1..].to_vec(),
+        ..ChannelConfig::new(&args.username, trackers[0])
     };
     match script {
         Some(script) => run_script(config, script, args.json),

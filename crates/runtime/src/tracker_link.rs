@@ -42,7 +42,9 @@ struct Connection {
 /// remember about each request (why it was made), handed back with its reply.
 #[derive(Debug)]
 pub struct TrackerLink<P> {
-    addr: SocketAddr,
+    /// The trackers to try, in turn (several share one registry), and the one in use.
+    addrs: Vec<SocketAddr>,
+    current: usize,
     token: Token,
     conn: Option<Connection>,
     pending: VecDeque<P>,
@@ -61,8 +63,19 @@ impl<P> TrackerLink<P> {
     /// A link to the tracker at `addr` that will use `token` in the caller's poll; it
     /// connects at the first [`handle_timeout`](Self::handle_timeout).
     pub fn new(addr: SocketAddr, token: Token, now: Instant) -> Self {
+        Self::with_trackers(vec![addr], token, now)
+    }
+
+    /// A link to one of several trackers sharing a registry (see the tracker's
+    /// `--registry`): it connects to the first, and when the connection is lost or cannot be
+    /// made, moves to the next at once; it backs off only after every one failed in turn.
+    /// The member keeps its identity across them (it shows its secret when it registers
+    /// again). `addrs` must not be empty.
+    pub fn with_trackers(addrs: Vec<SocketAddr>, token: Token, now: Instant) -> Self {
+        assert!(!addrs.is_empty(), "a tracker link needs a tracker");
         Self {
-            addr,
+            addrs,
+            current: 0,
             token,
             conn: None,
             pending: VecDeque::new(),
@@ -75,9 +88,14 @@ impl<P> TrackerLink<P> {
         }
     }
 
-    /// The tracker's address.
+    /// The address of the tracker in use (or being tried).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.addrs[self.current]
+    }
+
+    /// Every tracker this link may use.
+    pub fn trackers(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// Keeps the secret the tracker gave us at Register (see [`proto::Secret`]): every later
@@ -201,7 +219,7 @@ impl<P> TrackerLink<P> {
             return;
         }
         self.retry_at = None;
-        match TcpStream::connect(self.addr) {
+        match TcpStream::connect(self.addr()) {
             Ok(mut stream) => {
                 if let Err(e) = registry.register(
                     &mut stream,
@@ -245,7 +263,18 @@ impl<P> TrackerLink<P> {
             self.events.push_back(LinkEvent::Disconnected { reason });
         } else {
             self.failed_attempts = self.failed_attempts.saturating_add(1);
-            log::debug!("cannot reach the tracker at {}: {reason}", self.addr);
+            log::debug!("cannot reach the tracker at {}: {reason}", self.addr());
+        }
+        if self.addrs.len() > 1 {
+            // Another tracker shares the registry: try it at once, unless every one has
+            // just failed in turn.
+            self.current = (self.current + 1) % self.addrs.len();
+            let round_failed = !was_up && self.failed_attempts as usize % self.addrs.len() == 0;
+            if !round_failed {
+                log::info!("moving to the tracker at {}", self.addr());
+                self.retry_at = Some(now);
+                return;
+            }
         }
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);

@@ -28,8 +28,10 @@ struct Args {
     addr: String,
 
     /// The tracker: the sequencer registers there and heartbeats like any member, and
-    /// believes eviction notices only from that address.
-    #[arg(short = 'T', long, value_name = "HOST:PORT")]
+    /// believes eviction notices only from that address. Several, comma-separated, for
+    /// trackers sharing one registry (their --registry): it moves to the next when its
+    /// tracker dies.
+    #[arg(short = 'T', long, value_name = "HOST:PORT[,...]")]
     tracker: Option<String>,
 
     /// Stand by: if another sequencer holds the address, wait (trying every 20 ms) and take
@@ -98,12 +100,17 @@ fn bind(
 
 fn run(args: Args) -> Result<(), String> {
     let addr = cli::parse_addr(&args.addr).map_err(|e| e.to_string())?;
-    let tracker = args
+    let trackers = args
         .tracker
         .as_deref()
-        .map(cli::parse_addr)
+        .map(cli::parse_addrs)
         .transpose()
-        .map_err(|e| format!("--tracker: {e}"))?;
+        .map_err(|e| format!("--tracker: {e}"))?
+        .unwrap_or_default();
+    let (tracker, other_trackers) = match trackers.split_first() {
+        Some((first, rest)) => (Some(*first), rest.to_vec()),
+        None => (None, Vec::new()),
+    };
     let seals = args.seal.keys()?;
     // Ctrl-C before the server exists (a standby waiting) ends the wait; after, it stops the
     // server.
@@ -124,6 +131,7 @@ fn run(args: Args) -> Result<(), String> {
         return Ok(());
     };
     let mut server = server
+        .with_other_trackers(&other_trackers)
         .with_max_bundle(args.bundle_bytes)
         .with_seals(&seals)
         .map_err(|e| e.to_string())?;

@@ -212,6 +212,12 @@ impl SequencerNode {
         }
     }
 
+    /// The tracker is now at `addr` (the sequencer moved to another tracker sharing the
+    /// registry): Byes on another's behalf are believed from there only.
+    pub fn set_tracker(&mut self, addr: SocketAddr) {
+        self.tracker = Some(addr);
+    }
+
     /// Holds the keys of these sealed groups from now on: their datagrams are sealed as
     /// they leave, and only datagrams sealed with their key are believed. Each group needs
     /// its own key.

@@ -145,6 +145,17 @@ impl SequencerServer {
         })
     }
 
+    /// Uses `more` trackers too, sharing the first one's registry (their `--registry`):
+    /// when the tracker in use dies, the sequencer moves to the next and registers there.
+    pub fn with_other_trackers(mut self, more: &[SocketAddr]) -> Self {
+        if let Some(link) = self.link.as_mut() {
+            let mut all = vec![link.addr()];
+            all.extend_from_slice(more);
+            *link = TrackerLink::with_trackers(all, TRACKER, Instant::now());
+        }
+        self
+    }
+
     /// Holds the keys of these sealed groups (see [`SequencerNode::add_seals`]).
     pub fn with_seals(
         mut self,
@@ -283,7 +294,11 @@ impl SequencerServer {
         let mut register = std::mem::take(&mut self.evicted) && link.is_up();
         while let Some(event) = link.poll_event() {
             match event {
-                LinkEvent::Connected => register = true,
+                LinkEvent::Connected => {
+                    register = true;
+                    // Evictions are believed from the tracker we talk to now.
+                    self.node.set_tracker(link.addr());
+                }
                 LinkEvent::Reply(Purpose::Register, reply) => {
                     if reply.success {
                         // Shown in every request about us from now on.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::registry::Liveness;
+use crate::store::SharedRegistry;
 
 /// Everything a [`Tracker`](crate::Tracker) is started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct TrackerConfig {
     pub max_request_len: usize,
     /// A connection with no traffic for this long is closed.
     pub idle_timeout: Duration,
+    /// The registry shared with other trackers through etcd; `None` (the default): this
+    /// process's memory only.
+    pub shared: Option<SharedRegistry>,
 }
 
 impl TrackerConfig {
@@ -35,6 +39,7 @@ impl TrackerConfig {
             max_connections: 1024,
             max_request_len: proto::MAX_REQUEST_LEN,
             idle_timeout: Duration::from_secs(30),
+            shared: None,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use proto::{Envelope, JsonFramer, Reply};
 
-use crate::registry::{Registry, Via};
+use crate::registry::Via;
 use crate::stats::{Stats, bump};
+use crate::store::Store;
 
 /// Replies waiting to be written beyond which the connection stops reading: a client that
 /// sends requests without reading the answers is slowed down, not buffered without bound.
@@ -88,7 +89,7 @@ impl Connection {
     pub(crate) fn pump(
         &mut self,
         now: Instant,
-        registry: &mut Registry,
+        store: &mut Store,
         stats: &Stats,
         max_request_len: usize,
         buf: &mut [u8],
@@ -135,7 +136,7 @@ impl Connection {
                 Ok(n) => {
                     self.last_active = now;
                     self.framer.push(&buf[..n]);
-                    self.answer(now, registry, stats, max_request_len);
+                    self.answer(now, store, stats, max_request_len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -149,13 +150,7 @@ impl Connection {
     }
 
     /// Answers every complete request in the framer.
-    fn answer(
-        &mut self,
-        now: Instant,
-        registry: &mut Registry,
-        stats: &Stats,
-        max_request_len: usize,
-    ) {
+    fn answer(&mut self, now: Instant, store: &mut Store, stats: &Stats, max_request_len: usize) {
         loop {
             let reply = match self.framer.next_frame() {
                 Ok(Some(frame)) => match Envelope::decode_limited(frame, max_request_len) {
@@ -165,8 +160,7 @@ impl Connection {
                             let _ = self.stream.set_nodelay(true);
                             self.persistent = true;
                         }
-                        let reply =
-                            registry.handle_envelope(now, envelope, Via::Tcp(self.peer.ip()));
+                        let reply = store.handle_envelope(now, envelope, Via::Tcp(self.peer.ip()));
                         if !reply.success {
                             bump(&stats.failed_requests);
                         }

@@ -29,13 +29,18 @@
 
 mod config;
 mod connection;
+mod etcd;
 mod registry;
 mod server;
+mod shared;
 mod stats;
+mod store;
 
 pub use config::TrackerConfig;
 pub use registry::{
     Eviction, LEGACY_HEARTBEAT, Liveness, MAX_NAME_LEN, Probe, Registry, RegistryOutput, Via,
 };
 pub use server::{Shutdown, Tracker};
+pub use shared::{Change, SharedGroup, SharedMember};
 pub use stats::{Stats, StatsSnapshot};
+pub use store::SharedRegistry;

@@ -12,7 +12,13 @@ use tracker::{Liveness, Tracker, TrackerConfig};
 /// groups with a Bye on their behalf. Members that never announced the newer protocol (the
 /// report's clients) are held to a 60 s interval.
 ///
+/// Several trackers can share one registry kept in an etcd cluster (--registry): any of them
+/// answers any request with the same view, and newer peers given all their addresses move
+/// to another when theirs dies.
+///
 /// Example: tracker 127.0.0.1:5000 --seq-addr 127.0.0.1:5001
+///
+/// Example: tracker 10.0.0.1:5000 --registry etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -52,6 +58,17 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     idle_timeout_ms: u64,
 
+    /// Keep the registry in an etcd cluster shared with other trackers, instead of in this
+    /// process: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (the cluster's client endpoints;
+    /// trackers with the same PREFIX, default /groupcast, share a registry).
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    registry: Option<String>,
+
+    /// With --registry: this tracker's etcd lease, in seconds. When the tracker dies, the
+    /// members it held that did not move to another tracker within it are evicted.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    registry_lease: u64,
+
     /// More detail on standard error (-v: joins, evictions; -vv: every connection and
     /// dropped datagram); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -66,7 +83,25 @@ fn run(args: Args) -> Result<(), String> {
         .map(cli::parse_addr)
         .transpose()
         .map_err(|e| format!("--seq-addr: {e}"))?;
+    let shared = args
+        .registry
+        .as_deref()
+        .map(tracker::SharedRegistry::parse)
+        .transpose()
+        .map_err(|e| format!("--registry: {e}"))?
+        .map(|r| tracker::SharedRegistry {
+            lease: Duration::from_secs(args.registry_lease),
+            ..r
+        });
+    let registry_text = shared.as_ref().map_or(String::new(), |r| {
+        format!(
+            "; registry shared in etcd at {} ({})",
+            r.endpoints.join(","),
+            r.prefix
+        )
+    });
     let config = TrackerConfig {
+        shared,
         sequencer,
         liveness: Liveness {
             heartbeat: Duration::from_millis(args.heartbeat_ms),
@@ -78,12 +113,12 @@ fn run(args: Args) -> Result<(), String> {
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
         ..TrackerConfig::new(addr)
     };
-    let mut tracker = Tracker::bind(config).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let mut tracker = Tracker::bind(config).map_err(|e| format!("cannot start on {addr}: {e}"))?;
     let stop = tracker.shutdown_handle();
     ctrlc::set_handler(move || stop.shutdown())
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
     println!(
-        "tracker listening on {} (TCP control, UDP heartbeats); heartbeat {} ms, eviction after {} silent intervals{}",
+        "tracker listening on {} (TCP control, UDP heartbeats); heartbeat {} ms, eviction after {} silent intervals{}{registry_text}",
         tracker.local_addr(),
         args.heartbeat_ms,
         args.multiplier,
@@ -93,8 +128,12 @@ fn run(args: Args) -> Result<(), String> {
         .run()
         .map_err(|e| format!("event loop failed: {e}"))?;
     let s = tracker.stats().snapshot();
+    let etcd = match tracker.etcd_calls() {
+        0 => String::new(),
+        n => format!(", {n} etcd calls"),
+    };
     println!(
-        "tracker stopped: {} requests ({} malformed, {} refused), {} UDP heartbeats, {} evictions",
+        "tracker stopped: {} requests ({} malformed, {} refused), {} UDP heartbeats, {} evictions{etcd}",
         s.requests, s.bad_requests, s.failed_requests, s.heartbeats_udp, s.evictions
     );
     Ok(())

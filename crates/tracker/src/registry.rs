@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::shared::{Change, SharedGroup, SharedMember};
 use proto::{
     Datagram, DatagramType, Envelope, GroupOrder, LEGACY_DATAGRAM_LEN, Member, Reply, Request,
     SEQUENCER, Secret,
@@ -127,7 +128,12 @@ struct Record {
     interval: Duration,
     newer: bool,
     last_heard: Instant,
-    groups: BTreeSet<String>,
+    /// Its groups, each with the stamp of its joining (orders a group's members alike at
+    /// every tracker sharing a registry).
+    groups: BTreeMap<String, u64>,
+    /// Whether this tracker watches its liveness: always, unless the registry is shared
+    /// and the member talks to another tracker (see [`Registry::share`]).
+    held: bool,
     /// A newer member's secret: requests about it must show it. `None` for the report's
     /// clients, which are believed only from the IP address they registered from.
     secret: Option<Secret>,
@@ -171,6 +177,19 @@ pub struct Registry {
     seals: HashMap<String, Secret>,
     sequencer: Option<Member>,
     outputs: VecDeque<RegistryOutput>,
+    /// The logical clock that stamps joins (see [`SharedGroup::joined`]).
+    stamp: u64,
+    /// Shared with other trackers (see [`Registry::share`]): what changed, to be written.
+    shared: Option<SharedState>,
+}
+
+/// What a shared registry keeps besides the records.
+#[derive(Debug, Default)]
+struct SharedState {
+    /// Members whose record changed here since [`Registry::take_changes`].
+    changed: BTreeSet<String>,
+    /// Members evicted here since then, as they were.
+    evicted: HashMap<String, SharedMember>,
 }
 
 impl Registry {
@@ -185,6 +204,8 @@ impl Registry {
             groups: BTreeMap::new(),
             orders: HashMap::new(),
             seals: HashMap::new(),
+            shared: None,
+            stamp: 0,
             sequencer: sequencer.map(|addr| Member {
                 ip: addr.ip().to_string(),
                 port: addr.port(),
@@ -265,6 +286,61 @@ impl Registry {
         if let Err(refusal) = self.authorize(now, &request, secret.as_ref(), via) {
             return refusal;
         }
+        let subject = self.subject(&request);
+        let reply = self.answer(now, request, proto, secret, seal, via);
+        if self.shared.is_some()
+            && reply.success
+            && let Some((name, changes)) = subject
+        {
+            self.note_change(now, &name, changes);
+        }
+        reply
+    }
+
+    /// The member a request is about, and whether a successful one changes its record (or
+    /// only proves it alive).
+    fn subject(&self, request: &Request) -> Option<(String, bool)> {
+        match request {
+            Request::Register { username, .. }
+            | Request::JoinGroup { username, .. }
+            | Request::ExitGroup { username, .. } => Some((username.clone(), true)),
+            Request::Heartbeat { username } => Some((username.clone(), false)),
+            Request::Quit { username } => {
+                Some((self.uids.get(username).unwrap_or(username).clone(), true))
+            }
+            Request::ListGroups | Request::ListMembers { .. } => None,
+        }
+    }
+
+    /// After a successful request about `name` in a shared registry: its record is to be
+    /// written if the request changed it, or if another tracker held it (it talks to us
+    /// now: we hold it, and watch its heartbeats).
+    fn note_change(&mut self, now: Instant, name: &str, changes: bool) {
+        let taken_over = match self.members.get_mut(name) {
+            Some(record) if !record.held => {
+                record.held = true;
+                record.last_heard = now;
+                log::info!("{name} now talks to this tracker: holding it");
+                true
+            }
+            _ => false,
+        };
+        if (changes || taken_over)
+            && let Some(shared) = self.shared.as_mut()
+        {
+            shared.changed.insert(name.to_owned());
+        }
+    }
+
+    fn answer(
+        &mut self,
+        now: Instant,
+        request: Request,
+        proto: Option<u32>,
+        secret: Option<Secret>,
+        seal: Option<Secret>,
+        via: Via,
+    ) -> Reply {
         if let Via::Udp(from) = via {
             return match request {
                 Request::Heartbeat { username } => self.udp_heartbeat(now, &username, from),
@@ -394,9 +470,12 @@ impl Registry {
         }
     }
 
+    /// Whether a member counts as alive: by its heartbeats if this tracker holds it, else
+    /// as long as the tracker holding it keeps its record.
     fn is_live(&self, record: &Record, now: Instant) -> bool {
-        now.saturating_duration_since(record.last_heard)
-            <= record.interval * self.liveness.multiplier
+        !record.held
+            || now.saturating_duration_since(record.last_heard)
+                <= record.interval * self.liveness.multiplier
     }
 
     fn register(
@@ -468,7 +547,7 @@ impl Registry {
                 return self.registered(uid, proto, secret);
             }
             // Held by a member that fell silent and was not swept yet: evict it now.
-            self.evict(username, now);
+            self.evict(username, now, true);
         }
         let uid = random_hex();
         let secret = proto.map(|_| random_secret());
@@ -488,7 +567,8 @@ impl Registry {
                 interval,
                 newer: proto.is_some(),
                 last_heard: now,
-                groups: BTreeSet::new(),
+                groups: BTreeMap::new(),
+                held: true,
                 secret: secret.clone(),
                 suspected: None,
             },
@@ -553,7 +633,10 @@ impl Registry {
             log::info!("{group} is sealed: only members showing its key join it");
             self.seals.insert(group.to_owned(), token.clone());
         }
-        if record.groups.insert(group.to_owned()) {
+        if !record.groups.contains_key(group) {
+            let stamp = self.next_stamp();
+            let record = self.members.get_mut(username).expect("checked above");
+            record.groups.insert(group.to_owned(), stamp);
             self.groups
                 .entry(group.to_owned())
                 .or_default()
@@ -604,7 +687,7 @@ impl Registry {
         if !self.groups.contains_key(group) {
             return Reply::failure(format!("no such group {group:?}"));
         }
-        if !record.groups.remove(group) {
+        if record.groups.remove(group).is_none() {
             return Reply::failure(format!("{username:?} is not a member of {group:?}"));
         }
         self.leave_group(username, group);
@@ -637,21 +720,30 @@ impl Registry {
     fn remove(&mut self, username: &str) -> Option<Record> {
         let record = self.members.remove(username)?;
         self.uids.remove(&record.member.uid);
-        for group in &record.groups {
+        for group in record.groups.keys() {
             self.leave_group(username, group);
         }
         Some(record)
     }
 
-    fn evict(&mut self, username: &str, now: Instant) {
+    /// Removes `username` and announces it. `here`: this tracker found it silent (in a
+    /// shared registry the eviction is then written for the other trackers); otherwise
+    /// another tracker did, or the member's tracker died without it.
+    fn evict(&mut self, username: &str, now: Instant, here: bool) {
+        let exported = self.members.get(username).map(|r| self.export_record(r));
         let Some(record) = self.remove(username) else {
             return;
         };
+        if here && let (Some(shared), Some(mut tombstone)) = (self.shared.as_mut(), exported) {
+            tombstone.evicted = true;
+            shared.changed.insert(username.to_owned());
+            shared.evicted.insert(username.to_owned(), tombstone);
+        }
         // The sequencer is in every group without joining any: all of them are told.
         let groups_of_record: Vec<String> = if username == SEQUENCER && self.sequencer.is_some() {
             self.groups.keys().cloned().collect()
         } else {
-            record.groups.iter().cloned().collect()
+            record.groups.keys().cloned().collect()
         };
         // A group the eviction emptied is gone, but the sequencer still holds its state.
         let groups = groups_of_record
@@ -660,7 +752,7 @@ impl Registry {
                 let mut remaining = self
                     .members_of(g)
                     .unwrap_or_else(|| self.sequencer.iter().cloned().collect());
-                remaining.retain(|m| m.username != username);
+                remaining.retain(|m| m.username != username && self.tells(m));
                 (g.clone(), remaining)
             })
             .collect();
@@ -681,7 +773,7 @@ impl Registry {
     pub fn handle_timeout(&mut self, now: Instant) {
         let probe = self.liveness.probe;
         let mut evict = Vec::new();
-        for (name, r) in &mut self.members {
+        for (name, r) in self.members.iter_mut().filter(|(_, r)| r.held) {
             let silent = now.saturating_duration_since(r.last_heard);
             let live = silent <= r.interval * self.liveness.multiplier;
             match (&mut r.suspected, live) {
@@ -721,7 +813,7 @@ impl Registry {
             }
         }
         for username in evict {
-            self.evict(&username, now);
+            self.evict(&username, now, true);
         }
     }
 
@@ -731,6 +823,7 @@ impl Registry {
         let probe = self.liveness.probe;
         self.members
             .values()
+            .filter(|r| r.held)
             .map(|r| match r.suspected {
                 None => r.last_heard + r.interval * self.liveness.multiplier + TICK,
                 // Heard from since it was suspected: clear the suspicion now.
@@ -744,6 +837,186 @@ impl Registry {
     /// The next probe or eviction to send, if any.
     pub fn poll_output(&mut self) -> Option<RegistryOutput> {
         self.outputs.pop_front()
+    }
+}
+
+/// Sharing the registry with other trackers (see [`crate::shared`]).
+impl Registry {
+    /// From now on this registry is one copy of a registry shared by several trackers:
+    /// every change this tracker makes to a member's record is kept for
+    /// [`take_changes`](Self::take_changes); liveness is watched only for the members this
+    /// tracker holds; and an eviction is announced only to the members it holds (each
+    /// tracker tells its own: a member believes a Bye on another's behalf only from its
+    /// tracker).
+    pub fn share(&mut self) {
+        self.shared.get_or_insert_with(SharedState::default);
+    }
+
+    /// Whether an eviction notice goes to `member` from this tracker: to every member
+    /// unless the registry is shared, then to those it holds (and to the sequencer unless
+    /// another tracker holds it).
+    fn tells(&self, member: &Member) -> bool {
+        self.shared.is_none()
+            || self
+                .members
+                .get(&member.username)
+                .map_or(member.username == SEQUENCER, |r| r.held)
+    }
+
+    /// Whether this tracker holds `username` (watches its heartbeats).
+    pub fn holds(&self, username: &str) -> bool {
+        self.members.get(username).is_some_and(|r| r.held)
+    }
+
+    /// The members this tracker holds, as records to write (after the shared store lost
+    /// them with this tracker's lease, say).
+    pub fn held_records(&self) -> Vec<(String, SharedMember)> {
+        self.members
+            .iter()
+            .filter(|(_, r)| r.held)
+            .map(|(name, r)| (name.clone(), self.export_record(r)))
+            .collect()
+    }
+
+    /// The changes made here since the last call, one or two per member changed (an
+    /// eviction, then the record of a member that took the name).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        let Some(shared) = self.shared.as_mut() else {
+            return Vec::new();
+        };
+        let changed = std::mem::take(&mut shared.changed);
+        let mut evicted = std::mem::take(&mut shared.evicted);
+        let mut changes = Vec::new();
+        for name in changed {
+            if let Some(tombstone) = evicted.remove(&name) {
+                changes.push(Change::Evicted(name.clone(), tombstone));
+            }
+            match self.members.get(&name) {
+                Some(record) => changes.push(Change::Put(name, self.export_record(record))),
+                None if changes
+                    .last()
+                    .is_some_and(|c| matches!(c, Change::Evicted(n, _) if *n == name)) => {}
+                None => changes.push(Change::Delete(name)),
+            }
+        }
+        changes
+    }
+
+    fn export_record(&self, r: &Record) -> SharedMember {
+        SharedMember {
+            member: r.member.clone(),
+            interval_ms: r.interval.as_millis() as u64,
+            newer: r.newer,
+            secret: r.secret.clone(),
+            groups: r
+                .groups
+                .iter()
+                .map(|(name, &joined)| SharedGroup {
+                    name: name.clone(),
+                    joined,
+                    order: self.orders.get(name).copied(),
+                    seal: self.seals.get(name).cloned(),
+                })
+                .collect(),
+            tracker: String::new(),
+            evicted: false,
+        }
+    }
+
+    /// Applies what another tracker wrote about `username`: its record (held by this
+    /// tracker only if `held`: its own record read back), or `None` when it is gone (it
+    /// quit, or was evicted and already announced). A record written for an eviction is
+    /// announced to the members this tracker holds, then removed. Changes nothing to write.
+    pub fn import(
+        &mut self,
+        now: Instant,
+        username: &str,
+        record: Option<SharedMember>,
+        held: bool,
+    ) {
+        let Some(m) = record else {
+            self.remove(username);
+            return;
+        };
+        if m.evicted {
+            return self.evict(username, now, false);
+        }
+        let Ok(ip) = m.member.ip.parse::<IpAddr>() else {
+            log::warn!(
+                "ignored the shared record of {username:?}: bad address {:?}",
+                m.member.ip
+            );
+            return;
+        };
+        self.remove(username);
+        let mut groups = BTreeMap::new();
+        for g in &m.groups {
+            self.stamp = self.stamp.max(g.joined);
+            groups.insert(g.name.clone(), g.joined);
+            if let Some(order) = g.order {
+                self.orders.entry(g.name.clone()).or_insert(order);
+            }
+            if let Some(seal) = &g.seal {
+                self.seals
+                    .entry(g.name.clone())
+                    .or_insert_with(|| seal.clone());
+            }
+            // In join order: by stamp, then name, at every tracker alike.
+            let key = (g.joined, username);
+            let names = self.groups.entry(g.name.clone()).or_default();
+            let at = names
+                .iter()
+                .position(|n| {
+                    let joined = self
+                        .members
+                        .get(n)
+                        .and_then(|r| r.groups.get(&g.name).copied())
+                        .unwrap_or(0);
+                    (joined, n.as_str()) > key
+                })
+                .unwrap_or(names.len());
+            names.insert(at, username.to_owned());
+        }
+        self.uids.insert(m.member.uid.clone(), username.to_owned());
+        self.members.insert(
+            username.to_owned(),
+            Record {
+                addr: SocketAddr::new(ip, m.member.port),
+                member: m.member,
+                interval: Duration::from_millis(m.interval_ms),
+                newer: m.newer,
+                last_heard: now,
+                groups,
+                held,
+                secret: m.secret,
+                suspected: None,
+            },
+        );
+    }
+
+    /// Removes `username`, whose tracker died without it (its record went with that
+    /// tracker's lease), announcing it as an eviction to the members this tracker holds.
+    pub fn expire(&mut self, now: Instant, username: &str) {
+        self.evict(username, now, false);
+    }
+
+    /// Forgets every member not in `keep` (a full read of the shared store found them
+    /// gone), announcing nothing.
+    pub fn retain_members(&mut self, keep: &BTreeSet<String>) {
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
+    }
+
+    fn next_stamp(&mut self) -> u64 {
+        self.stamp += 1;
+        self.stamp
     }
 }
 

@@ -16,6 +16,7 @@ use crate::config::TrackerConfig;
 use crate::connection::{Connection, Status};
 use crate::registry::{Eviction, Probe, Registry, RegistryOutput, Via};
 use crate::stats::{Stats, bump};
+use crate::store::Store;
 
 const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
@@ -53,7 +54,7 @@ pub struct Tracker {
     udp: UdpSocket,
     local_addr: SocketAddr,
     stop: Shutdown,
-    registry: Registry,
+    store: Store,
     connections: HashMap<Token, Connection>,
     next_token: usize,
     outbox: VecDeque<(SocketAddr, Arc<[u8]>)>,
@@ -83,6 +84,20 @@ impl Tracker {
             .register(&mut udp, UDP, Interest::READABLE)?;
         let stop = Shutdown::new(poll.registry(), WAKER)?;
         let registry = Registry::new(config.liveness.clone(), config.sequencer);
+        let store = match &config.shared {
+            None => Store::local(registry),
+            Some(shared) => {
+                let waker = stop.clone();
+                Store::shared(
+                    registry,
+                    shared,
+                    local_addr,
+                    move || waker.wake(),
+                    Instant::now(),
+                )
+                .map_err(|e| io::Error::other(format!("the shared registry: {e}")))?
+            }
+        };
         Ok(Self {
             config,
             poll,
@@ -90,7 +105,7 @@ impl Tracker {
             udp,
             local_addr,
             stop,
-            registry,
+            store,
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
             outbox: VecDeque::new(),
@@ -110,6 +125,11 @@ impl Tracker {
     /// A handle that stops the tracker.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.stop.clone()
+    }
+
+    /// Calls made to the shared registry's etcd cluster so far (0 when not shared).
+    pub fn etcd_calls(&self) -> u64 {
+        self.store.etcd_calls()
     }
 
     /// The tracker's running totals, readable while it runs.
@@ -148,7 +168,7 @@ impl Tracker {
                             self.read_udp_batch(now);
                         }
                     }
-                    WAKER => {}
+                    WAKER => self.store.catch_up(now),
                     token => self.serve(token, now),
                 }
             }
@@ -156,7 +176,7 @@ impl Tracker {
                 self.read_udp_batch(now);
             }
             if now >= next_sweep {
-                self.registry.handle_timeout(now);
+                self.store.handle_timeout(now);
                 self.close_expired(now);
                 next_sweep = now + self.sweep_interval();
             }
@@ -201,7 +221,7 @@ impl Tracker {
         // connections are served and closed with no epoll call at all.
         let wants_write = match conn.pump(
             now,
-            &mut self.registry,
+            &mut self.store,
             &self.stats,
             self.config.max_request_len,
             &mut self.buf,
@@ -234,7 +254,7 @@ impl Tracker {
         };
         match conn.pump(
             now,
-            &mut self.registry,
+            &mut self.store,
             &self.stats,
             self.config.max_request_len,
             &mut self.buf,
@@ -314,7 +334,7 @@ impl Tracker {
             }
             let reply =
                 match Envelope::decode_limited(&self.buf[..len], self.config.max_request_len) {
-                    Ok(envelope) => self.registry.handle_envelope(now, envelope, Via::Udp(from)),
+                    Ok(envelope) => self.store.handle_envelope(now, envelope, Via::Udp(from)),
                     Err(e) => Reply::failure(format!("bad datagram: {e}")),
                 };
             if reply.success {
@@ -351,7 +371,7 @@ impl Tracker {
 
     /// Sends what the registry asks: probes and eviction notices.
     fn drain_registry(&mut self) {
-        while let Some(output) = self.registry.poll_output() {
+        while let Some(output) = self.store.registry.poll_output() {
             match output {
                 RegistryOutput::Probe(probe) => self.send_probe(probe),
                 RegistryOutput::Eviction(eviction) => self.announce_eviction(eviction),

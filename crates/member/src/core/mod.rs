@@ -444,6 +444,12 @@ impl PeerCore {
             })
     }
 
+    /// The tracker is now at `addr` (the link moved to another tracker sharing the
+    /// registry): from now on a Bye on another's behalf is believed only from there.
+    pub fn set_tracker(&mut self, addr: SocketAddr) {
+        self.tracker = addr;
+    }
+
     /// Datagram totals.
     pub fn traffic(&self) -> Traffic {
         self.traffic

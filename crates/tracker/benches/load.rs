@@ -3,6 +3,11 @@
 //! client) and over persistent connections, then the tracker's CPU while 10,000 members
 //! heartbeat once a second over UDP.
 //!
+//! The same requests again against two trackers sharing a registry in etcd, when
+//! `GROUPCAST_ETCD` names a cluster (`scripts/etcd-cluster.sh` starts one): the request
+//! rate with the etcd registry against the in-memory one. Writes (a join and a leave, each
+//! committed to etcd before it is answered) are measured for both.
+//!
 //! Run: `cargo bench -p tracker --bench load` (about 30 s). `-- --test` runs a short pass
 //! that only checks everything works (CI does this).
 
@@ -171,6 +176,90 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
     })
 }
 
+/// One member joining and leaving a group over a persistent connection, 32 requests in
+/// flight: every request changes the registry. Returns requests per second.
+fn writes(addr: SocketAddr, plan: &Plan, name: &str) -> f64 {
+    const BATCH: usize = 32;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    let register = Envelope {
+        request: Request::Register {
+            ip: "127.0.0.1".into(),
+            port: 9,
+            username: name.into(),
+        },
+        proto: Some(2),
+        secret: None,
+        seal: None,
+    };
+    s.write_all(&register.encode()).unwrap();
+    let mut reply = [0u8; 4096];
+    let n = s.read(&mut reply).unwrap();
+    let secret = Reply::decode(&reply[..n]).unwrap().secret;
+    let mut batch = Vec::new();
+    for i in 0..BATCH {
+        let request = if i % 2 == 0 {
+            Request::JoinGroup {
+                username: name.into(),
+                group: "load".into(),
+                order: None,
+            }
+        } else {
+            Request::ExitGroup {
+                username: name.into(),
+                group: "load".into(),
+            }
+        };
+        Envelope {
+            request,
+            proto: Some(2),
+            secret: secret.clone(),
+            seal: None,
+        }
+        .encode_into(&mut batch);
+    }
+    let start = Instant::now();
+    let mut framer = JsonFramer::new(1 << 20);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut done = 0u64;
+    while start.elapsed().as_secs_f64() < plan.seconds {
+        s.write_all(&batch).unwrap();
+        let mut replies = 0;
+        while replies < BATCH {
+            while let Some(frame) = framer.next_frame().unwrap() {
+                let reply = Reply::decode(frame).unwrap();
+                assert!(reply.success, "{reply:?}");
+                replies += 1;
+            }
+            if replies < BATCH {
+                let n = s.read(&mut buf).unwrap();
+                framer.push(&buf[..n]);
+            }
+        }
+        done += BATCH as u64;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The request rates with the registry in etcd, at `url`: reads, heartbeats and writes at
+/// one tracker while another shares the registry.
+fn shared(url: &str, plan: &Plan) {
+    let a = TrackerProcess::start(&["--max-connections", "4096", "--registry", url]);
+    let b = TrackerProcess::start(&["--registry", url]);
+    let one = one_shot(a.addr, plan);
+    println!(
+        "tracker/etcd/one_shot_requests {one:>10.0} requests/s  (ListGroups, each read at etcd's current revision)"
+    );
+    let many = persistent(a.addr, plan);
+    println!("tracker/etcd/persistent_requests {many:>8.0} requests/s  (heartbeats: no etcd call)");
+    let w = writes(a.addr, plan, "writer-etcd");
+    println!(
+        "tracker/etcd/writes            {w:>10.0} requests/s  (join, leave: one compare-and-set each)"
+    );
+    println!("  {}", a.stop());
+    println!("  {}", b.stop());
+}
+
 /// Registers `members` members (each with its own UDP socket), then has each send one UDP
 /// heartbeat per second for `heartbeat_seconds`; returns the tracker's CPU share of one core
 /// over that time, and the members actually created.
@@ -287,6 +376,8 @@ fn main() {
     println!(
         "tracker/persistent_requests    {many:>10.0} requests/s  (2 connections, 64 pipelined heartbeats)"
     );
+    let w = writes(t.addr, &plan, "writer");
+    println!("tracker/writes                 {w:>10.0} requests/s  (join, leave, in memory)");
     let summary = t.stop();
     println!("  {summary}");
 
@@ -303,4 +394,10 @@ fn main() {
         summary.contains(" 0 evictions"),
         "no heartbeating member may be evicted: {summary}"
     );
+    match std::env::var("GROUPCAST_ETCD") {
+        Ok(url) => shared(&url, &plan),
+        Err(_) => println!(
+            "tracker/etcd: skipped (set GROUPCAST_ETCD=etcd://HOST:PORT,... to measure the shared registry; scripts/etcd-cluster.sh starts one)"
+        ),
+    }
 }

@@ -1723,4 +1723,165 @@ mod tests {
         assert!(!r.is_sealed("books"));
         assert!(join(&mut r, t, "old", "books").success);
     }
+
+    /// Hands every change of `from` to `to`, as the shared store would.
+    fn replicate(from: &mut Registry, to: &mut Registry, now: Instant) -> Vec<Change> {
+        let changes = from.take_changes();
+        for change in &changes {
+            match change.clone() {
+                Change::Put(name, record) | Change::Evicted(name, record) => {
+                    to.import(now, &name, Some(record), false)
+                }
+                Change::Delete(name) => to.import(now, &name, None, false),
+            }
+        }
+        changes
+    }
+
+    fn shared_pair() -> (Registry, Registry, Instant) {
+        let (mut a, t) = registry();
+        let (mut b, _) = registry();
+        a.share();
+        b.share();
+        (a, b, t)
+    }
+
+    #[test]
+    fn trackers_sharing_a_registry_list_the_same_groups_in_the_same_order() {
+        let (mut a, mut b, t) = shared_pair();
+        for (i, name) in ["ann", "cid", "bea"].into_iter().enumerate() {
+            assert!(register(&mut a, t, name, 7000 + i as u16, Some(1)).success);
+            assert!(join(&mut a, t, name, "room").success);
+        }
+        let changes = replicate(&mut a, &mut b, t);
+        assert_eq!(changes.len(), 3, "one record per member: {changes:?}");
+        assert_eq!(b.members_of("room"), a.members_of("room"));
+        assert_eq!(b.group_names(), ["room"]);
+        // Only the tracker a member talks to watches it.
+        assert!(a.holds("ann") && !b.holds("ann"));
+        assert_eq!(b.poll_timeout(), None);
+        // A member joining at the other tracker comes after them at both.
+        assert!(register(&mut b, t, "dan", 7010, Some(1)).success);
+        assert!(join(&mut b, t, "dan", "room").success);
+        replicate(&mut b, &mut a, t);
+        let order: Vec<String> = a
+            .members_of("room")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.username)
+            .collect();
+        assert_eq!(order, ["ann", "cid", "bea", "dan", SEQUENCER]);
+        assert_eq!(b.members_of("room"), a.members_of("room"));
+        // Reading changes nothing to write.
+        assert!(b.take_changes().is_empty() && a.take_changes().is_empty());
+    }
+
+    #[test]
+    fn a_name_held_at_another_tracker_is_taken_and_its_owner_moves_keeping_its_identity() {
+        let (mut a, mut b, t) = shared_pair();
+        let first = register(&mut a, t, "ann", 7000, Some(1));
+        replicate(&mut a, &mut b, t);
+        // Long after: the other tracker never heard ann's heartbeats, and still believes
+        // her tracker, which holds her.
+        let later = t + Duration::from_secs(60);
+        b.handle_timeout(later);
+        assert_eq!(drain(&mut b), (vec![], vec![]));
+        let taken = register(&mut b, later, "ann", 7999, Some(1));
+        assert!(!taken.success, "{taken:?}");
+        // Ann herself moves to b (her tracker died): same id, same secret, held by b now.
+        let again = register(&mut b, later, "ann", 7000, Some(1));
+        assert!(again.success, "{again:?}");
+        assert_eq!(again.content, first.content, "a new identity");
+        assert!(b.holds("ann"));
+        assert!(matches!(&b.take_changes()[..], [Change::Put(n, _)] if n == "ann"));
+    }
+
+    #[test]
+    fn a_heartbeat_at_another_tracker_moves_the_member_there() {
+        let (mut a, mut b, t) = shared_pair();
+        register(&mut a, t, "ann", 7000, Some(1));
+        replicate(&mut a, &mut b, t);
+        let from: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let beat = ask(
+            &mut b,
+            t,
+            Request::Heartbeat {
+                username: "ann".into(),
+            },
+            Some(1),
+            Via::Udp(from),
+        );
+        assert!(beat.success, "{beat:?}");
+        assert!(b.holds("ann"));
+        replicate(&mut b, &mut a, t);
+        assert!(!a.holds("ann"), "a still watches a member that moved");
+        // A second heartbeat writes nothing.
+        ask(
+            &mut b,
+            t,
+            Request::Heartbeat {
+                username: "ann".into(),
+            },
+            Some(1),
+            Via::Udp(from),
+        );
+        assert!(b.take_changes().is_empty());
+    }
+
+    #[test]
+    fn an_eviction_is_announced_by_each_tracker_to_the_members_it_holds() {
+        let (mut a, mut b, t) = shared_pair();
+        register(&mut a, t, "ann", 7000, None);
+        join(&mut a, t, "ann", "room");
+        register(&mut a, t, "cid", 7002, Some(1));
+        join(&mut a, t, "cid", "room");
+        replicate(&mut a, &mut b, t);
+        register(&mut b, t, "bea", 7001, Some(1));
+        join(&mut b, t, "bea", "room");
+        replicate(&mut b, &mut a, t);
+        // Ann (the report's client, 60 s interval) falls silent at a; cid keeps beating.
+        let later = t + LEGACY_HEARTBEAT * 3;
+        ask(
+            &mut a,
+            later,
+            Request::Heartbeat {
+                username: "cid".into(),
+            },
+            Some(1),
+            Via::Tcp(LOCAL),
+        );
+        a.handle_timeout(later);
+        let at_a = next_eviction(&mut a).expect("a evicts ann");
+        let told_by_a: Vec<u16> = at_a.notices().iter().map(|(to, _)| to.port()).collect();
+        assert!(
+            told_by_a.contains(&7002) && !told_by_a.contains(&7001),
+            "{told_by_a:?}"
+        );
+        assert!(
+            told_by_a.contains(&9000),
+            "the sequencer, held by nobody, is told"
+        );
+        let changes = replicate(&mut a, &mut b, later);
+        assert!(
+            matches!(&changes[..], [Change::Evicted(n, m)] if n == "ann" && m.evicted),
+            "{changes:?}"
+        );
+        let at_b = next_eviction(&mut b).expect("b announces it too");
+        let told_by_b: Vec<u16> = at_b.notices().iter().map(|(to, _)| to.port()).collect();
+        assert!(
+            told_by_b.contains(&7001) && !told_by_b.contains(&7002),
+            "{told_by_b:?}"
+        );
+        assert!(!b.is_member("ann"));
+        // A member whose tracker died with it goes the same way.
+        b.expire(later, "cid");
+        assert_eq!(
+            next_eviction(&mut b).map(|e| e.member.username),
+            Some("cid".into())
+        );
+        assert!(
+            b.take_changes().is_empty(),
+            "an expiry is etcd's doing, not ours to write"
+        );
+    }
 }

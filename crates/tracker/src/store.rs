@@ -120,12 +120,14 @@ impl Store {
         let Some(shared) = self.shared.as_mut() else {
             return self.registry.handle_envelope(now, envelope, via);
         };
-        let reads = matches!(
+        // Requests answered with a view of the registry (a list, or a group's members
+        // on joining it): the same view at every tracker, what etcd has now rather than
+        // what reached us so far.
+        let shows = matches!(
             envelope.request,
-            Request::ListGroups | Request::ListMembers { .. }
+            Request::ListGroups | Request::ListMembers { .. } | Request::JoinGroup { .. }
         );
-        if reads {
-            // The same view at every tracker: what etcd has now, not what reached us.
+        if shows {
             if let Err(e) = shared.sync(&mut self.registry, now) {
                 log::warn!("cannot read the shared registry: {e}");
             }

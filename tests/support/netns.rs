@@ -5,8 +5,8 @@ use std::process::Command;
 
 use super::{Process, bin};
 
-/// A private network namespace with `lo` up, removed when dropped.
-pub struct Namespace(pub String);
+/// A private network namespace with `lo` up, removed when dropped if this value made it.
+pub struct Namespace(pub String, bool);
 
 impl Namespace {
     /// Creates one named after `tag` and this process.
@@ -24,11 +24,16 @@ impl Namespace {
         if !ok(&["netns", "add", &name]) {
             return Err("cannot create a network namespace".into());
         }
-        let ns = Self(name);
+        let ns = Self(name, true);
         if !ok(&["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"]) {
             return Err("cannot bring up lo in the namespace".into());
         }
         Ok(ns)
+    }
+
+    /// One made by someone else (a [`runner::lan::Lan`]'s host), left in place when dropped.
+    pub fn adopt(name: String) -> Self {
+        Self(name, false)
     }
 
     /// Drops `percent` % of UDP packets arriving in the namespace, except those to or from
@@ -148,6 +153,9 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.0])
             .status();

@@ -57,16 +57,32 @@ pub struct Plan {
     /// The group is sealed: the sequencer and every peer hold its key, and every datagram
     /// of the group is sealed.
     pub sealed: bool,
+    /// Where the processes run.
+    pub hosts: Hosts,
+}
+
+/// Where a run's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hosts {
+    /// All on this machine's 127.0.0.1.
+    Loopback,
+    /// Each on a host of its own: network namespaces on one bridge, MTU 1,500 (see
+    /// [`crate::lan`]); needs root.
+    Netns,
 }
 
 impl Plan {
     /// The order, and "sealed" for a sealed group: how tables name the run.
     pub fn label(&self) -> String {
+        let mut label = self.order.name().to_owned();
         if self.sealed {
-            format!("{} sealed", self.order.name())
-        } else {
-            self.order.name().to_owned()
+            label.push_str(" sealed");
         }
+        if self.hosts == Hosts::Netns {
+            label.push_str(" hosts");
+        }
+        label
     }
 }
 
@@ -258,7 +274,11 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
         // The same options for the sequencer and the peers: the group's key with them.
         bundling.extend(["--group-key-file".to_owned(), key_file(dir.path())?]);
     }
-    let system = System::start(bin, &bundling)?;
+    let lan = match plan.hosts {
+        Hosts::Loopback => None,
+        Hosts::Netns => Some(crate::lan::Lan::create("runner", plan.peers + 2)?),
+    };
+    let system = System::start(bin, &bundling, lan)?;
     let expected = (plan.senders * plan.messages) as u64;
     let mut running = Vec::new();
     for i in 0..plan.peers {
@@ -406,7 +426,7 @@ pub fn peer_table(run: &Run) -> String {
 /// one row per order, with its throughput as a share of the baseline.
 pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
     let mut out = format!(
-        "  {:>5} {:<12} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>10} {:>9}\n",
+        "  {:>5} {:<17} {:>9} {:>14} {:>7} {:>9} {:>9} {:>11} {:>10} {:>9}\n",
         "peers",
         "order",
         "complete",
@@ -425,7 +445,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
             match &b.lossless {
                 Some(t) => {
                     out += &format!(
-                        "  {:>5} {:<12} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
+                        "  {:>5} {:<17} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}\n",
                         peers,
                         "raw UDP",
                         "yes",
@@ -456,7 +476,7 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
                 )
             });
             out += &format!(
-                "  {:>5} {:<12} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
+                "  {:>5} {:<17} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
                 r.plan.peers,
                 r.plan.label(),
                 if s.complete { "yes" } else { "NO" },

@@ -6,5 +6,6 @@
 
 pub mod baseline;
 pub mod experiments;
+pub mod lan;
 pub mod plot;
 pub mod system;

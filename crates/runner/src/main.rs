@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use runner::baseline::{self, Baseline};
-use runner::experiments::{self, Order, Plan, Run};
+use runner::experiments::{self, Hosts, Order, Plan, Run};
 
 /// Runs the messenger's experiments on a whole local system.
 ///
@@ -90,6 +90,13 @@ struct Args {
           default_missing_value = "yes", value_parser = ["no", "yes", "both"])]
     sealed: String,
 
+    /// Where the processes run: `loopback` (all on 127.0.0.1), `netns` (the tracker, the
+    /// sequencer and each peer on a host of its own: network namespaces on one bridge, MTU
+    /// 1,500; needs root), or `both`, each run on loopback and then on hosts, side by side.
+    #[arg(long, value_name = "WHERE", default_value = "loopback",
+          value_parser = ["loopback", "netns", "both"])]
+    hosts: String,
+
     /// Only this order: fifo or total (default: both).
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
@@ -117,6 +124,7 @@ impl Args {
     ) -> Plan {
         Plan {
             sealed: self.sealed == "yes",
+            hosts: Hosts::Loopback,
             experiment,
             order,
             peers,
@@ -153,13 +161,34 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut all: Vec<Run> = Vec::new();
     let mut complete = true;
+    let placements: &[Hosts] = match args.hosts.as_str() {
+        "netns" => &[Hosts::Netns],
+        "both" => &[Hosts::Loopback, Hosts::Netns],
+        _ => &[Hosts::Loopback],
+    };
+    if placements.contains(&Hosts::Netns) {
+        runner::lan::Lan::create("check", 1).map_err(|e| {
+            format!("--hosts {}: cannot make hosts of network namespaces (root and iproute2 needed): {e}", args.hosts)
+        })?;
+    }
     if args.experiment != "2" {
-        for &order in &orders {
-            let plan = args.plan(1, order, args.peers, args.peers, args.messages);
+        let plans = orders
+            .iter()
+            .flat_map(|&order| placements.iter().map(move |&hosts| (order, hosts)));
+        for (order, hosts) in plans {
+            let plan = Plan {
+                hosts,
+                ..args.plan(1, order, args.peers, args.peers, args.messages)
+            };
             println!(
-                "Experiment 1, {} order{}: {} peers each sending {} messages of {} bytes at once",
+                "Experiment 1, {} order{}{}: {} peers each sending {} messages of {} bytes at once",
                 order.name(),
                 if plan.sealed { ", sealed group" } else { "" },
+                if hosts == Hosts::Netns {
+                    ", each on a host of its own"
+                } else {
+                    ""
+                },
                 plan.peers,
                 plan.messages,
                 plan.payload
@@ -200,9 +229,12 @@ fn run(args: Args) -> Result<(), String> {
             };
             let args = &args;
             let plans = orders.iter().flat_map(|&order| {
-                sealing.iter().map(move |&sealed| Plan {
-                    sealed,
-                    ..args.plan(2, order, peers, 1, args.stream)
+                sealing.iter().flat_map(move |&sealed| {
+                    placements.iter().map(move |&hosts| Plan {
+                        sealed,
+                        hosts,
+                        ..args.plan(2, order, peers, 1, args.stream)
+                    })
                 })
             });
             for plan in plans {

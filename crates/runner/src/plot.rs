@@ -27,7 +27,12 @@ struct Line {
 fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, f64)> {
     let mut points: Vec<(f64, f64)> = runs
         .iter()
-        .filter(|r| r.plan.experiment == 2 && r.plan.order == order && !r.plan.sealed)
+        .filter(|r| {
+            r.plan.experiment == 2
+                && r.plan.order == order
+                && !r.plan.sealed
+                && r.plan.hosts == crate::experiments::Hosts::Loopback
+        })
         .map(|r| (r.plan.peers as f64, value(r)))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -41,7 +46,12 @@ fn ranges(
     spread: impl Fn(&Repeated) -> Spread,
 ) -> Vec<(f64, f64, f64)> {
     runs.iter()
-        .filter(|r| r.plan.experiment == 2 && r.plan.order == order && !r.plan.sealed)
+        .filter(|r| {
+            r.plan.experiment == 2
+                && r.plan.order == order
+                && !r.plan.sealed
+                && r.plan.hosts == crate::experiments::Hosts::Loopback
+        })
         .filter_map(|r| {
             let s = spread(r.repeated.as_ref()?);
             Some((r.plan.peers as f64, s.min, s.max))

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::lan::Lan;
+
 /// Where the daemons' binaries are: beside the running executable (one build, one
 /// `target/<profile>` folder).
 pub fn binaries() -> Result<PathBuf, String> {
@@ -100,53 +102,76 @@ impl Drop for Proc {
     }
 }
 
-/// A tracker and a sequencer, ready for peers.
+/// A tracker and a sequencer, ready for peers: on 127.0.0.1, or each on a host of its own
+/// (a [`Lan`]: the tracker on host 0, the sequencer on host 1, the peers on the others).
 pub struct System {
     bin: PathBuf,
     /// The tracker's address.
     pub tracker: SocketAddr,
     _tracker: Proc,
     _sequencer: Proc,
+    peers_started: std::cell::Cell<usize>,
+    /// Dropped after the processes: the hosts they ran on.
+    lan: Option<Lan>,
 }
 
 impl System {
     /// Starts a sequencer (with `sequencer_args` after its address) and a tracker that
-    /// knows it, on free ports of 127.0.0.1.
-    pub fn start(bin: &Path, sequencer_args: &[String]) -> Result<Self, String> {
-        let mut args = vec!["127.0.0.1:0".to_owned()];
+    /// knows it, on free ports of 127.0.0.1, or of their hosts on `lan`.
+    pub fn start(bin: &Path, sequencer_args: &[String], lan: Option<Lan>) -> Result<Self, String> {
+        let host_addr = |i: usize| match &lan {
+            Some(_) => format!("{}:0", Lan::address(i)),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let mut args = vec![host_addr(1)];
         args.extend(sequencer_args.iter().cloned());
-        let mut sequencer = Proc::spawn(&bin.join("sequencer"), "sequencer", &args)?;
+        let mut sequencer = spawn_on(lan.as_ref(), 1, &bin.join("sequencer"), "sequencer", &args)?;
         let seq_addr = sequencer.banner_addr()?;
-        let mut tracker = Proc::spawn(
-            &bin.join("tracker"),
-            "tracker",
-            &[
-                "127.0.0.1:0".into(),
-                "--seq-addr".into(),
-                seq_addr.to_string(),
-            ],
-        )?;
+        let args = [host_addr(0), "--seq-addr".into(), seq_addr.to_string()];
+        let mut tracker = spawn_on(lan.as_ref(), 0, &bin.join("tracker"), "tracker", &args)?;
         let tracker_addr = tracker.banner_addr()?;
         Ok(Self {
             bin: bin.to_path_buf(),
             tracker: tracker_addr,
             _tracker: tracker,
             _sequencer: sequencer,
+            peers_started: std::cell::Cell::new(0),
+            lan,
         })
     }
 
-    /// Starts a peer in script mode; its measurements come back from [`ScriptPeer::finish`].
+    /// Starts a peer in script mode (on the next peer host, round robin, on a LAN); its
+    /// measurements come back from [`ScriptPeer::finish`].
     pub fn script_peer(&self, name: &str, args: &[String]) -> Result<ScriptPeer, String> {
-        let mut all = vec![
-            "127.0.0.1:0".to_owned(),
-            name.to_owned(),
-            self.tracker.to_string(),
-        ];
+        let n = self.peers_started.replace(self.peers_started.get() + 1);
+        let host = self
+            .lan
+            .as_ref()
+            .map_or(0, |lan| 2 + n % lan.len().saturating_sub(2).max(1));
+        let bind = match &self.lan {
+            Some(_) => format!("{}:0", Lan::address(host)),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let mut all = vec![bind, name.to_owned(), self.tracker.to_string()];
         all.extend(args.iter().cloned());
         all.push("--json".into());
         Ok(ScriptPeer {
-            proc: Proc::spawn(&self.bin.join("peer"), name, &all)?,
+            proc: spawn_on(self.lan.as_ref(), host, &self.bin.join("peer"), name, &all)?,
         })
+    }
+}
+
+/// Starts `bin` on host `host` of `lan`, or here without one.
+fn spawn_on(
+    lan: Option<&Lan>,
+    host: usize,
+    bin: &Path,
+    name: &str,
+    args: &[String],
+) -> Result<Proc, String> {
+    match lan {
+        None => Proc::spawn(bin, name, args),
+        Some(lan) => Proc::spawn(Path::new("ip"), name, &lan.command(host, bin, args)),
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::etcd::Cluster;
 use support::report::{self, ReportClient};
-use support::{Process, check_deliveries, free_port, lines_file};
+use support::{Process, check_deliveries, free_port, lines_file, script};
 
 fn cluster() -> Option<Cluster> {
     match Cluster::start(3) {
@@ -103,7 +103,7 @@ struct Failover {
     moved_in: Duration,
 }
 
-/// Four peers chat through tracker A (B given as the fallback); 1.5 s in, A is SIGKILLed
+/// Four peers chat through tracker A (B given as the fallback); once all are in, A is SIGKILLed
 /// together with a member (`ghost`), which therefore never moves: its record goes with A's
 /// lease and B must announce its eviction. Another member (`victim`) is SIGKILLed after it
 /// moved: B must evict it by its silence. Everything must arrive, and every peer must hear
@@ -135,28 +135,14 @@ fn failover(total: bool, etcd_member_down: bool) -> Failover {
     let dir = tempfile::tempdir().unwrap();
     let names: Vec<String> = (0..PEERS).map(|p| format!("p{p}")).collect();
     let script_args = |name: &str, file: &std::path::Path, expect: u64, timeout: u64| {
-        let mut args = vec![
-            "127.0.0.1:0".to_owned(),
-            name.to_owned(),
-            trackers.clone(),
-            "-t".into(),
-            file.display().to_string(),
-            "--members".into(),
-            (PEERS + 2).to_string(),
-            "--expect".into(),
-            expect.to_string(),
-            "--json".into(),
-            "--timeout-ms".into(),
-            timeout.to_string(),
-            "--rate".into(),
-            "500".into(),
-            "--deliveries".into(),
-            dir.path().join(format!("{name}.tsv")).display().to_string(),
-        ];
-        if total {
-            args.push("-s".into());
-        }
-        args
+        script(file)
+            .members(PEERS + 2)
+            .expect(expect)
+            .timeout_ms(timeout)
+            .rate(500)
+            .deliveries(dir.path(), name)
+            .total(total)
+            .line("127.0.0.1:0", name, &trackers)
     };
     let victim_file = lines_file(dir.path(), "victim.txt", &[]);
     let mut victim = Process::spawn(
@@ -196,6 +182,17 @@ fn failover(total: bool, etcd_member_down: bool) -> Failover {
     ghost.child.wait().unwrap();
     t1.child.wait().unwrap();
     let killed = Instant::now();
+    // Members come and go meanwhile: a newer peer given both trackers (the first dead)
+    // joins another group, sends, hears itself and leaves; one of the report's clients
+    // joins and leaves at the survivor (once the others moved: it would slow the reading of
+    // the survivor's log, which times the move).
+    let late_file = lines_file(dir.path(), "late.txt", &["late 0".to_owned()]);
+    let late_args = script(&late_file)
+        .group("side")
+        .timeout_ms(20_000)
+        .total(total)
+        .line("127.0.0.1:0", "late", &trackers);
+    let mut late = Process::spawn("peer", &late_args);
     // The survivor takes each member over at its first request.
     let mut held = std::collections::BTreeSet::new();
     let mut lines = Vec::new();
@@ -209,6 +206,14 @@ fn failover(total: bool, etcd_member_down: bool) -> Failover {
         }
     }
     let moved_in = killed.elapsed();
+    let mut carol = ReportClient::register(b, "carol");
+    carol.join("side");
+    assert!(members(b, "side").contains(&"carol".to_owned()));
+    let left = report::request(
+        b,
+        json!({"Type": 5, "Content": {"Username": "carol", "Group": "side"}}),
+    );
+    assert_eq!(left["Success"], true, "{left}");
     assert_eq!(
         held.len(),
         expected_moves,
@@ -234,6 +239,13 @@ fn failover(total: bool, etcd_member_down: bool) -> Failover {
         ghost_listed || moved_in > Duration::from_secs(3),
         "the ghost went before A's lease"
     );
+    assert!(
+        late.wait(Duration::from_secs(30)).success(),
+        "a peer joining through the fallback tracker: {:#?}",
+        late.seen
+    );
+    let late_report: Value = serde_json::from_str(late.seen.last().unwrap()).unwrap();
+    assert_eq!(late_report["delivered"], 1, "{late_report}");
     // A member that dies now is still evicted, and the others are told.
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::hosts::Hosts;
 use support::netns::can_run;
-use support::{Process, check_deliveries, lines_file};
+use support::{Process, check_deliveries, lines_file, script};
 
 const PEERS: usize = 5;
 const TRACKER_PORT: u16 = 5000;
@@ -84,24 +84,14 @@ fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
             let file = lines_file(dir.path(), &format!("{name}.txt"), &lines);
             let (bind, advertised) = binding(p, host);
             expected_addr.push(advertised.unwrap_or_else(|| Hosts::address(host).to_string()));
-            let mut args = vec![bind[0].clone(), name.clone(), tracker.clone()];
+            let mut args = script(&file)
+                .members(PEERS)
+                .expect((PEERS * messages) as u64)
+                .timeout_ms(120_000)
+                .deliveries(dir.path(), name)
+                .total(total)
+                .line(&bind[0], name, &tracker);
             args.extend(bind[1..].iter().cloned());
-            args.extend([
-                "-t".into(),
-                file.display().to_string(),
-                "--members".into(),
-                PEERS.to_string(),
-                "--expect".into(),
-                (PEERS * messages).to_string(),
-                "--json".into(),
-                "--timeout-ms".into(),
-                "120000".into(),
-                "--deliveries".into(),
-                dir.path().join(format!("{name}.tsv")).display().to_string(),
-            ]);
-            if total {
-                args.push("-s".into());
-            }
             hosts.host(host).spawn("peer", &args)
         })
         .collect();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::netns::{Namespace, can_run};
-use support::{Process, check_deliveries, lines_file};
+use support::{Process, check_deliveries, lines_file, script};
 
 const PEERS: usize = 5;
 const TRACKER: &str = "127.0.0.1:5000";
@@ -144,30 +144,18 @@ fn lossy_group(
             let name = format!("p{p}");
             let lines: Vec<String> = (0..messages).map(|i| format!("{name} {i}")).collect();
             let file = lines_file(dir.path(), &format!("{name}.txt"), &lines);
-            let mut args = vec![
-                "127.0.0.1:0".to_owned(),
-                name.clone(),
-                TRACKER.into(),
-                "-t".into(),
-                file.display().to_string(),
-                "--members".into(),
+            let mut script = script(&file)
                 // The member to be killed too: counting it in place of one not yet in
                 // the group, a peer would start before that one could hear it all.
-                (PEERS + usize::from(stress.kill_a_member_after.is_some())).to_string(),
-                "--expect".into(),
-                (PEERS * messages).to_string(),
-                "--json".into(),
-                "--timeout-ms".into(),
-                "120000".into(),
-                "--deliveries".into(),
-                dir.path().join(format!("{name}.tsv")).display().to_string(),
-            ];
-            if total {
-                args.push("-s".into());
-            }
+                .members(PEERS + usize::from(stress.kill_a_member_after.is_some()))
+                .expect((PEERS * messages) as u64)
+                .timeout_ms(120_000)
+                .deliveries(dir.path(), &name)
+                .total(total);
             if let Some(r) = rate {
-                args.extend(["--rate".into(), r.to_string()]);
+                script = script.rate(r);
             }
+            let mut args = script.line("127.0.0.1:0", &name, TRACKER);
             args.extend(key_args.iter().cloned());
             ns.spawn("peer", &args)
         })
@@ -177,20 +165,11 @@ fn lossy_group(
     // stall on its output if the test read it late, and miss heartbeats).
     let mut victim = stress.kill_a_member_after.map(|_| {
         let file = lines_file(dir.path(), "victim.txt", &[]);
-        let mut args = vec![
-            "127.0.0.1:0".to_owned(),
-            "victim".into(),
-            TRACKER.into(),
-            "-t".into(),
-            file.display().to_string(),
-            "--expect".into(),
-            u64::MAX.to_string(),
-            "--timeout-ms".into(),
-            "3600000".into(),
-        ];
-        if total {
-            args.push("-s".into());
-        }
+        let mut args = script(&file)
+            .expect(u64::MAX)
+            .timeout_ms(3_600_000)
+            .total(total)
+            .line("127.0.0.1:0", "victim", TRACKER);
         args.extend(key_args.iter().cloned());
         ns.spawn("peer", &args)
     });

@@ -325,6 +325,71 @@ pub fn deliveries(path: &Path) -> Vec<Delivery> {
         .collect()
 }
 
+/// A script peer's options, after its address, name and tracker: `-t FILE --json`, and
+/// what the test adds.
+pub struct ScriptArgs(pub Vec<String>);
+
+/// Script mode on `file`, printing its report as JSON.
+pub fn script(file: &Path) -> ScriptArgs {
+    ScriptArgs(vec![
+        "-t".into(),
+        file.display().to_string(),
+        "--json".into(),
+    ])
+}
+
+impl ScriptArgs {
+    fn with(mut self, option: &str, value: impl ToString) -> Self {
+        self.0.extend([option.to_owned(), value.to_string()]);
+        self
+    }
+
+    /// Start sending once the group has `n` members.
+    pub fn members(self, n: usize) -> Self {
+        self.with("--members", n)
+    }
+
+    /// Wait for `n` deliveries.
+    pub fn expect(self, n: u64) -> Self {
+        self.with("--expect", n)
+    }
+
+    /// Give up after `ms`.
+    pub fn timeout_ms(self, ms: u64) -> Self {
+        self.with("--timeout-ms", ms)
+    }
+
+    /// Log every delivery to `DIR/NAME.tsv` (see [`deliveries`]).
+    pub fn deliveries(self, dir: &Path, name: &str) -> Self {
+        self.with("--deliveries", dir.join(format!("{name}.tsv")).display())
+    }
+
+    /// Send at most `per_second` messages a second.
+    pub fn rate(self, per_second: impl ToString) -> Self {
+        self.with("--rate", per_second)
+    }
+
+    /// Join `group` instead of `test`.
+    pub fn group(self, group: &str) -> Self {
+        self.with("--group", group)
+    }
+
+    /// Total order if `total`.
+    pub fn total(mut self, total: bool) -> Self {
+        if total {
+            self.0.push("-s".into());
+        }
+        self
+    }
+
+    /// The peer's whole command line: `bind name tracker`, then these options.
+    pub fn line(self, bind: &str, name: &str, tracker: &str) -> Vec<String> {
+        let mut all = vec![bind.to_owned(), name.to_owned(), tracker.to_owned()];
+        all.extend(self.0);
+        all
+    }
+}
+
 /// A port free for both TCP and UDP on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     loop {

@@ -12,7 +12,7 @@ fn help_explains_every_option_and_bad_arguments_get_one_line() {
         .unwrap();
     let text = String::from_utf8(help.stdout).unwrap();
     for needle in [
-        "<HOST:PORT> <USERNAME> <TRACKER_HOST:PORT>",
+        "<HOST:PORT> <USERNAME> <TRACKER_HOST:PORT[,...]>",
         "--total",
         "--script",
         "--group",

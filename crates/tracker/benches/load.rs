@@ -119,16 +119,13 @@ fn one_shot(addr: SocketAddr, plan: &Plan) -> f64 {
     })
 }
 
-fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
-    const BATCH: usize = 64;
-    // One registered member heartbeating over TCP: a request that finds its member and
-    // succeeds, the commonest request of a running system.
-    let mut s = TcpStream::connect(addr).unwrap();
+/// Registers `name` (a newer member) over `s`; the tracker's reply, its secret in it.
+fn register(s: &mut TcpStream, name: &str) -> Reply {
     let register = Envelope {
         request: Request::Register {
             ip: "127.0.0.1".into(),
             port: 9,
-            username: "load".into(),
+            username: name.into(),
         },
         proto: Some(2),
         secret: None,
@@ -138,7 +135,16 @@ fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
     let mut reply = [0u8; 4096];
     let n = s.read(&mut reply).unwrap();
     let reply = Reply::decode(&reply[..n]).unwrap();
-    assert!(reply.success);
+    assert!(reply.success, "{reply:?}");
+    reply
+}
+
+fn persistent(addr: SocketAddr, plan: &Plan) -> f64 {
+    const BATCH: usize = 64;
+    // One registered member heartbeating over TCP: a request that finds its member and
+    // succeeds, the commonest request of a running system.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let reply = register(&mut s, "load");
     let mut batch = Vec::new();
     for _ in 0..BATCH {
         Envelope {
@@ -182,20 +188,7 @@ fn writes(addr: SocketAddr, plan: &Plan, name: &str) -> f64 {
     const BATCH: usize = 32;
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
-    let register = Envelope {
-        request: Request::Register {
-            ip: "127.0.0.1".into(),
-            port: 9,
-            username: name.into(),
-        },
-        proto: Some(2),
-        secret: None,
-        seal: None,
-    };
-    s.write_all(&register.encode()).unwrap();
-    let mut reply = [0u8; 4096];
-    let n = s.read(&mut reply).unwrap();
-    let secret = Reply::decode(&reply[..n]).unwrap().secret;
+    let secret = register(&mut s, name).secret;
     let mut batch = Vec::new();
     for i in 0..BATCH {
         let request = if i % 2 == 0 {

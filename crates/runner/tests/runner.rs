@@ -136,3 +136,63 @@ fn a_flat_out_sender_is_held_to_its_slowest_member_and_nothing_is_lost() {
         );
     }
 }
+
+/// `--hosts both`: each experiment on loopback and then with the tracker, the sequencer and
+/// every peer on a host of its own (network namespaces on a bridge), side by side; every
+/// run complete, and the namespaces gone afterwards. Needs root; says so and skips
+/// otherwise.
+#[test]
+fn experiments_run_on_hosts_beside_loopback() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!("skipped: running on network-namespace hosts needs root");
+        return;
+    }
+    let (stdout, figures, _dir) = run_runner(&[
+        "--hosts",
+        "both",
+        "--peers",
+        "3",
+        "--peer-counts",
+        "3",
+        "--messages",
+        "30",
+        "--stream",
+        "300",
+        "--rounds",
+        "1",
+        "--min-round-ms",
+        "0",
+        "--no-baseline",
+    ]);
+    assert!(
+        stdout.contains("Experiment 1, FIFO order, each on a host of its own: 3 peers"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FIFO hosts"), "{stdout}");
+    let runs = figures["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.len(),
+        2 * 2 + 2 * 2,
+        "each run on loopback and on hosts"
+    );
+    for hosts in ["loopback", "netns"] {
+        assert_eq!(
+            runs.iter().filter(|r| r["plan"]["hosts"] == hosts).count(),
+            4,
+            "{hosts}"
+        );
+    }
+    for run in runs {
+        assert_eq!(run["summary"]["complete"], true, "{run}");
+    }
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.contains("gc-runner-") && !left.contains("gc-check-"),
+        "the runner left namespaces behind: {left}"
+    );
+}

@@ -193,11 +193,13 @@ pub enum ChannelEvent {
         reason: String,
     },
     /// We registered with the tracker again and asked to rejoin our groups: after it had
-    /// evicted us (`evicted`), or on a new connection (it restarted, or the connection
-    /// broke).
+    /// evicted us (`evicted`), or on a new connection (it restarted, the connection broke,
+    /// or we moved to another tracker sharing its registry).
     Rejoined {
         /// Whether the tracker had evicted us.
         evicted: bool,
+        /// The tracker we are registered with now.
+        tracker: SocketAddr,
     },
 }
 

@@ -460,7 +460,7 @@ impl Driver {
                     self.member.set_tracker(self.link.addr());
                     self.member.tracker_connected(now);
                 }
-                LinkEvent::Disconnected { reason } => {
+                LinkEvent::Disconnected { reason, .. } => {
                     log::info!(
                         "lost the tracker ({reason}); messaging in joined groups goes on, reconnecting"
                     );
@@ -491,8 +491,14 @@ impl Driver {
                 }
                 self.emit(match how {
                     Registration::First => ChannelEvent::Registered,
-                    Registration::AfterEviction => ChannelEvent::Rejoined { evicted: true },
-                    Registration::TrackerBack => ChannelEvent::Rejoined { evicted: false },
+                    Registration::AfterEviction => ChannelEvent::Rejoined {
+                        evicted: true,
+                        tracker: self.link.addr(),
+                    },
+                    Registration::TrackerBack => ChannelEvent::Rejoined {
+                        evicted: false,
+                        tracker: self.link.addr(),
+                    },
                 });
             }
             Event::GroupJoined {

@@ -345,13 +345,18 @@ impl Interactive<'_> {
                     }
                 ))
             }
-            ChannelEvent::Rejoined { evicted } => {
+            ChannelEvent::Rejoined { evicted, tracker } => {
                 self.back();
-                self.say(if evicted {
-                    "registered again and rejoined our groups"
+                if evicted {
+                    self.say("registered again and rejoined our groups")
+                } else if tracker == self.who.tracker {
+                    self.say("the tracker is back; registered and rejoined our groups")
                 } else {
-                    "the tracker is back; registered and rejoined our groups"
-                })
+                    self.who.tracker = tracker;
+                    self.say(&format!(
+                        "registered with the tracker at {tracker} and rejoined our groups"
+                    ))
+                }
             }
             ChannelEvent::TrackerUnreachable { .. } => {
                 self.unreachable = true;

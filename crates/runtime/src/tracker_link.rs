@@ -19,8 +19,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum LinkEvent<P> {
     /// The connection is up (again): register, and rejoin groups if this is a reconnection.
     Connected,
-    /// The connection was lost; it is being retried.
+    /// The connection was lost; it is being retried (at the next tracker, if there are
+    /// several).
     Disconnected {
+        /// The tracker it was to.
+        tracker: SocketAddr,
         /// Why.
         reason: String,
     },
@@ -256,11 +259,13 @@ impl<P> TrackerLink<P> {
 
     fn fail_at(&mut self, now: Instant, reason: String) {
         let was_up = self.conn.take().is_some_and(|c| c.connected);
+        let tracker = self.addr();
         for purpose in self.pending.drain(..) {
             self.events.push_back(LinkEvent::Lost(purpose));
         }
         if was_up {
-            self.events.push_back(LinkEvent::Disconnected { reason });
+            self.events
+                .push_back(LinkEvent::Disconnected { tracker, reason });
         } else {
             self.failed_attempts = self.failed_attempts.saturating_add(1);
             log::debug!("cannot reach the tracker at {}: {reason}", self.addr());
@@ -294,4 +299,85 @@ fn flush(conn: &mut Connection) -> io::Result<()> {
     }
     conn.out.drain(..written);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    /// Polls until the link has an event or `patience` runs out.
+    fn next_event(
+        link: &mut TrackerLink<u8>,
+        poll: &mut Poll,
+        patience: Duration,
+    ) -> Option<LinkEvent<u8>> {
+        let deadline = Instant::now() + patience;
+        let mut events = Events::with_capacity(8);
+        while Instant::now() < deadline {
+            let now = Instant::now();
+            link.handle_timeout(poll.registry(), now);
+            if let Some(e) = link.poll_event() {
+                return Some(e);
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(10)))
+                .unwrap();
+            if !events.is_empty() {
+                link.handle_ready(Instant::now());
+            }
+            if let Some(e) = link.poll_event() {
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    /// A free port with nothing listening: connecting there is refused.
+    fn dead_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[test]
+    fn a_link_to_several_trackers_moves_to_the_next_at_once_when_one_is_gone() {
+        let mut poll = Poll::new().unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = dead_addr();
+        let started = Instant::now();
+        let mut link: TrackerLink<u8> =
+            TrackerLink::with_trackers(vec![dead, live.local_addr().unwrap()], Token(0), started);
+        assert_eq!(link.addr(), dead);
+        let event = next_event(&mut link, &mut poll, Duration::from_secs(2));
+        assert_eq!(event, Some(LinkEvent::Connected));
+        assert_eq!(link.addr(), live.local_addr().unwrap());
+        // Without waiting for the backoff (100 ms after a failure).
+        assert!(started.elapsed() < FIRST_BACKOFF, "{:?}", started.elapsed());
+        // The live one goes too: the link says which was lost, and moves on.
+        let (conn, _) = live.accept().unwrap();
+        drop(conn);
+        drop(live);
+        let event = next_event(&mut link, &mut poll, Duration::from_secs(2));
+        assert!(
+            matches!(&event, Some(LinkEvent::Disconnected { tracker, .. }) if *tracker != dead),
+            "{event:?}"
+        );
+        assert_eq!(link.addr(), dead, "the next one, round the list");
+    }
+
+    #[test]
+    fn a_link_to_one_tracker_backs_off_between_attempts() {
+        let mut poll = Poll::new().unwrap();
+        let dead = dead_addr();
+        let now = Instant::now();
+        let mut link: TrackerLink<u8> = TrackerLink::new(dead, Token(0), now);
+        assert_eq!(
+            next_event(&mut link, &mut poll, Duration::from_millis(300)),
+            None
+        );
+        // 100 ms, then 200 ms apart: three attempts at most in 300 ms (at once, there
+        // would be hundreds).
+        let attempts = link.failed_attempts();
+        assert!((1..=3).contains(&attempts), "{attempts} attempts");
+        assert_eq!(link.addr(), dead);
+    }
 }

@@ -144,9 +144,14 @@ fn run(args: Args) -> Result<(), String> {
     println!(
         "sequencer listening on {}{}",
         server.local_addr(),
-        tracker.map_or(String::new(), |t| format!(
-            "; registering with the tracker at {t}"
-        ))
+        tracker.map_or(String::new(), |t| {
+            let others: Vec<String> = other_trackers.iter().map(|a| a.to_string()).collect();
+            let fallback = match others.is_empty() {
+                true => String::new(),
+                false => format!(" (or, when it is gone, {})", others.join(", ")),
+            };
+            format!("; registering with the tracker at {t}{fallback}")
+        })
     );
     server
         .run(&mut |news| match news {

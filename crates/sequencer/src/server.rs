@@ -332,8 +332,14 @@ impl SequencerServer {
                     let members = reply.members().unwrap_or_default();
                     self.node.handle_members(now, &group, &members);
                 }
-                LinkEvent::Disconnected { reason } => {
-                    self.news.push(News::Lost { tracker, reason });
+                LinkEvent::Disconnected {
+                    tracker: lost,
+                    reason,
+                } => {
+                    self.news.push(News::Lost {
+                        tracker: lost,
+                        reason,
+                    });
                     self.patience_until = Some(now + REGISTRATION_PATIENCE);
                 }
                 LinkEvent::Lost(_) => {}

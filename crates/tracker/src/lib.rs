@@ -7,7 +7,9 @@
 //!   replies and [`Eviction`]s out; testable without sockets.
 //! - [`Tracker`] is one mio event loop around it: a TCP listener and its connections, a UDP
 //!   socket on the same port, a waker for [`Shutdown`], and a periodic sweep for liveness
-//!   and idle connections. It never blocks inside the loop.
+//!   and idle connections. It never blocks inside the loop, but for one thing: with a
+//!   registry shared through etcd ([`SharedRegistry`], `--registry`), a request that
+//!   changes the registry is answered once etcd has committed the change.
 //!
 //! Compatibility: the report's client opens one connection per request, sends one
 //! (possibly indented) JSON value and reads one reply; the tracker closes such connections

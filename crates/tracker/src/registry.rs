@@ -840,7 +840,7 @@ impl Registry {
     }
 }
 
-/// Sharing the registry with other trackers (see [`crate::shared`]).
+/// Sharing the registry with other trackers (see [`SharedMember`] and [`crate::SharedRegistry`]).
 impl Registry {
     /// From now on this registry is one copy of a registry shared by several trackers:
     /// every change this tracker makes to a member's record is kept for

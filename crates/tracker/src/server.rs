@@ -1,6 +1,7 @@
 //! The tracker's event loop: one mio `Poll` over the TCP listener, the client connections,
 //! the UDP socket and a waker, feeding the [`Registry`] and writing what it answers. Nothing
-//! in the loop blocks; a slow or silent client costs only its own connection.
+//! in the loop blocks but the shared registry's writes to etcd (see [`crate::store`]); a slow
+//! or silent client costs only its own connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};

@@ -149,6 +149,7 @@ pub mod clock_sync;
 mod core;
 mod member;
 mod membership;
+pub mod seals;
 mod transmit;
 
 pub use crate::core::{CoreConfig, Error, Event, Message, Mode, Output, PeerCore, Traffic};

@@ -167,8 +167,6 @@ pub struct Member {
     next_ticket: Ticket,
     /// The latest time an input carried (for the core's events handled in `poll_output`).
     now: Instant,
-    /// Sealed groups: the token of the key we hold, shown to the tracker to join and list.
-    seal_tokens: std::collections::HashMap<String, Secret>,
 }
 
 impl std::fmt::Debug for Member {
@@ -186,13 +184,7 @@ impl Member {
     /// the connection is up ([`tracker_connected`](Self::tracker_connected)).
     pub fn new(config: MemberConfig, now: Instant) -> Self {
         let core = config.core;
-        let seal_tokens = core
-            .seals
-            .iter()
-            .map(|(group, key)| (group.clone(), Secret::new(key.tracker_token(group))))
-            .collect();
         Self {
-            seal_tokens,
             username: core.username.clone(),
             addr: core.addr,
             tracker: core.tracker,
@@ -681,7 +673,7 @@ impl Member {
         // A sealed group's key shown (as its token) where the tracker asks for it.
         let seal = match &request {
             Request::JoinGroup { group, .. } | Request::ListMembers { group } => {
-                self.seal_tokens.get(group).cloned()
+                self.core.seal_token(group).cloned()
             }
             _ => None,
         };

@@ -179,11 +179,6 @@ impl Sealer {
         }
     }
 
-    /// The key it seals with.
-    pub fn key_id(&self) -> KeyId {
-        self.id
-    }
-
     /// Writes `plain`, sealed for the member at `to`, into `out` (replacing what it held).
     pub fn seal_into(&self, plain: &[u8], to: SocketAddr, out: &mut Vec<u8>) {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -338,11 +333,6 @@ impl Opener {
             },
         );
         Ok(())
-    }
-
-    /// Whether `group` is one we hold the key of.
-    pub fn seals(&self, group: &str) -> bool {
-        self.keys.values().any(|k| &*k.group == group)
     }
 
     /// Opens `bytes`, which came from `from`, into `out` (replacing what it held): the plain

@@ -9,11 +9,12 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use member::seals::{GroupSeals, Opened};
 use member::{MemberInfo, Members, SEQUENCER, Transmit, hello_source};
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION, Secret};
-use seal::{GroupKey, Opener, Sealer, SharedKey};
+use seal::{GroupKey, SharedKey};
 
 use crate::recovery::{Recovery, Source};
 
@@ -169,14 +170,8 @@ pub struct SequencerNode {
     traffic: NodeTraffic,
     /// Members that announced they read bundles.
     bundle_readers: BundleReaders,
-    /// What seals our datagrams in each sealed group.
-    sealers: HashMap<String, Arc<Sealer>>,
-    /// What opens the sealed datagrams that arrive.
-    opener: Opener,
-    /// The plain datagram opened last (kept for its buffer).
-    opened: Vec<u8>,
-    /// Sealed groups: the token of the key we hold, shown to the tracker to list members.
-    seal_tokens: HashMap<String, Secret>,
+    /// The sealed groups' keys.
+    seals: GroupSeals,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -205,10 +200,7 @@ impl SequencerNode {
             outputs: VecDeque::new(),
             traffic: NodeTraffic::default(),
             bundle_readers: BundleReaders::default(),
-            sealers: HashMap::new(),
-            opener: Opener::new(addr),
-            opened: Vec::new(),
-            seal_tokens: HashMap::new(),
+            seals: GroupSeals::new(addr),
         }
     }
 
@@ -223,11 +215,7 @@ impl SequencerNode {
     /// its own key.
     pub fn add_seals(&mut self, seals: &[(String, GroupKey)]) -> Result<(), SharedKey> {
         for (group, key) in seals {
-            self.opener.add(group, key)?;
-            self.sealers
-                .insert(group.clone(), Arc::new(Sealer::new(key)));
-            self.seal_tokens
-                .insert(group.clone(), Secret::new(key.tracker_token(group)));
+            self.seals.add(group, key)?;
         }
         Ok(())
     }
@@ -235,17 +223,17 @@ impl SequencerNode {
     /// What shows the tracker that we hold `group`'s key, if it is a sealed group (to list
     /// its members).
     pub fn seal_token(&self, group: &str) -> Option<&Secret> {
-        self.seal_tokens.get(group)
+        self.seals.token(group)
     }
 
     /// What the sealed groups' keys opened and dropped.
     pub fn seal_stats(&self) -> seal::OpenStats {
-        self.opener.stats()
+        self.seals.stats()
     }
 
     /// Whether `group` is a sealed group whose key we hold.
     pub fn is_sealed(&self, group: &str) -> bool {
-        self.sealers.contains_key(group)
+        self.seals.is_sealed(group)
     }
 
     /// This incarnation's epoch.
@@ -271,33 +259,13 @@ impl SequencerNode {
     /// One datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        // A sealed datagram opens with the key of one group, and holds datagrams of that
-        // group only; a plain one holds none of a sealed group (but the tracker's Bye).
-        let mut plain = std::mem::take(&mut self.opened);
-        let (decoded, sealed_as) = if seal::is_sealed(bytes) {
-            match self.opener.open(from, bytes, &mut plain) {
-                Ok(group) => (proto::bundle::decode_datagrams(&plain), Some(group)),
-                // Counted (and logged once per source) by the opener.
-                Err(_) => {
-                    self.opened = plain;
-                    return;
-                }
-            }
-        } else {
-            (proto::bundle::decode_datagrams(bytes), None)
-        };
-        self.opened = plain;
-        match decoded {
-            Ok(items) => {
+        match self.seals.open(from, bytes) {
+            Opened::Items { items, sealed_as } => {
                 for d in items {
-                    let admitted = match &sealed_as {
-                        Some(group) => *d.group == **group,
-                        None => {
-                            !self.sealers.contains_key(&d.group)
-                                || (d.kind == DatagramType::Bye && Some(from) == self.tracker)
-                        }
-                    };
-                    if admitted {
+                    if self
+                        .seals
+                        .admits(&d, sealed_as.as_deref(), from, self.tracker)
+                    {
                         self.handle_one(now, from, d);
                     } else {
                         self.traffic.unsealed += 1;
@@ -308,7 +276,9 @@ impl SequencerNode {
                     }
                 }
             }
-            Err(e) => {
+            // Counted (and logged once per source) by the opener.
+            Opened::Refused => {}
+            Opened::Malformed(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
             }
@@ -843,7 +813,7 @@ impl SequencerNode {
     fn send(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
         let bundle = self.bundle_readers.reads(&to);
-        let seal = self.sealers.get(group).cloned();
+        let seal = self.seals.sealer(group);
         self.outputs.push_back(NodeOutput::Transmit(Transmit {
             to,
             bytes,

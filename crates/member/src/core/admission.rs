@@ -8,61 +8,32 @@ use super::*;
 
 impl PeerCore {
     /// One datagram that arrived from `from`: a single one, or a bundle of several (each
-    /// checked and handled as if it had come alone).
+    /// checked and handled as if it had come alone), opened first if sealed (see
+    /// [`GroupSeals`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        if seal::is_sealed(bytes) {
-            self.handle_sealed(now, from, bytes);
-            return;
-        }
-        match proto::bundle::decode_datagrams(bytes) {
-            Ok(items) => {
+        match self.seals.open(from, bytes) {
+            Opened::Items { items, sealed_as } => {
                 for d in items {
-                    // The tracker has no group keys: its eviction notices come plain.
-                    if self.sealers.contains_key(&d.group)
-                        && !(d.kind == DatagramType::Bye && from == self.tracker)
+                    if self
+                        .seals
+                        .admits(&d, sealed_as.as_deref(), from, Some(self.tracker))
                     {
-                        self.traffic.unsealed += 1;
-                        log::debug!("dropped a plain datagram for sealed group {:?}", d.group);
-                        continue;
-                    }
-                    self.handle_one(now, from, d);
-                }
-            }
-            Err(e) => {
-                self.traffic.malformed += 1;
-                log::debug!("dropped a datagram from {from}: {e}");
-            }
-        }
-    }
-
-    /// A sealed datagram: opened with the key of the group it names, its items must all be
-    /// of that group.
-    fn handle_sealed(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let mut plain = std::mem::take(&mut self.opened);
-        let decoded = match self.opener.open(from, bytes, &mut plain) {
-            Ok(group) => proto::bundle::decode_datagrams(&plain).map(|items| (group, items)),
-            // Counted (and logged once per source) by the opener.
-            Err(_) => {
-                self.opened = plain;
-                return;
-            }
-        };
-        self.opened = plain;
-        match decoded {
-            Ok((group, items)) => {
-                for d in items {
-                    if *d.group == *group {
                         self.handle_one(now, from, d);
                     } else {
                         self.traffic.unsealed += 1;
-                        log::debug!("dropped a datagram for {:?} sealed as {group:?}", d.group);
+                        log::debug!(
+                            "dropped a datagram for {:?}: not sealed with its key",
+                            d.group
+                        );
                     }
                 }
             }
-            Err(e) => {
+            // Counted (and logged once per source) by the opener.
+            Opened::Refused => {}
+            Opened::Malformed(e) => {
                 self.traffic.malformed += 1;
-                log::debug!("dropped a sealed datagram from {from}: {e}");
+                log::debug!("dropped a datagram from {from}: {e}");
             }
         }
     }

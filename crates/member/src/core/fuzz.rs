@@ -90,8 +90,8 @@ proptest! {
         let t = Instant::now();
         let key = GroupKey::from_bytes([5; seal::KEY_LEN]);
         let mut core = member_of_g(t, ordering::Config::default(), vec![("g".into(), key.clone())]);
-        let members_sealer = Sealer::new(&key);
-        let stranger = Sealer::new(&GroupKey::from_bytes([6; seal::KEY_LEN]));
+        let members_sealer = seal::Sealer::new(&key);
+        let stranger = seal::Sealer::new(&GroupKey::from_bytes([6; seal::KEY_LEN]));
         while core.poll_output().is_some() {}
         for (how, counter, from, flips, cut) in inputs {
             let name = ["a", "b"][from as usize];

@@ -20,11 +20,12 @@ use proto::bundle::BundleReaders;
 use proto::{
     CounterRange, Datagram, DatagramType, LEGACY_DATAGRAM_LEN, PROTOCOL_VERSION, SEQUENCER,
 };
-use seal::{GroupKey, Opener, Sealer};
+use seal::GroupKey;
 use thiserror::Error;
 
 use crate::member::{Answer, JoinFailure, Registration, Ticket, TrackerRequest};
 use crate::membership::{MemberInfo, Members};
+use crate::seals::{GroupSeals, Opened};
 use crate::transmit::Transmit;
 
 mod admission;
@@ -332,12 +333,8 @@ pub struct PeerCore {
     flow_window: u64,
     /// Members that announced they read bundles.
     bundle_readers: BundleReaders,
-    /// What seals our datagrams in each sealed group.
-    sealers: HashMap<String, Arc<Sealer>>,
-    /// What opens the sealed datagrams that arrive.
-    opener: Opener,
-    /// The plain datagram opened last (kept for its buffer).
-    opened: Vec<u8>,
+    /// The sealed groups' keys.
+    seals: GroupSeals,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -355,22 +352,16 @@ fn wire_ranges(ranges: &[RangeInclusive<u64>]) -> Vec<CounterRange> {
 impl PeerCore {
     /// A member of no group yet.
     pub fn new(config: CoreConfig) -> Self {
-        let mut opener = Opener::new(config.addr);
-        let mut sealers = HashMap::new();
+        let mut seals = GroupSeals::new(config.addr);
         for (group, key) in &config.seals {
-            match opener.add(group, key) {
-                Ok(()) => {
-                    sealers.insert(group.clone(), Arc::new(Sealer::new(key)));
-                }
-                // Drivers check this first (`seal::check_keys`); a group left out is
-                // treated as one we hold no key for: nothing of it is believed.
-                Err(e) => log::error!("{e}: {group} stays closed to us"),
+            // Drivers check this first (`seal::check_keys`); a group left out is treated
+            // as one we hold no key for: nothing of it is believed.
+            if let Err(e) = seals.add(group, key) {
+                log::error!("{e}: {group} stays closed to us");
             }
         }
         Self {
-            sealers,
-            opener,
-            opened: Vec::new(),
+            seals,
             me: Arc::from(config.username.as_str()),
             addr: config.addr,
             tracker: config.tracker,
@@ -457,12 +448,17 @@ impl PeerCore {
 
     /// What the sealed groups' keys opened and dropped.
     pub fn seal_stats(&self) -> seal::OpenStats {
-        self.opener.stats()
+        self.seals.stats()
     }
 
     /// Whether `group` is a sealed group whose key we hold.
     pub fn is_sealed(&self, group: &str) -> bool {
-        self.sealers.contains_key(group)
+        self.seals.is_sealed(group)
+    }
+
+    /// What shows the tracker we hold `group`'s key, if it is sealed.
+    pub fn seal_token(&self, group: &str) -> Option<&proto::Secret> {
+        self.seals.token(group)
     }
 
     /// Ordering totals of the sender and the receiver of this mode.
@@ -551,7 +547,7 @@ impl PeerCore {
             self.traffic.control_datagrams_sent += 1;
         }
         let bundle = self.bundle_readers.reads(&to);
-        let seal = self.sealers.get(group).cloned();
+        let seal = self.seals.sealer(group);
         self.outputs.push_back(Output::Transmit(Transmit {
             to,
             bytes,

@@ -862,7 +862,7 @@ fn a_sealed_group_hears_only_its_key_and_nothing_twice() {
     }
     assert_eq!(net.cores[1].seal_stats().replayed, to_kat.len() as u64);
     // Sealed with another key, or plain (even from ford's own address): dropped.
-    let stranger = Sealer::new(&GroupKey::generate());
+    let stranger = seal::Sealer::new(&GroupKey::generate());
     let forged = old_datagram(DatagramType::Application, "ford", 6001, 2);
     net.cores[1].handle_datagram(t, addr(6001), &stranger.seal(&forged, addr(6002)));
     net.cores[1].handle_datagram(t, addr(6001), &forged);

@@ -9,7 +9,6 @@
 //! Every call tries the endpoints in turn from the last one that answered, so a cluster
 //! member going down costs one failed connection.
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -60,7 +59,8 @@ pub enum WatchEvent {
 #[derive(Debug, Clone)]
 pub struct Etcd {
     endpoints: Vec<String>,
-    agent: ureq::Agent,
+    /// Each call's limit, in seconds (connecting included).
+    timeout: u64,
     current: usize,
     /// Calls made (for the tracker's figures).
     pub calls: u64,
@@ -72,10 +72,7 @@ impl Etcd {
     pub fn new(endpoints: &[String], timeout: Duration) -> Self {
         Self {
             endpoints: endpoints.iter().map(|e| url_of(e)).collect(),
-            agent: ureq::AgentBuilder::new()
-                .timeout_connect(timeout)
-                .timeout(timeout)
-                .build(),
+            timeout: timeout.as_secs().max(1),
             current: 0,
             calls: 0,
         }
@@ -90,25 +87,35 @@ impl Etcd {
     fn call(&mut self, path: &str, body: Value) -> Result<Value, EtcdError> {
         self.calls += 1;
         let mut failures = Vec::new();
+        let body = body.to_string();
         for attempt in 0..self.endpoints.len() {
             let i = (self.current + attempt) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[i]);
-            match self.agent.post(&url).send_json(body.clone()) {
-                Ok(response) => {
+            let sent = minreq::post(&url)
+                .with_header("Content-Type", "application/json")
+                .with_body(body.as_str())
+                .with_timeout(self.timeout)
+                .send();
+            match sent {
+                Ok(response) if response.status_code == 200 => {
                     self.current = i;
-                    return response
-                        .into_json::<Value>()
+                    return serde_json::from_slice(response.as_bytes())
                         .map_err(|e| EtcdError::Protocol(e.to_string()));
                 }
-                Err(ureq::Error::Status(code, response)) => {
-                    let text = response.into_string().unwrap_or_default();
-                    // A member that lost its quorum answers 503 ("etcdserver: no leader");
-                    // another member may have it.
-                    if code >= 500 {
-                        failures.push(format!("{}: {code} {text}", self.endpoints[i]));
-                        continue;
-                    }
-                    return Err(EtcdError::Protocol(format!("{code}: {text}")));
+                // A member that lost its quorum answers 503 ("etcdserver: no leader");
+                // another member may have it.
+                Ok(response) if response.status_code >= 500 => failures.push(format!(
+                    "{}: {} {}",
+                    self.endpoints[i],
+                    response.status_code,
+                    response.as_str().unwrap_or_default()
+                )),
+                Ok(response) => {
+                    return Err(EtcdError::Protocol(format!(
+                        "{}: {}",
+                        response.status_code,
+                        response.as_str().unwrap_or_default()
+                    )));
                 }
                 Err(e) => failures.push(format!("{}: {e}", self.endpoints[i])),
             }
@@ -212,10 +219,6 @@ pub fn watch(
     std::thread::Builder::new()
         .name("etcd-watch".into())
         .spawn(move || {
-            // No read timeout: a quiet stream is not a dead one (etcd closes it if it dies).
-            let agent = ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(1))
-                .build();
             let mut next = from;
             let mut endpoint = 0;
             loop {
@@ -223,12 +226,24 @@ pub fn watch(
                 let request = json!({ "create_request": {
                     "key": B64.encode(&prefix), "range_end": B64.encode(prefix_end(&prefix)),
                     "start_revision": next.to_string(), "prev_kv": true } });
-                match agent.post(&url).send_json(request) {
-                    Ok(response) => {
-                        let reader = BufReader::new(response.into_reader());
-                        for line in reader.lines() {
-                            let Ok(line) = line else { break };
-                            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                // No timeout: a quiet stream is not a dead one (etcd closes it if it dies).
+                let opened = minreq::post(&url)
+                    .with_header("Content-Type", "application/json")
+                    .with_body(request.to_string())
+                    .send_lazy();
+                match opened {
+                    Ok(response) if response.status_code == 200 => {
+                        let mut line = Vec::new();
+                        // One JSON object a line.
+                        let lines = response.map_while(Result::ok).filter_map(|(byte, _)| {
+                            if byte != b'\n' {
+                                line.push(byte);
+                                return None;
+                            }
+                            Some(std::mem::take(&mut line))
+                        });
+                        for line in lines {
+                            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
                                 continue;
                             };
                             let result = &value["result"];
@@ -252,6 +267,9 @@ pub fn watch(
                             }
                         }
                         log::info!("the etcd watch at {url} ended: opening it again");
+                    }
+                    Ok(response) => {
+                        log::info!("etcd at {url} refused the watch: {}", response.status_code)
                     }
                     Err(e) => log::info!("cannot watch etcd at {url}: {e}"),
                 }

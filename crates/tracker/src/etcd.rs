@@ -9,11 +9,15 @@
 //! Every call tries the endpoints in turn from the last one that answered, so a cluster
 //! member going down costs one failed connection.
 
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+
+/// The largest answer read (a range over 10,000 members is a few MB).
+const MAX_ANSWER: u64 = 256 << 20;
 
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +63,8 @@ pub enum WatchEvent {
 #[derive(Debug, Clone)]
 pub struct Etcd {
     endpoints: Vec<String>,
-    /// Each call's limit, in seconds (connecting included).
-    timeout: u64,
+    /// Keeps a connection to each endpoint open between calls.
+    agent: ureq::Agent,
     current: usize,
     /// Calls made (for the tracker's figures).
     pub calls: u64,
@@ -72,7 +76,12 @@ impl Etcd {
     pub fn new(endpoints: &[String], timeout: Duration) -> Self {
         Self {
             endpoints: endpoints.iter().map(|e| url_of(e)).collect(),
-            timeout: timeout.as_secs().max(1),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                // A status is an answer to read, not a failed call.
+                .http_status_as_error(false)
+                .build()
+                .into(),
             current: 0,
             calls: 0,
         }
@@ -91,30 +100,37 @@ impl Etcd {
         for attempt in 0..self.endpoints.len() {
             let i = (self.current + attempt) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[i]);
-            let sent = minreq::post(&url)
-                .with_header("Content-Type", "application/json")
-                .with_body(body.as_str())
-                .with_timeout(self.timeout)
-                .send();
-            match sent {
-                Ok(response) if response.status_code == 200 => {
+            let answer = self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.as_str())
+                .and_then(|mut response| {
+                    let status = response.status().as_u16();
+                    let body = response
+                        .body_mut()
+                        .with_config()
+                        .limit(MAX_ANSWER)
+                        .read_to_vec()?;
+                    Ok((status, body))
+                });
+            match answer {
+                Ok((200, body)) => {
                     self.current = i;
-                    return serde_json::from_slice(response.as_bytes())
+                    return serde_json::from_slice(&body)
                         .map_err(|e| EtcdError::Protocol(e.to_string()));
                 }
                 // A member that lost its quorum answers 503 ("etcdserver: no leader");
                 // another member may have it.
-                Ok(response) if response.status_code >= 500 => failures.push(format!(
-                    "{}: {} {}",
+                Ok((status, body)) if status >= 500 => failures.push(format!(
+                    "{}: {status} {}",
                     self.endpoints[i],
-                    response.status_code,
-                    response.as_str().unwrap_or_default()
+                    String::from_utf8_lossy(&body)
                 )),
-                Ok(response) => {
+                Ok((status, body)) => {
                     return Err(EtcdError::Protocol(format!(
-                        "{}: {}",
-                        response.status_code,
-                        response.as_str().unwrap_or_default()
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body)
                     )));
                 }
                 Err(e) => failures.push(format!("{}: {e}", self.endpoints[i])),
@@ -219,6 +235,11 @@ pub fn watch(
     std::thread::Builder::new()
         .name("etcd-watch".into())
         .spawn(move || {
+            // No timeout: a quiet stream is not a dead one (etcd closes it if it dies).
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
             let mut next = from;
             let mut endpoint = 0;
             loop {
@@ -226,24 +247,17 @@ pub fn watch(
                 let request = json!({ "create_request": {
                     "key": B64.encode(&prefix), "range_end": B64.encode(prefix_end(&prefix)),
                     "start_revision": next.to_string(), "prev_kv": true } });
-                // No timeout: a quiet stream is not a dead one (etcd closes it if it dies).
-                let opened = minreq::post(&url)
-                    .with_header("Content-Type", "application/json")
-                    .with_body(request.to_string())
-                    .send_lazy();
+                let opened = agent
+                    .post(&url)
+                    .header("Content-Type", "application/json")
+                    .send(request.to_string());
                 match opened {
-                    Ok(response) if response.status_code == 200 => {
-                        let mut line = Vec::new();
+                    Ok(response) if response.status() == 200 => {
                         // One JSON object a line.
-                        let lines = response.map_while(Result::ok).filter_map(|(byte, _)| {
-                            if byte != b'\n' {
-                                line.push(byte);
-                                return None;
-                            }
-                            Some(std::mem::take(&mut line))
-                        });
-                        for line in lines {
-                            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+                        let reader = BufReader::new(response.into_body().into_reader());
+                        for line in reader.lines() {
+                            let Ok(line) = line else { break };
+                            let Ok(value) = serde_json::from_str::<Value>(&line) else {
                                 continue;
                             };
                             let result = &value["result"];
@@ -269,7 +283,7 @@ pub fn watch(
                         log::info!("the etcd watch at {url} ended: opening it again");
                     }
                     Ok(response) => {
-                        log::info!("etcd at {url} refused the watch: {}", response.status_code)
+                        log::info!("etcd at {url} refused the watch: {}", response.status())
                     }
                     Err(e) => log::info!("cannot watch etcd at {url}: {e}"),
                 }

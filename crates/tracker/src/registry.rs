@@ -948,6 +948,13 @@ impl Registry {
             );
             return;
         };
+        if m.member.username != username {
+            log::warn!(
+                "ignored the shared record at {username:?}: it names {:?}",
+                m.member.username
+            );
+            return;
+        }
         self.remove(username);
         let mut groups = BTreeMap::new();
         for g in &m.groups {

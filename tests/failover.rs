@@ -60,8 +60,9 @@ fn members(tracker: SocketAddr, group: &str) -> Vec<String> {
 #[test]
 fn two_trackers_on_one_etcd_cluster_answer_with_one_view() {
     let Some(cluster) = cluster() else { return };
-    let (_t1, a) = tracker(&cluster, &[]);
-    let (_t2, b) = tracker(&cluster, &[]);
+    let fast = ["--heartbeat-ms", "200"];
+    let (_t1, a) = tracker(&cluster, &fast);
+    let (_t2, b) = tracker(&cluster, &fast);
     // The report's clients, each talking to one tracker.
     let mut alice = ReportClient::register(a, "alice");
     let mut bob = ReportClient::register(b, "bob");
@@ -94,6 +95,25 @@ fn two_trackers_on_one_etcd_cluster_answer_with_one_view() {
     for t in [a, b] {
         let groups = report::request(t, json!({"Type": 1, "Content": {}}));
         assert_eq!(groups["Content"], json!([]), "at {t}");
+    }
+    // A member evicted by one tracker is gone at both, and the members the other tracker
+    // holds are told (by it: a member believes such a Bye from its own tracker only).
+    let mut dan = support::interactive("dan", b, false);
+    dan.expect(|l| l.contains("registered as dan"), "dan registered at b");
+    dan.send("!j hall");
+    dan.expect(|l| l.contains("joined hall"), "dan joined hall");
+    let mut cid = support::interactive("cid", a, false);
+    cid.expect(|l| l.contains("registered as cid"), "cid registered at a");
+    cid.send("!j hall");
+    dan.expect(|l| l.contains("cid joined hall"), "dan hears cid join");
+    cid.child.kill().unwrap();
+    cid.child.wait().unwrap();
+    dan.expect(
+        |l| l.contains("cid was evicted from hall"),
+        "dan told, by its tracker, of the other tracker's eviction",
+    );
+    for t in [a, b] {
+        assert_eq!(members(t, "hall"), ["dan"], "at {t}");
     }
 }
 

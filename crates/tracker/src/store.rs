@@ -181,8 +181,6 @@ struct Shared {
     next_keep_alive: Instant,
     /// Each member record's revision as last seen: the compare of the next write.
     revisions: HashMap<String, i64>,
-    /// Live trackers (by id) and their leases.
-    trackers: HashMap<String, i64>,
     /// The revision the copy reflects.
     applied: i64,
     news: mpsc::Receiver<Batch>,
@@ -210,7 +208,6 @@ impl Shared {
             ttl: config.lease,
             next_keep_alive: now + config.lease / 3,
             revisions: HashMap::new(),
-            trackers: HashMap::new(),
             applied: 0,
             news: mpsc::channel().1,
             stale: false,
@@ -251,7 +248,6 @@ impl Shared {
         let key = self.tracker_key();
         let value = self.addr.to_string();
         self.etcd.put(&key, value.as_bytes(), self.lease)?;
-        self.trackers.insert(self.id.clone(), self.lease);
         Ok(())
     }
 
@@ -259,14 +255,10 @@ impl Shared {
     fn reload(&mut self, registry: &mut Registry, now: Instant) -> Result<(), EtcdError> {
         let (revision, kvs) = self.etcd.range_prefix(&format!("{}/", self.prefix))?;
         let members = format!("{}/members/", self.prefix);
-        let trackers = format!("{}/trackers/", self.prefix);
         let mut present = BTreeSet::new();
         self.revisions.clear();
-        self.trackers.clear();
         for kv in kvs {
-            if let Some(id) = kv.key.strip_prefix(&trackers) {
-                self.trackers.insert(id.to_owned(), kv.lease);
-            } else if let Some(name) = kv.key.strip_prefix(&members) {
+            if let Some(name) = kv.key.strip_prefix(&members) {
                 let Ok(record) = serde_json::from_slice::<SharedMember>(&kv.value) else {
                     log::warn!("ignored an unreadable record at {}", kv.key);
                     continue;
@@ -324,23 +316,15 @@ impl Shared {
         // one revision, and the members' deletions are read by which lease they had.
         let mut dead = HashSet::new();
         for event in &events {
-            match event {
-                WatchEvent::Put(kv) => {
-                    if let Some(id) = kv.key.strip_prefix(&trackers) {
-                        self.trackers.insert(id.to_owned(), kv.lease);
-                    }
+            if let WatchEvent::Delete { key, prev, .. } = event
+                && let Some(id) = key.strip_prefix(&trackers)
+            {
+                if id == self.id {
+                    log::warn!("the shared registry lost this tracker's lease");
+                } else {
+                    log::warn!("tracker {id} is gone (its lease expired or was revoked)");
                 }
-                WatchEvent::Delete { key, prev, .. } => {
-                    if let Some(id) = key.strip_prefix(&trackers) {
-                        self.trackers.remove(id);
-                        if id == self.id {
-                            log::warn!("the shared registry lost this tracker's lease");
-                        } else {
-                            log::warn!("tracker {id} is gone (its lease expired or was revoked)");
-                        }
-                        dead.extend(prev.as_ref().map(|p| p.lease));
-                    }
-                }
+                dead.extend(prev.as_ref().map(|p| p.lease));
             }
         }
         for event in events {

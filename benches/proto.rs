@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the wire encoding: a 100-byte application datagram encoded and
-//! decoded, a bundle of 64-byte messages packed and unpacked (throughput in messages), and
-//! a tracker request decoded.
+//! decoded, a bundle of 64-byte messages packed and unpacked (throughput in messages), the
+//! same in the compact encoding, and a tracker request decoded.
 //!
 //! Run: `cargo bench --bench proto`.
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use groupcast::proto::bundle::{BundleWriter, LOOPBACK_BUNDLE_LEN, decode_bundle};
+use groupcast::proto::compact::{self, CompactWriter};
 use groupcast::proto::{Datagram, DatagramType, Request};
 
 fn application_datagram() -> Datagram {
@@ -89,6 +90,57 @@ fn bundle(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same messages in the compact encoding (one run: one author), 16 KiB of them: packed
+/// from one-message datagrams, checked and read borrowed (what a member's receive path
+/// does), and decoded into owned datagrams (what code working on `Datagram`s pays).
+fn compact(c: &mut Criterion) {
+    let mut message = application_datagram();
+    message.content = "x".repeat(64);
+    message.sent_at_us = Some(1_800_000_000_000_000);
+    let items: Vec<Vec<u8>> = (0..400u64)
+        .map(|counter| {
+            message.counter = counter;
+            compact::from_datagram(&message).expect("a message")
+        })
+        .collect();
+    let mut writer = CompactWriter::new();
+    let mut packed = 0;
+    for item in &items {
+        if !writer.fits(item, LOOPBACK_BUNDLE_LEN) {
+            break;
+        }
+        writer.push(item);
+        packed += 1;
+    }
+    let datagram = writer.finish().to_vec();
+    let mut group = c.benchmark_group("compact_16KiB_64B_messages");
+    group.throughput(Throughput::Elements(packed as u64));
+    group.bench_function("pack", |b| {
+        b.iter(|| {
+            for item in &items[..packed] {
+                writer.push(black_box(item));
+            }
+            black_box(writer.finish().len())
+        })
+    });
+    group.bench_function("parse_and_read_borrowed", |b| {
+        b.iter(|| {
+            let parsed = compact::CompactDatagram::parse(black_box(&datagram)).expect("valid");
+            let mut bytes = 0;
+            for run in parsed.runs() {
+                for item in run.items() {
+                    bytes += item.payload.len() + item.counter as usize;
+                }
+            }
+            black_box(bytes)
+        })
+    });
+    group.bench_function("decode_owned", |b| {
+        b.iter(|| compact::decode(black_box(&datagram)).expect("valid"))
+    });
+    group.finish();
+}
+
 fn request(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(1));
@@ -111,6 +163,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = datagram, bundle, request
+    targets = datagram, bundle, compact, request
 }
 criterion_main!(benches);

@@ -782,7 +782,7 @@ pub fn is_probe(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{Datagram, DatagramType};
+    use proto::DatagramType;
 
     const TRACKER: ([u8; 4], u16) = ([127, 0, 0, 1], 5000);
 
@@ -1014,7 +1014,7 @@ mod tests {
         let hello_to_zaphod = out.iter().any(|o| {
             matches!(o,
             Output::Transmit(t) if t.to == SocketAddr::from(([127, 0, 0, 1], 6003))
-                && Datagram::decode(&t.bytes).is_ok_and(|d| d.kind == DatagramType::Hello))
+                && proto::bundle::decode_single(&t.bytes).is_ok_and(|d| d.kind == DatagramType::Hello))
         });
         assert!(hello_to_zaphod, "{out:?}");
         // Left while the rejoin was on its way: its answer does not rejoin.

@@ -159,9 +159,19 @@ impl Members {
     /// its address in `SrcIp`/`SrcPort`. The check every datagram but a Hello passes; a
     /// member that said Bye still passes it, for the tail of its stream.
     pub fn admits(&self, d: &Datagram, from: SocketAddr) -> Option<SocketAddr> {
-        let m = self.reachable(&d.username)?;
-        let fresh_socket =
-            m.proto.is_none() && from.ip() == m.addr.ip() && claimed_addr(d) == Some(m.addr);
+        self.admits_sender(&d.username, claimed_addr(d), from)
+    }
+
+    /// [`admits`](Self::admits) for a datagram of `sender` that says it listens at
+    /// `claimed`.
+    pub fn admits_sender(
+        &self,
+        sender: &str,
+        claimed: Option<SocketAddr>,
+        from: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let m = self.reachable(sender)?;
+        let fresh_socket = m.proto.is_none() && from.ip() == m.addr.ip() && claimed == Some(m.addr);
         (m.addr == from || fresh_socket).then_some(m.addr)
     }
 

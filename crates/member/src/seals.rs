@@ -88,25 +88,42 @@ impl GroupSeals {
         self.opener.stats()
     }
 
+    /// The plain form of `bytes`, which came from `from`: itself, or opened into `buf` if
+    /// sealed, with the group whose key opened it. `None`: sealed, and refused (counted,
+    /// and logged once per source, by the opener).
+    pub fn unseal<'a>(
+        &mut self,
+        from: SocketAddr,
+        bytes: &'a [u8],
+        buf: &'a mut Vec<u8>,
+    ) -> Option<(&'a [u8], Option<Arc<str>>)> {
+        if !seal::is_sealed(bytes) {
+            return Some((bytes, None));
+        }
+        let group = self.opener.open(from, bytes, buf).ok()?;
+        Some((buf.as_slice(), Some(group)))
+    }
+
     /// Opens (if sealed) and decodes `bytes`, which came from `from`.
     pub fn open(&mut self, from: SocketAddr, bytes: &[u8]) -> Opened {
-        let decoded = if seal::is_sealed(bytes) {
-            let mut plain = std::mem::take(&mut self.opened);
-            let opened = self.opener.open(from, bytes, &mut plain);
-            let decoded = opened.map(|group| {
-                proto::bundle::decode_datagrams(&plain).map(|items| (items, Some(group)))
-            });
-            self.opened = plain;
-            match decoded {
-                Ok(decoded) => decoded,
-                Err(_) => return Opened::Refused,
-            }
-        } else {
-            proto::bundle::decode_datagrams(bytes).map(|items| (items, None))
+        let mut buf = std::mem::take(&mut self.opened);
+        let opened = match self.unseal(from, bytes, &mut buf) {
+            None => Opened::Refused,
+            Some((plain, sealed_as)) => match proto::bundle::decode_datagrams(plain) {
+                Ok(items) => Opened::Items { items, sealed_as },
+                Err(e) => Opened::Malformed(e),
+            },
         };
-        match decoded {
-            Ok((items, sealed_as)) => Opened::Items { items, sealed_as },
-            Err(e) => Opened::Malformed(e),
+        self.opened = buf;
+        opened
+    }
+
+    /// Whether a run of messages of `group`, which came sealed with the key of `sealed_as`
+    /// (`None`: plain), may be believed: [`admits`](Self::admits) for messages.
+    pub fn admits_messages(&self, group: &str, sealed_as: Option<&str>) -> bool {
+        match sealed_as {
+            Some(sealed) => group == sealed,
+            None => !self.sealers.contains_key(group),
         }
     }
 

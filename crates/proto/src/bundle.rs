@@ -7,7 +7,7 @@
 //! [`BUNDLE_VERSION`] or later receive bundles; the report's peers always get single
 //! datagrams, which never start with `[`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::datagram::{Datagram, MAX_DATAGRAM_LEN};
@@ -78,34 +78,62 @@ impl Iterator for Datagrams {
     }
 }
 
-/// Decodes what one UDP datagram carries, a bundle or a single datagram, each checked as
+/// Decodes what one UDP datagram carries, a bundle, a compact datagram or a single one, each checked as
 /// [`Datagram::decode`] checks one.
 pub fn decode_datagrams(bytes: &[u8]) -> Result<Datagrams, Error> {
-    if is_bundle(bytes) {
+    if crate::compact::is_compact(bytes) {
+        crate::compact::decode(bytes).map(|items| Datagrams::Many(items.into_iter()))
+    } else if is_bundle(bytes) {
         decode_bundle(bytes).map(|items| Datagrams::Many(items.into_iter()))
     } else {
         Datagram::decode(bytes).map(|d| Datagrams::One(Some(d)))
     }
 }
 
-/// The addresses of the members that read bundles, learned from the `Proto` of their Hello
-/// or HelloAck (only a genuine one: its sender checked).
+/// Decodes a datagram sent alone, in JSON or as a one-message compact datagram (what a
+/// member or sequencer core hands its driver to send); refuses bundles.
+pub fn decode_single(bytes: &[u8]) -> Result<Datagram, Error> {
+    if !crate::compact::is_compact(bytes) {
+        return Datagram::decode(bytes);
+    }
+    let mut items = crate::compact::decode(bytes)?.into_iter();
+    match (items.next(), items.next()) {
+        (Some(d), None) => Ok(d),
+        _ => Err(Error::Invalid {
+            detail: "a compact datagram of several messages".into(),
+        }),
+    }
+}
+
+/// The addresses of the members that read bundles, and which of them also read the
+/// [compact encoding](crate::compact), learned from the `Proto` of their Hello or HelloAck
+/// (only a genuine one: its sender checked).
 #[derive(Debug, Default)]
-pub struct BundleReaders(HashSet<SocketAddr>);
+pub struct BundleReaders(HashMap<SocketAddr, u32>);
 
 impl BundleReaders {
     /// The member at `from` announced `proto` (or nothing, as the report's peers do).
     pub fn note(&mut self, from: SocketAddr, proto: Option<u32>) {
-        if proto.is_some_and(|v| v >= BUNDLE_VERSION) {
-            self.0.insert(from);
-        } else {
-            self.0.remove(&from);
+        match proto {
+            Some(v) if v >= BUNDLE_VERSION => {
+                self.0.insert(from, v);
+            }
+            _ => {
+                self.0.remove(&from);
+            }
         }
     }
 
     /// Whether bundles may be sent to `to`.
     pub fn reads(&self, to: &SocketAddr) -> bool {
-        self.0.contains(to)
+        self.0.contains_key(to)
+    }
+
+    /// Whether compact datagrams may be sent to `to`.
+    pub fn reads_compact(&self, to: &SocketAddr) -> bool {
+        self.0
+            .get(to)
+            .is_some_and(|v| *v >= crate::compact::COMPACT_VERSION)
     }
 }
 

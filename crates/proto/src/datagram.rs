@@ -25,8 +25,8 @@ pub const MAX_FRONTIER: usize = 1024;
 /// Version of the newer protocol announced in the `Proto` key of Hello and HelloAck.
 /// A peer that never announced it speaks only the report's protocol. Version 2: handshakes,
 /// loss recovery, sequencer failover, flow control; version 3 also reads bundles
-/// ([`crate::bundle`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// ([`crate::bundle`]); version 4 also reads the compact encoding ([`crate::compact`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The `Type` code of a group datagram.
 ///

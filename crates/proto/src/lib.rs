@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod bundle;
+pub mod compact;
 mod control;
 mod datagram;
 mod error;

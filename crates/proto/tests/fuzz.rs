@@ -3,7 +3,7 @@
 //! encode again; every rejection is one of the typed errors.
 
 use proptest::prelude::*;
-use proto::{Datagram, DatagramType, Envelope, JsonFramer, Reply, Request};
+use proto::{Datagram, DatagramType, Envelope, JsonFramer, Reply, Request, compact};
 
 fn valid_datagram() -> Vec<u8> {
     let mut d = Datagram::new(
@@ -20,6 +20,27 @@ fn valid_datagram() -> Vec<u8> {
     let mut out = Vec::new();
     d.encode_into(&mut out);
     out
+}
+
+/// Two runs: two messages of one author, then a sequencer's copy naming another.
+fn valid_compact() -> Vec<u8> {
+    let mut writer = compact::CompactWriter::new();
+    for (sender, counter) in [("user", 1), ("user", 2), (proto::SEQUENCER, 7)] {
+        let mut d = Datagram::new(
+            DatagramType::Application,
+            "group",
+            sender,
+            "ünïcode \"text\"",
+            "127.0.0.1:6000".parse().unwrap_or_else(|_| unreachable!()),
+            counter,
+            "user",
+        );
+        d.sent_at_us = Some(1_700_000_000_000_000);
+        d.epoch = (sender == proto::SEQUENCER).then_some(3);
+        let one = compact::from_datagram(&d).unwrap_or_else(|| unreachable!());
+        assert!(writer.push(&one));
+    }
+    writer.finish().to_vec()
 }
 
 fn mutate(mut base: Vec<u8>, edits: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {
@@ -50,6 +71,35 @@ proptest! {
             let mut again = Vec::new();
             d.encode_into(&mut again);
             prop_assert_eq!(Datagram::decode(&again).ok(), Some(d));
+        }
+    }
+
+    #[test]
+    fn compact_decoding_never_panics_and_accepted_messages_reencode(
+        bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+        cut in proptest::option::of(any::<usize>()),
+        mutate_valid in any::<bool>(),
+    ) {
+        let input = if mutate_valid {
+            mutate(valid_compact(), &edits, cut)
+        } else {
+            [&[compact::MAGIC][..], &bytes].concat()
+        };
+        if let Ok(parsed) = compact::CompactDatagram::parse(&input) {
+            // Every message accepted is one the encoder makes again, byte for byte.
+            let mut writer = compact::CompactWriter::new();
+            for run in parsed.runs() {
+                for item in run.items() {
+                    let mut one = Vec::new();
+                    compact::encode_into(&mut one, &run.header, &item)?;
+                    prop_assert!(writer.push(&one));
+                }
+            }
+            let again = writer.finish().to_vec();
+            let decoded = compact::decode(&again)?;
+            prop_assert_eq!(decoded.len(), parsed.len());
+            prop_assert_eq!(compact::decode(&input)?, decoded);
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mio::net::UdpSocket;
 use proto::bundle::{BundleWriter, LAN_BUNDLE_LEN, LOOPBACK_BUNDLE_LEN};
+use proto::compact::{self, CompactWriter};
 use seal::Sealer;
 
 #[derive(Debug)]
@@ -20,10 +21,12 @@ struct Pending {
 }
 
 impl Pending {
-    /// Whether `other` may go in the same bundle: same destination, and sealed alike.
+    /// Whether `other` may go in the same bundle: same destination, same encoding (JSON or
+    /// compact), and sealed alike.
     fn bundles_with(&self, other: &Pending) -> bool {
         other.to == self.to
             && other.bundle
+            && compact::is_compact(&other.bytes) == compact::is_compact(&self.bytes)
             && match (&self.seal, &other.seal) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -58,6 +61,7 @@ pub struct OutboxStats {
 pub struct Outbox {
     queue: VecDeque<Pending>,
     writer: BundleWriter,
+    compact: CompactWriter,
     /// The sealed form of the datagram being sent.
     sealed: Vec<u8>,
     /// Largest bundle; `None`: by destination (16 KiB on loopback, 1472 bytes elsewhere);
@@ -129,21 +133,37 @@ impl Outbox {
             };
             // How many of the datagrams at the front go in one bundle.
             let mut take = 1;
+            let is_compact = compact::is_compact(&first.bytes);
             if first.bundle && first.bytes.len() < max {
-                self.writer.push(&first.bytes);
-                for p in self.queue.iter().skip(1) {
-                    if !first.bundles_with(p) || !self.writer.fits(&p.bytes, max) {
-                        break;
-                    }
-                    self.writer.push(&p.bytes);
-                    take += 1;
+                if is_compact {
+                    take = pack(
+                        &mut self.compact,
+                        &self.queue,
+                        max,
+                        |w, b| w.fits(b, max),
+                        CompactWriter::push,
+                    );
+                } else {
+                    take = pack(
+                        &mut self.writer,
+                        &self.queue,
+                        max,
+                        |w, b| w.fits(b, max),
+                        |w, b| {
+                            w.push(b);
+                            true
+                        },
+                    );
                 }
             }
-            let plain: &[u8] = if take > 1 {
-                self.writer.finish()
-            } else {
-                let _ = self.writer.finish();
-                &first.bytes
+            let plain: &[u8] = match (take > 1, is_compact) {
+                (true, true) => self.compact.finish(),
+                (true, false) => self.writer.finish(),
+                (false, _) => {
+                    let _ = self.writer.finish();
+                    let _ = self.compact.finish();
+                    &first.bytes
+                }
             };
             let result = match &first.seal {
                 Some(sealer) => {
@@ -182,6 +202,31 @@ impl Outbox {
     pub fn stats(&self) -> OutboxStats {
         self.stats
     }
+}
+
+/// Pushes the datagrams at the front of `queue` that may share a bundle with the first into
+/// `writer` (`fits`, then `push`, which may refuse one); returns how many it took.
+fn pack<W>(
+    writer: &mut W,
+    queue: &VecDeque<Pending>,
+    max: usize,
+    fits: impl Fn(&W, &[u8]) -> bool,
+    push: impl Fn(&mut W, &[u8]) -> bool,
+) -> usize {
+    let Some(first) = queue.front() else {
+        return 0;
+    };
+    if first.bytes.len() >= max || !push(writer, &first.bytes) {
+        return 1;
+    }
+    let mut take = 1;
+    for p in queue.iter().skip(1) {
+        if !first.bundles_with(p) || !fits(writer, &p.bytes) || !push(writer, &p.bytes) {
+            break;
+        }
+        take += 1;
+    }
+    take
 }
 
 #[cfg(test)]
@@ -232,6 +277,46 @@ mod tests {
         );
         let stats = out.stats();
         assert_eq!((stats.datagrams, stats.bundles, stats.bundled), (7, 2, 5));
+    }
+
+    #[test]
+    fn compact_messages_are_packed_into_runs_and_never_with_json() {
+        use proto::compact::{CompactDatagram, Item, RunHeader, encode_into};
+        let udp = socket();
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = a.local_addr().expect("a");
+        let message = |sender: &str, counter: u64| -> Arc<[u8]> {
+            let header = RunHeader {
+                group: "g",
+                sender,
+                addr: to,
+            };
+            let item = Item {
+                counter,
+                sent_at_us: None,
+                origin_counter: None,
+                epoch: None,
+                origin: None,
+                payload: b"hi",
+            };
+            let mut out = Vec::new();
+            encode_into(&mut out, &header, &item).expect("encodes");
+            Arc::from(out)
+        };
+        let mut out = Outbox::new();
+        out.queue(to, message("ford", 1), true, None);
+        out.queue(to, message("ford", 2), true, None);
+        out.queue(to, message("zaphod", 1), true, None);
+        out.queue(to, Arc::from(&b"{\"json\":1}"[..]), true, None);
+        out.queue(to, message("ford", 3), true, None);
+        out.flush(&udp);
+        let got = receive_all(&a);
+        assert_eq!(got.len(), 3, "compact, JSON, compact");
+        let first = CompactDatagram::parse(&got[0]).expect("compact");
+        let runs: Vec<(&str, usize)> = first.runs().map(|r| (r.header.sender, r.len())).collect();
+        assert_eq!(runs, [("ford", 2), ("zaphod", 1)]);
+        assert_eq!(got[1], b"{\"json\":1}");
+        assert_eq!(CompactDatagram::parse(&got[2]).map(|d| d.len()), Ok(1));
     }
 
     #[test]

@@ -837,10 +837,20 @@ impl SequencerNode {
         })
     }
 
+    /// How a sequenced message is encoded for the member at `to`.
+    fn form(&self, to: SocketAddr, newer: bool) -> Form {
+        match (newer, self.bundle_readers.reads_compact(&to)) {
+            (false, _) => Form::Report,
+            (true, false) => Form::Newer,
+            (true, true) => Form::Compact,
+        }
+    }
+
     /// A sequenced message. For newer members it names our epoch: a member still following
     /// an earlier sequencer (or one that already follows a later one) must not take our
     /// sequence numbers for its sequencer's. The report's peers get it without.
-    fn sequenced(&self, group: &str, seq: u64, s: &Sequenced<Submitted>, newer: bool) -> Arc<[u8]> {
+    fn sequenced(&self, group: &str, seq: u64, s: &Sequenced<Submitted>, form: Form) -> Arc<[u8]> {
+        let newer = form != Form::Report;
         let mut d = Datagram::new(
             DatagramType::Application,
             group,
@@ -855,6 +865,11 @@ impl SequencerNode {
         d.origin_counter = Some(s.origin_counter);
         if newer {
             d.epoch = Some(self.epoch);
+        }
+        if form == Form::Compact
+            && let Some(bytes) = proto::compact::from_datagram(&d)
+        {
+            return Arc::from(bytes);
         }
         encode(&d)
     }
@@ -887,13 +902,11 @@ impl SequencerNode {
                     payload,
                 } => {
                     // One encoding for each kind of member, made only if one needs it.
-                    let (mut newer, mut old) = (None, None);
+                    let mut encoded: [Option<Arc<[u8]>>; 3] = Default::default();
                     for (to, is_newer) in self.everyone(&group) {
-                        let encoded = if is_newer { &mut newer } else { &mut old };
-                        let bytes = encoded
-                            .get_or_insert_with(|| {
-                                self.sequenced(&group, counter, &payload, is_newer)
-                            })
+                        let form = self.form(to, is_newer);
+                        let bytes = encoded[form as usize]
+                            .get_or_insert_with(|| self.sequenced(&group, counter, &payload, form))
                             .clone();
                         self.send(&group, to, bytes);
                     }
@@ -905,7 +918,8 @@ impl SequencerNode {
                     payload,
                 } => {
                     if let Some(addr) = self.addr_of(&group, &to, true) {
-                        let bytes = self.sequenced(&group, counter, &payload, true);
+                        let bytes =
+                            self.sequenced(&group, counter, &payload, self.form(addr, true));
                         self.send(&group, addr, bytes);
                     }
                 }
@@ -970,6 +984,17 @@ fn recovery_for(
         })
         .collect();
     Recovery::new(now, epoch, lowest, sources)
+}
+
+/// The encodings of a sequenced message, one per kind of member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// JSON of the report's keys, for the report's peers.
+    Report,
+    /// JSON with our epoch, for newer members.
+    Newer,
+    /// The compact encoding, for members that read it.
+    Compact,
 }
 
 fn encode(d: &Datagram) -> Arc<[u8]> {
@@ -1078,7 +1103,7 @@ mod tests {
         node.handle_timeout(later);
         let asked: Vec<Vec<CounterRange>> = std::iter::from_fn(|| node.poll_output())
             .filter_map(|o| match o {
-                NodeOutput::Transmit(t) => Datagram::decode(&t.bytes)
+                NodeOutput::Transmit(t) => proto::bundle::decode_single(&t.bytes)
                     .ok()
                     .filter(|d| d.kind == DatagramType::Nack)
                     .map(|d| d.ranges),

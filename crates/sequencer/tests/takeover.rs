@@ -129,8 +129,8 @@ impl Net {
                     NodeOutput::Evicted | NodeOutput::TookOver { .. } => continue,
                 };
                 moved = true;
-                let sequenced =
-                    Datagram::decode(&t.bytes).is_ok_and(|d| d.kind == DatagramType::Application);
+                let sequenced = proto::bundle::decode_single(&t.bytes)
+                    .is_ok_and(|d| d.kind == DatagramType::Application);
                 if sequenced && Some(t.to) == self.deaf {
                     continue;
                 }

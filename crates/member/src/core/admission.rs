@@ -7,35 +7,143 @@
 use super::*;
 
 impl PeerCore {
-    /// One datagram that arrived from `from`: a single one, or a bundle of several (each
-    /// checked and handled as if it had come alone), opened first if sealed (see
-    /// [`GroupSeals`]).
+    /// One datagram that arrived from `from`: a single one, a bundle of several (each
+    /// checked and handled as if it had come alone), or a compact datagram of runs of
+    /// messages (each run checked once), opened first if sealed (see [`GroupSeals`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.traffic.datagrams_received += 1;
-        match self.seals.open(from, bytes) {
-            Opened::Items { items, sealed_as } => {
-                for d in items {
-                    if self
-                        .seals
-                        .admits(&d, sealed_as.as_deref(), from, Some(self.tracker))
-                    {
-                        self.handle_one(now, from, d);
-                    } else {
-                        self.traffic.unsealed += 1;
-                        log::debug!(
-                            "dropped a datagram for {:?}: not sealed with its key",
-                            d.group
-                        );
+        let mut buf = std::mem::take(&mut self.opened);
+        match self.seals.unseal(from, bytes, &mut buf) {
+            Some((plain, sealed_as)) if proto::compact::is_compact(plain) => {
+                self.handle_compact(now, from, plain, sealed_as.as_deref());
+            }
+            Some((plain, sealed_as)) => match proto::bundle::decode_datagrams(plain) {
+                Ok(items) => {
+                    for d in items {
+                        if self
+                            .seals
+                            .admits(&d, sealed_as.as_deref(), from, Some(self.tracker))
+                        {
+                            self.handle_one(now, from, d);
+                        } else {
+                            self.traffic.unsealed += 1;
+                            log::debug!(
+                                "dropped a datagram for {:?}: not sealed with its key",
+                                d.group
+                            );
+                        }
                     }
                 }
-            }
+                Err(e) => {
+                    self.traffic.malformed += 1;
+                    log::debug!("dropped a datagram from {from}: {e}");
+                }
+            },
             // Counted (and logged once per source) by the opener.
-            Opened::Refused => {}
-            Opened::Malformed(e) => {
+            None => {}
+        }
+        self.opened = buf;
+    }
+
+    /// A compact datagram (see [`proto::compact`]): the checks of [`handle_one`] made once
+    /// per run, then each message straight into the ordering core, borrowed from `plain`
+    /// until its payload is copied out.
+    ///
+    /// [`handle_one`]: Self::handle_one
+    fn handle_compact(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        plain: &[u8],
+        sealed_as: Option<&str>,
+    ) {
+        match proto::compact::CompactDatagram::parse(plain) {
+            Ok(compact) => {
+                for run in compact.runs() {
+                    self.handle_run(now, from, &run, sealed_as);
+                }
+            }
+            Err(e) => {
                 self.traffic.malformed += 1;
                 log::debug!("dropped a datagram from {from}: {e}");
             }
         }
+    }
+
+    fn handle_run(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        run: &proto::compact::Run<'_>,
+        sealed_as: Option<&str>,
+    ) {
+        let proto::compact::RunHeader {
+            group,
+            sender,
+            addr,
+        } = run.header;
+        let n = run.len() as u64;
+        if !self.seals.admits_messages(group, sealed_as) {
+            self.traffic.unsealed += n;
+            log::debug!("dropped messages for {group:?}: not sealed with its key");
+            return;
+        }
+        let Some(state) = self.groups.get(group) else {
+            self.traffic.unknown += n;
+            log::debug!("dropped messages for group {group:?}, not joined");
+            return;
+        };
+        if state
+            .members
+            .admits_sender(sender, Some(addr), from)
+            .is_none()
+        {
+            if state.members.get(sender).is_some() {
+                self.traffic.spoofed += n;
+                log::debug!("dropped messages claiming to be {sender:?} from {from}");
+            } else {
+                self.traffic.unknown += n;
+                log::debug!("dropped messages from unknown member {sender:?}");
+            }
+            return;
+        }
+        let from_sequencer = sender == SEQUENCER;
+        // One name for consecutive messages of one author.
+        let mut author: Option<Arc<str>> = None;
+        for item in run.items() {
+            if self.is_another_sequencers_stream(now, group, sender, item.epoch) {
+                continue;
+            }
+            let name = match item.origin {
+                Some(origin) if from_sequencer => origin,
+                _ => sender,
+            };
+            let origin = match &author {
+                Some(a) if **a == *name => a.clone(),
+                _ => author.insert(Arc::from(name)).clone(),
+            };
+            let received = Received {
+                origin,
+                origin_counter: item.origin_counter,
+                payload: item.payload.to_vec(),
+                sent_at_us: item.sent_at_us,
+            };
+            let accepted = match (self.mode, from_sequencer) {
+                (Mode::Fifo, false) => self
+                    .fifo
+                    .handle_message(now, group, sender, item.counter, received)
+                    .is_ok(),
+                (Mode::Total, true) => self
+                    .total
+                    .handle_sequenced(now, group, item.counter, received)
+                    .is_ok(),
+                _ => false,
+            };
+            if !accepted {
+                self.traffic.other_mode += 1;
+            }
+        }
+        self.pump(now);
     }
 
     pub(super) fn handle_one(&mut self, now: Instant, from: SocketAddr, d: Datagram) {

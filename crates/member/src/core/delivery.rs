@@ -55,6 +55,12 @@ impl PeerCore {
                 max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
             }
         })?;
+        // Members that all read the compact encoding get it; JSON was made anyway, to check
+        // the length every member must be able to read.
+        let bytes = match self.audience_reads_compact(group) {
+            true => proto::compact::from_datagram(&d).unwrap_or(bytes),
+            false => bytes,
+        };
         let sent = self
             .tx
             .send(now, group, Arc::from(bytes))

@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use crate::member::{Answer, JoinFailure, Registration, Ticket, TrackerRequest};
 use crate::membership::{MemberInfo, Members};
-use crate::seals::{GroupSeals, Opened};
+use crate::seals::GroupSeals;
 use crate::transmit::Transmit;
 
 mod admission;
@@ -335,6 +335,8 @@ pub struct PeerCore {
     bundle_readers: BundleReaders,
     /// The sealed groups' keys.
     seals: GroupSeals,
+    /// The plain datagram opened last (kept for its buffer).
+    opened: Vec<u8>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -362,6 +364,7 @@ impl PeerCore {
         }
         Self {
             seals,
+            opened: Vec::new(),
             me: Arc::from(config.username.as_str()),
             addr: config.addr,
             tracker: config.tracker,
@@ -546,6 +549,20 @@ impl PeerCore {
         } else {
             self.traffic.control_datagrams_sent += 1;
         }
+        // A message made compact for members that read it, going to one that does not (one
+        // that joined since, or a retransmission): in JSON.
+        let bytes = if proto::compact::is_compact(&bytes) && !self.bundle_readers.reads_compact(&to)
+        {
+            match proto::compact::to_json(&bytes) {
+                Some(json) => Arc::from(json),
+                None => {
+                    log::debug!("cannot turn a compact message for {to} into JSON");
+                    return;
+                }
+            }
+        } else {
+            bytes
+        };
         let bundle = self.bundle_readers.reads(&to);
         let seal = self.seals.sealer(group);
         self.outputs.push_back(Output::Transmit(Transmit {
@@ -571,6 +588,16 @@ impl PeerCore {
             .get(group)
             .map(|g| &g.members)
             .or_else(|| self.departed.get(group).map(|d| &d.members))
+    }
+
+    /// Whether every member our multicasts in `group` go to reads the compact encoding.
+    fn audience_reads_compact(&self, group: &str) -> bool {
+        self.members_of(group).is_some_and(|members| {
+            members
+                .iter()
+                .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
+                .all(|(_, m)| self.bundle_readers.reads_compact(&m.addr))
+        })
     }
 
     /// Where our multicasts in `group` go: every other member in FIFO mode, only the

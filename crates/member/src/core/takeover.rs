@@ -132,25 +132,35 @@ impl PeerCore {
     /// not ours. A later epoch means a new sequencer took over: we greet it. Only in total
     /// order, and only once we know our sequencer's epoch (the report's has none).
     pub(super) fn is_another_sequencers(&mut self, now: Instant, d: &Datagram) -> bool {
-        if self.mode != Mode::Total
-            || d.username != SEQUENCER
-            || !matches!(
-                d.kind,
-                DatagramType::Application | DatagramType::Digest | DatagramType::Unavailable
-            )
-        {
+        matches!(
+            d.kind,
+            DatagramType::Application | DatagramType::Digest | DatagramType::Unavailable
+        ) && self.is_another_sequencers_stream(now, &d.group, &d.username, d.epoch)
+    }
+
+    /// [`is_another_sequencers`](Self::is_another_sequencers) for a datagram of the
+    /// sequence (a message, Digest or Unavailable) of `group` sent by `sender`, naming
+    /// `epoch`.
+    pub(super) fn is_another_sequencers_stream(
+        &mut self,
+        now: Instant,
+        group: &str,
+        sender: &str,
+        epoch: Option<u64>,
+    ) -> bool {
+        if self.mode != Mode::Total || sender != SEQUENCER {
             return false;
         }
-        let started = self.total.stream(&d.group).is_some_and(|s| s.started);
-        let Some(state) = self.groups.get_mut(&d.group) else {
+        let started = self.total.stream(group).is_some_and(|s| s.started);
+        let Some(state) = self.groups.get_mut(group) else {
             return false;
         };
-        if state.takeover.epoch.is_none() && !started && d.epoch.is_some() {
+        if state.takeover.epoch.is_none() && !started && epoch.is_some() {
             // Its HelloAck to us is late or lost, but only a sequencer that admitted us
             // names its epoch to us: that is the sequencer we follow (not the report's).
-            state.takeover.epoch = d.epoch;
+            state.takeover.epoch = epoch;
         }
-        let (Some(ours), Some(theirs)) = (state.takeover.epoch, d.epoch) else {
+        let (Some(ours), Some(theirs)) = (state.takeover.epoch, epoch) else {
             return false;
         };
         if theirs == ours {
@@ -158,8 +168,8 @@ impl PeerCore {
         }
         self.traffic.other_epoch += 1;
         if theirs > ours {
-            self.sequencer_lost(now, &d.group, "a new sequencer sends in its place");
-            self.probe_sequencer(now, &d.group);
+            self.sequencer_lost(now, group, "a new sequencer sends in its place");
+            self.probe_sequencer(now, group);
         }
         true
     }

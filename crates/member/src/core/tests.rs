@@ -67,7 +67,8 @@ impl Net {
                     match out {
                         Output::Transmit(t) => {
                             let to = t.to;
-                            self.sent[i].push((to, Datagram::decode(&t.bytes).expect("valid")));
+                            self.sent[i]
+                                .push((to, proto::bundle::decode_single(&t.bytes).expect("valid")));
                             let wire = t.wire().into_owned();
                             if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
                                 self.cores[j].handle_datagram(now, from, &wire);
@@ -593,7 +594,7 @@ fn old_peers_get_only_the_reports_datagram_types() {
     while let Some(out) = ford.poll_output() {
         if let Output::Transmit(Transmit { to, bytes, .. }) = out {
             assert_eq!(to, addr(6009));
-            kinds.push(Datagram::decode(&bytes).expect("valid").kind);
+            kinds.push(proto::bundle::decode_single(&bytes).expect("valid").kind);
         }
     }
     assert_eq!(kinds, [DatagramType::Application; 3]);
@@ -654,7 +655,7 @@ fn a_repeated_hello_gets_the_same_start_as_the_first() {
     let acks: Vec<Option<u64>> = std::iter::from_fn(|| ford.poll_output())
         .filter_map(|o| match o {
             Output::Transmit(Transmit { bytes, .. }) => {
-                let d = Datagram::decode(&bytes).expect("valid");
+                let d = proto::bundle::decode_single(&bytes).expect("valid");
                 (d.kind == DatagramType::HelloAck).then_some(d.start)
             }
             _ => None,
@@ -689,7 +690,8 @@ fn a_silent_sequencer_is_greeted_until_it_answers_and_a_silent_peer_only_for_a_s
         }
         while let Some(out) = c.poll_output() {
             if let Output::Transmit(tx) = out
-                && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Hello)
+                && proto::bundle::decode_single(&tx.bytes)
+                    .is_ok_and(|d| d.kind == DatagramType::Hello)
             {
                 let second = now.duration_since(t).as_secs();
                 *hellos.entry((tx.to.port(), second)).or_default() += 1;
@@ -766,7 +768,7 @@ fn a_sequenced_message_of_another_epoch_is_not_taken_for_our_sequencers() {
     );
     assert!(out.iter().any(|o| matches!(o, Output::Transmit(tx)
         if tx.to == addr(5001)
-            && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Hello))));
+            && proto::bundle::decode_single(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Hello))));
     assert_eq!(c.traffic().other_epoch, 1);
     // A late one of an earlier epoch is dropped quietly; ours is delivered.
     c.handle_datagram(t, addr(5001), &sequenced(1, Some(0)));
@@ -791,7 +793,7 @@ fn an_idle_author_tells_a_member_that_missed_its_last_message_until_it_acknowled
             .filter(|o| {
                 matches!(o, Output::Transmit(tx)
                 if tx.to == addr(6002)
-                    && Datagram::decode(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Digest))
+                    && proto::bundle::decode_single(&tx.bytes).is_ok_and(|d| d.kind == DatagramType::Digest))
             })
             .count()
     };

@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! datagram := MAGIC run+                                 MAGIC = 0xC4
-//! run      := kind:u8 group:str8 sender:str8 address count:u16 item{count}
+//! run      := kind:u8 group:str8 sender:str8 address count:u16 size:u16 item{count}
 //! address  := 4:u8 ipv4:4 bytes port:u16 | 6:u8 ipv6:16 bytes port:u16
 //! item     := flags:u8 counter:varint
 //!             [sent_at:varint]         flags & 0x01
@@ -33,6 +33,8 @@
 //!   `Counter`, `SentAt`, `OriginCounter`, `Epoch` and `Origin`.
 //! - The payload is the message's bytes as the author gave them, text or not (JSON carries
 //!   text in `Content` and anything else in `Data`, base64).
+//! - `size` is the length in bytes of the run's items, which must fill it exactly: a reader
+//!   steps from run to run without reading every item again.
 //! - `count` is at least 1. A datagram holds at most [`MAX_BUNDLE_ITEMS`] items in all and
 //!   at most [`MAX_DATAGRAM_LEN`] bytes; flag bits other than the four above, a kind other
 //!   than 2, bytes after the last run, or any field running past the end refuse the whole
@@ -116,15 +118,21 @@ impl<'a> CompactDatagram<'a> {
         let mut cursor = Cursor(runs);
         let mut items = 0usize;
         while !cursor.0.is_empty() {
-            let (_, count) = cursor.run_header()?;
+            let (_, count, size) = cursor.run_header()?;
             items += usize::from(count);
             if items > MAX_BUNDLE_ITEMS {
                 return Err(Error::Invalid {
                     detail: format!("more than {MAX_BUNDLE_ITEMS} messages in one datagram"),
                 });
             }
+            let mut run = Cursor(cursor.take(usize::from(size), "the run")?);
             for _ in 0..count {
-                cursor.item()?;
+                run.item()?;
+            }
+            if !run.0.is_empty() {
+                return Err(Error::Invalid {
+                    detail: "a run's items do not fill its size".into(),
+                });
             }
         }
         Ok(Self { runs })
@@ -155,15 +163,12 @@ impl<'a> Iterator for Runs<'a> {
 
     fn next(&mut self) -> Option<Run<'a>> {
         // Checked by `parse`: an error here cannot happen, and would end the iteration.
-        let (header, count) = self.0.run_header().ok()?;
-        let start = self.0;
-        for _ in 0..count {
-            self.0.item().ok()?;
-        }
+        let (header, count, size) = self.0.run_header().ok()?;
+        let items = Cursor(self.0.take(usize::from(size), "the run").ok()?);
         Some(Run {
             header,
             count,
-            items: start,
+            items,
         })
     }
 }
@@ -225,50 +230,56 @@ impl<'a> Iterator for Items<'a> {
 struct Cursor<'a>(&'a [u8]);
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], Error> {
-        if self.0.len() < n {
-            return Err(syntax(&format!("{what} runs past the end")));
+    #[inline]
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], Error> {
+        match self.0.split_at_checked(n) {
+            Some((head, rest)) => {
+                self.0 = rest;
+                Ok(head)
+            }
+            None => Err(past_the_end(what)),
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
     }
 
-    fn u8(&mut self, what: &str) -> Result<u8, Error> {
+    #[inline]
+    fn u8(&mut self, what: &'static str) -> Result<u8, Error> {
         Ok(self.take(1, what)?[0])
     }
 
-    fn u16(&mut self, what: &str) -> Result<u16, Error> {
+    #[inline]
+    fn u16(&mut self, what: &'static str) -> Result<u16, Error> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn varint(&mut self, what: &str) -> Result<u64, Error> {
+    #[inline]
+    fn varint(&mut self, what: &'static str) -> Result<u64, Error> {
         let mut value = 0u64;
-        for i in 0..10 {
-            let b = self.u8(what)?;
-            let bits = u64::from(b & 0x7f);
-            if i == 9 && b > 1 {
-                return Err(syntax(&format!("{what} is above 2^64 - 1")));
-            }
-            value |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                if b == 0 && i > 0 {
-                    return Err(syntax(&format!("{what} has a needless zero byte")));
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if (b == 0 && i > 0) || (i == 9 && b > 1) {
+                    return Err(bad_varint(what));
                 }
+                self.0 = &self.0[i + 1..];
                 return Ok(value);
             }
         }
-        Err(syntax(&format!("{what} is longer than ten bytes")))
+        Err(if self.0.len() < 10 {
+            past_the_end(what)
+        } else {
+            bad_varint(what)
+        })
     }
 
-    fn str8(&mut self, what: &str) -> Result<&'a str, Error> {
+    #[inline]
+    fn str8(&mut self, what: &'static str) -> Result<&'a str, Error> {
         let len = self.u8(what)?;
         let bytes = self.take(usize::from(len), what)?;
-        std::str::from_utf8(bytes).map_err(|_| syntax(&format!("{what} is not UTF-8")))
+        std::str::from_utf8(bytes).map_err(|_| not_utf8(what))
     }
 
-    fn run_header(&mut self) -> Result<(RunHeader<'a>, u16), Error> {
+    fn run_header(&mut self) -> Result<(RunHeader<'a>, u16, u16), Error> {
         let kind = self.u8("the kind")?;
         if kind != DatagramType::Application.code() {
             return Err(Error::Invalid {
@@ -297,6 +308,7 @@ impl<'a> Cursor<'a> {
         };
         let port = self.u16("the port")?;
         let count = self.u16("the count")?;
+        let size = self.u16("the size")?;
         if count == 0 {
             return Err(Error::Invalid {
                 detail: "a run of no message".into(),
@@ -307,9 +319,10 @@ impl<'a> Cursor<'a> {
             sender,
             addr: SocketAddr::new(ip, port),
         };
-        Ok((header, count))
+        Ok((header, count, size))
     }
 
+    #[inline]
     fn item(&mut self) -> Result<Item<'a>, Error> {
         let flags = self.u8("the flags")?;
         if flags & !KNOWN_FLAGS != 0 {
@@ -318,7 +331,7 @@ impl<'a> Cursor<'a> {
             });
         }
         let counter = self.varint("the counter")?;
-        let mut optional = |flag: u8, what: &str| -> Result<Option<u64>, Error> {
+        let mut optional = |flag: u8, what: &'static str| -> Result<Option<u64>, Error> {
             (flags & flag != 0).then(|| self.varint(what)).transpose()
         };
         let sent_at_us = optional(SENT_AT, "the send time")?;
@@ -341,6 +354,24 @@ impl<'a> Cursor<'a> {
     }
 }
 
+#[cold]
+fn past_the_end(what: &str) -> Error {
+    syntax(&format!("{what} runs past the end"))
+}
+
+#[cold]
+fn bad_varint(what: &str) -> Error {
+    syntax(&format!(
+        "{what} is not a varint (a needless zero byte, or above 2^64 - 1)"
+    ))
+}
+
+#[cold]
+fn not_utf8(what: &str) -> Error {
+    syntax(&format!("{what} is not UTF-8"))
+}
+
+#[cold]
 fn syntax(detail: &str) -> Error {
     Error::Syntax {
         detail: format!("compact datagram: {detail}"),
@@ -367,7 +398,8 @@ fn put_str8(out: &mut Vec<u8>, s: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Appends one run header with a count of 1; returns where the count is.
+/// Appends one run header with a count of 1 and a size of 0; returns where the count is
+/// (the size follows it).
 fn put_run_header(out: &mut Vec<u8>, header: &RunHeader<'_>) -> Result<usize, Error> {
     out.push(DatagramType::Application.code());
     put_str8(out, header.group)?;
@@ -385,6 +417,7 @@ fn put_run_header(out: &mut Vec<u8>, header: &RunHeader<'_>) -> Result<usize, Er
     out.extend_from_slice(&header.addr.port().to_be_bytes());
     let count_at = out.len();
     out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
     Ok(count_at)
 }
 
@@ -424,9 +457,13 @@ pub fn encode_into(
 ) -> Result<(), Error> {
     out.clear();
     out.push(MAGIC);
-    put_run_header(out, header)?;
+    let size_at = put_run_header(out, header)? + 2;
     put_item(out, item)?;
-    check_len(out, MAX_DATAGRAM_LEN)
+    check_len(out, MAX_DATAGRAM_LEN)?;
+    // Below MAX_DATAGRAM_LEN, so within a u16.
+    let size = (out.len() - size_at - 2) as u16;
+    out[size_at..size_at + 2].copy_from_slice(&size.to_be_bytes());
+    Ok(())
 }
 
 /// The compact form of an Application datagram, or `None` for any other kind (and for
@@ -531,7 +568,7 @@ fn header_len(run: &[u8]) -> Option<usize> {
         _ => return None,
     };
     let len = family_at + 1 + ip + 2;
-    (run.len() >= len + 2).then_some(len)
+    (run.len() >= len + 4).then_some(len)
 }
 
 impl CompactWriter {
@@ -557,7 +594,10 @@ impl CompactWriter {
         let Some(header) = header_len(run) else {
             return false;
         };
-        if run[header..header + 2] != 1u16.to_be_bytes() {
+        let items = &run[header + 4..];
+        if run[header..header + 2] != 1u16.to_be_bytes()
+            || run[header + 2..header + 4] != (items.len() as u16).to_be_bytes()
+        {
             return false;
         }
         if self.items == 0 {
@@ -566,14 +606,18 @@ impl CompactWriter {
             self.run = None;
         }
         let same_run = self.run.as_ref().is_some_and(|(h, count_at)| {
-            self.buf[h.clone()] == run[..header] && self.count(*count_at) < u16::MAX
+            self.buf[h.clone()] == run[..header]
+                && self.u16_at(*count_at) < u16::MAX
+                && usize::from(self.u16_at(*count_at + 2)) + items.len() <= usize::from(u16::MAX)
         });
         match &self.run {
             Some((_, count_at)) if same_run => {
                 let count_at = *count_at;
-                let count = self.count(count_at) + 1;
+                let count = self.u16_at(count_at) + 1;
+                let size = self.u16_at(count_at + 2) + items.len() as u16;
                 self.buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
-                self.buf.extend_from_slice(&run[header + 2..]);
+                self.buf[count_at + 2..count_at + 4].copy_from_slice(&size.to_be_bytes());
+                self.buf.extend_from_slice(items);
             }
             _ => {
                 let start = self.buf.len();
@@ -585,7 +629,7 @@ impl CompactWriter {
         true
     }
 
-    fn count(&self, at: usize) -> u16 {
+    fn u16_at(&self, at: usize) -> u16 {
         u16::from_be_bytes([self.buf[at], self.buf[at + 1]])
     }
 

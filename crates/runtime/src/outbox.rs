@@ -10,6 +10,13 @@ use proto::bundle::{BundleWriter, LAN_BUNDLE_LEN, LOOPBACK_BUNDLE_LEN};
 use proto::compact::{self, CompactWriter};
 use seal::Sealer;
 
+/// The datagrams waiting for one destination.
+#[derive(Debug)]
+struct Lane {
+    to: SocketAddr,
+    queue: VecDeque<Pending>,
+}
+
 #[derive(Debug)]
 struct Pending {
     to: SocketAddr,
@@ -59,7 +66,12 @@ pub struct OutboxStats {
 /// one multicast shares one buffer among its destinations.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: VecDeque<Pending>,
+    /// What waits, per destination in the order first queued to; each in the order queued.
+    lanes: Vec<Lane>,
+    /// The lane queued to last (a multicast queues to every lane in turn, a backlog to one).
+    last: usize,
+    /// Datagrams waiting in all lanes.
+    waiting: usize,
     writer: BundleWriter,
     compact: CompactWriter,
     /// The sealed form of the datagram being sent.
@@ -91,19 +103,34 @@ impl Outbox {
         bundle: bool,
         seal: Option<Arc<Sealer>>,
     ) {
-        self.queue.push_back(Pending {
+        let lane = match self.lanes.get(self.last) {
+            Some(lane) if lane.to == to => self.last,
+            _ => match self.lanes.iter().position(|l| l.to == to) {
+                Some(i) => i,
+                None => {
+                    self.lanes.push(Lane {
+                        to,
+                        queue: VecDeque::new(),
+                    });
+                    self.lanes.len() - 1
+                }
+            },
+        };
+        self.last = lane;
+        self.lanes[lane].queue.push_back(Pending {
             to,
             bytes,
             bundle,
             seal,
         });
+        self.waiting += 1;
     }
 
     /// Sends `bytes` to `to` now if nothing waits, else queues it behind what waits. Never
     /// bundled (for the tracker and other single datagrams).
     pub fn send(&mut self, udp: &UdpSocket, to: SocketAddr, bytes: Arc<[u8]>) {
         self.queue(to, bytes, false, None);
-        if self.queue.len() == 1 {
+        if self.waiting == 1 {
             self.flush(udp);
         }
     }
@@ -120,12 +147,21 @@ impl Outbox {
     /// the socket refuses for another reason (a destination that is gone) is dropped and
     /// logged.
     pub fn flush(&mut self, udp: &UdpSocket) {
-        if self.queue.len() > 1 {
-            // Stable: each destination keeps its datagrams in the order queued.
-            self.queue.make_contiguous().sort_by_key(|p| p.to);
+        let mut lanes = std::mem::take(&mut self.lanes);
+        for lane in &mut lanes {
+            if !self.flush_lane(udp, lane) {
+                break;
+            }
         }
-        while let Some(first) = self.queue.front() {
-            let to = first.to;
+        lanes.retain(|l| !l.queue.is_empty());
+        self.lanes = lanes;
+        self.last = 0;
+    }
+
+    /// Sends what waits in `lane`; false if the socket would block.
+    fn flush_lane(&mut self, udp: &UdpSocket, lane: &mut Lane) -> bool {
+        let to = lane.to;
+        while let Some(first) = lane.queue.front() {
             let max = match (self.limit(to), &first.seal) {
                 (0, _) => 0,
                 (max, Some(_)) => max.saturating_sub(seal::OVERHEAD).max(1),
@@ -134,27 +170,27 @@ impl Outbox {
             // How many of the datagrams at the front go in one bundle.
             let mut take = 1;
             let is_compact = compact::is_compact(&first.bytes);
-            if first.bundle && first.bytes.len() < max {
-                if is_compact {
-                    take = pack(
+            if first.bundle {
+                take = if is_compact {
+                    pack(
                         &mut self.compact,
-                        &self.queue,
+                        &lane.queue,
                         max,
                         |w, b| w.fits(b, max),
                         CompactWriter::push,
-                    );
+                    )
                 } else {
-                    take = pack(
+                    pack(
                         &mut self.writer,
-                        &self.queue,
+                        &lane.queue,
                         max,
                         |w, b| w.fits(b, max),
                         |w, b| {
                             w.push(b);
                             true
                         },
-                    );
-                }
+                    )
+                };
             }
             let plain: &[u8] = match (take > 1, is_compact) {
                 (true, true) => self.compact.finish(),
@@ -180,22 +216,24 @@ impl Outbox {
                         self.stats.bundled += take as u64;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => log::debug!("cannot send to {to}: {e}"),
             }
-            self.queue.drain(..take);
+            lane.queue.drain(..take);
+            self.waiting -= take;
         }
+        true
     }
 
     /// Datagrams waiting.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.waiting
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.waiting == 0
     }
 
     /// What was sent so far.

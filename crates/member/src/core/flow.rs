@@ -31,7 +31,15 @@ pub(super) struct Flow {
     pub(super) owed: HashMap<Arc<str>, (u64, u64)>,
     /// As an author: when we last sent a message.
     pub(super) last_sent: Option<Instant>,
+    /// As an author: the window stays open for counters below this, as the last look at
+    /// every member found (at the instant given), so that a sender flat out does not look
+    /// at every member for every message.
+    pub(super) open_below: Option<(u64, Instant)>,
 }
+
+/// How long what one look at every member found keeps the window open without another:
+/// far below [`FLOW_STALL`], so a member's lack of progress is timed as closely.
+const LOOK_AGAIN: Duration = Duration::from_millis(5);
 
 /// How far one member delivered our stream.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +92,13 @@ impl PeerCore {
     /// closed the core asks the members it waits for how far they are, every 20 ms.
     /// [`send`](Self::send) does not check it: a caller sending flat out asks first.
     pub fn window_open(&mut self, now: Instant, group: &str) -> bool {
+        if let (Some(next), Some(state)) = (self.tx.next_counter(group), self.groups.get(group))
+            && let Some((below, at)) = state.flow.open_below
+            && next.saturating_sub(1) < below
+            && now.saturating_duration_since(at) < LOOK_AGAIN
+        {
+            return true;
+        }
         let open = self.flow_floor(now, group).is_none();
         if let Some(state) = self.groups.get_mut(group) {
             if open {
@@ -108,7 +123,10 @@ impl PeerCore {
         }
         let sent = self.tx.next_counter(group)?.saturating_sub(1);
         let state = self.groups.get_mut(group)?;
-        let limit = sent.checked_sub(self.flow_window)?;
+        let window = self.flow_window;
+        // The least acknowledgement of the members waited for: the window is open for
+        // counters below it plus the window.
+        let mut least = u64::MAX;
         let mut holding = Vec::new();
         let mut check = |name: &str, addr: SocketAddr, our_start: Option<u64>| {
             let acked = match state.flow.acked_by.get_mut(name) {
@@ -120,10 +138,12 @@ impl PeerCore {
             };
             if acked.through >= sent {
                 acked.since = now;
-            } else if acked.through <= limit
-                && now.saturating_duration_since(acked.since) < FLOW_STALL
-            {
-                holding.push(addr);
+                least = least.min(acked.through);
+            } else if now.saturating_duration_since(acked.since) < FLOW_STALL {
+                least = least.min(acked.through);
+                if acked.through.saturating_add(window) <= sent {
+                    holding.push(addr);
+                }
             }
         };
         for (name, m) in state.members.iter() {
@@ -137,6 +157,9 @@ impl PeerCore {
             // Our own messages come back from the sequencer: it is asked when we lag.
             check(&self.me, seq.addr, seq.our_start);
         }
+        state.flow.open_below = holding
+            .is_empty()
+            .then(|| (least.saturating_add(window), now));
         (!holding.is_empty()).then_some((sent, holding))
     }
 

@@ -293,6 +293,16 @@ struct Received {
     sent_at_us: Option<u64>,
 }
 
+/// A member our datagrams go to, and what it reads.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    to: SocketAddr,
+    /// It reads bundles.
+    bundle: bool,
+    /// It reads the compact encoding.
+    compact: bool,
+}
+
 /// What we keep per joined group, one slice per concern, and the group's timers.
 #[derive(Debug, Default)]
 struct GroupState {
@@ -544,6 +554,28 @@ impl PeerCore {
     /// Sends `bytes`, a datagram of `group`, to `to`: sealed with the group's key if it is
     /// a sealed group.
     fn transmit(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>, application: bool) {
+        let dest = self.destination(to);
+        let seal = self.seals.sealer(group);
+        self.transmit_to(dest, bytes, seal, application);
+    }
+
+    /// How `to` is sent to.
+    fn destination(&self, to: SocketAddr) -> Destination {
+        Destination {
+            to,
+            bundle: self.bundle_readers.reads(&to),
+            compact: self.bundle_readers.reads_compact(&to),
+        }
+    }
+
+    /// [`transmit`](Self::transmit) with what it looks up already known.
+    fn transmit_to(
+        &mut self,
+        dest: Destination,
+        bytes: Arc<[u8]>,
+        seal: Option<Arc<seal::Sealer>>,
+        application: bool,
+    ) {
         if application {
             self.traffic.app_datagrams_sent += 1;
         } else {
@@ -551,24 +583,21 @@ impl PeerCore {
         }
         // A message made compact for members that read it, going to one that does not (one
         // that joined since, or a retransmission): in JSON.
-        let bytes = if proto::compact::is_compact(&bytes) && !self.bundle_readers.reads_compact(&to)
-        {
+        let bytes = if !dest.compact && proto::compact::is_compact(&bytes) {
             match proto::compact::to_json(&bytes) {
                 Some(json) => Arc::from(json),
                 None => {
-                    log::debug!("cannot turn a compact message for {to} into JSON");
+                    log::debug!("cannot turn a compact message for {} into JSON", dest.to);
                     return;
                 }
             }
         } else {
             bytes
         };
-        let bundle = self.bundle_readers.reads(&to);
-        let seal = self.seals.sealer(group);
         self.outputs.push_back(Output::Transmit(Transmit {
-            to,
+            to: dest.to,
             bytes,
-            bundle,
+            bundle: dest.bundle,
             seal,
         }));
     }
@@ -590,13 +619,18 @@ impl PeerCore {
             .or_else(|| self.departed.get(group).map(|d| &d.members))
     }
 
-    /// Whether every member our multicasts in `group` go to reads the compact encoding.
+    /// Whether every member our multicasts in `group` go to reads the compact encoding (as
+    /// its handshake said; a destination the bundle readers do not know as one still gets
+    /// JSON, see [`transmit_to`](Self::transmit_to)).
     fn audience_reads_compact(&self, group: &str) -> bool {
         self.members_of(group).is_some_and(|members| {
             members
                 .iter()
                 .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
-                .all(|(_, m)| self.bundle_readers.reads_compact(&m.addr))
+                .all(|(_, m)| {
+                    m.proto
+                        .is_some_and(|v| v >= proto::compact::COMPACT_VERSION)
+                })
         })
     }
 

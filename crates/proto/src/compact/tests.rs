@@ -16,7 +16,7 @@ fn message(sender: &str, counter: u64, payload: &[u8]) -> Datagram {
         sender,
     );
     d.set_payload(payload);
-    d.sent_at_us = Some(1_700_000_000_000_000 + counter);
+    d.sent_at_us = Some(1_700_000_000_000_000u64.wrapping_add(counter));
     d
 }
 
@@ -147,24 +147,24 @@ fn every_cut_and_every_bad_field_refuses_the_whole_datagram() {
         "a count of 0"
     );
     assert!(
-        CompactDatagram::parse(&changed(header + 2, 0x10)).is_err(),
+        CompactDatagram::parse(&changed(header + 4, 0x10)).is_err(),
         "unknown flag"
     );
-    let mut overlong = one[..header + 3].to_vec();
-    overlong.extend_from_slice(&[0x81, 0x00]);
-    assert!(
-        CompactDatagram::parse(&overlong).is_err(),
-        "a needless zero byte"
-    );
-    let mut huge = one[..header + 3].to_vec();
-    huge.extend_from_slice(&[0xff; 9]);
-    huge.push(0x02);
-    assert!(CompactDatagram::parse(&huge).is_err(), "above 2^64 - 1");
+    let size = u16::from_be_bytes([one[header + 2], one[header + 3]]);
+    for wrong in [size - 1, size + 1, 0] {
+        let mut b = one.clone();
+        b[header + 2..header + 4].copy_from_slice(&wrong.to_be_bytes());
+        assert!(
+            CompactDatagram::parse(&b).is_err(),
+            "size {wrong} for {size}"
+        );
+    }
     // One run of one more message than a datagram may hold (each 3 bytes: no flags,
     // counter 0, no payload).
     let mut many = one[..header].to_vec();
     let count = u16::try_from(MAX_BUNDLE_ITEMS + 1).expect("u16");
     many.extend_from_slice(&count.to_be_bytes());
+    many.extend_from_slice(&(count * 3).to_be_bytes());
     for _ in 0..=MAX_BUNDLE_ITEMS {
         many.extend_from_slice(&[0, 0, 0]);
     }
@@ -172,6 +172,19 @@ fn every_cut_and_every_bad_field_refuses_the_whole_datagram() {
         CompactDatagram::parse(&many),
         Err(Error::Invalid { .. })
     ));
+}
+
+#[test]
+fn varints_refuse_needless_zeros_values_past_u64_and_cuts() {
+    for bad in [
+        &[0x81, 0x00][..],
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+        &[0xff; 11],
+        &[0x80, 0x80],
+        &[],
+    ] {
+        assert!(Cursor(bad).varint("v").is_err(), "{bad:?}");
+    }
 }
 
 #[test]

@@ -150,6 +150,10 @@ mod core;
 mod member;
 mod membership;
 pub mod seals;
+
+/// The maps looked up for every message: keyed by names and addresses of members, so a
+/// fast hasher (seeded per process) serves them.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 mod transmit;
 
 pub use crate::core::{CoreConfig, Error, Event, Message, Mode, Output, PeerCore, Traffic};

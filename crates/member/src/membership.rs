@@ -13,7 +13,7 @@
 //! exact check: once a member announced the newer protocol, only its bound socket speaks
 //! for it.
 
-use std::collections::HashMap;
+use crate::FastMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use proto::Datagram;

@@ -112,6 +112,10 @@ mod sequencer;
 mod timers;
 mod total;
 
+/// The maps looked up for every message: keyed by group and member names already admitted,
+/// so a fast hasher (seeded per process) serves them.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use config::Config;
 pub use counters::Counters;
 pub use error::Error;

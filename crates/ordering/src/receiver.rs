@@ -1,7 +1,9 @@
 //! The FIFO receiver: per group and sender, the next expected counter, a holdback queue, and
 //! the detection and recovery of gaps.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap as HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Instant;
@@ -527,7 +529,7 @@ impl<T> FifoReceiver<T> {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            groups: HashMap::new(),
+            groups: HashMap::default(),
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),

@@ -1,7 +1,9 @@
 //! The FIFO sender: per-group counters, a bounded retransmission buffer, and the idle
 //! announcement of the highest counter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap as HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,8 +66,8 @@ impl<T: Clone> FifoSender<T> {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            groups: HashMap::new(),
-            closed: HashMap::new(),
+            groups: HashMap::default(),
+            closed: HashMap::default(),
             timers: TimerQueue::new(),
             outputs: VecDeque::new(),
             counters: Counters::default(),

@@ -7,7 +7,6 @@
 //! [`BUNDLE_VERSION`] or later receive bundles; the report's peers always get single
 //! datagrams, which never start with `[`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::datagram::{Datagram, MAX_DATAGRAM_LEN};
@@ -109,7 +108,7 @@ pub fn decode_single(bytes: &[u8]) -> Result<Datagram, Error> {
 /// [compact encoding](crate::compact), learned from the `Proto` of their Hello or HelloAck
 /// (only a genuine one: its sender checked).
 #[derive(Debug, Default)]
-pub struct BundleReaders(HashMap<SocketAddr, u32>);
+pub struct BundleReaders(std::collections::HashMap<SocketAddr, u32, foldhash::fast::RandomState>);
 
 impl BundleReaders {
     /// The member at `from` announced `proto` (or nothing, as the report's peers do).

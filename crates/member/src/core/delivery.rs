@@ -4,6 +4,28 @@
 
 use super::*;
 
+/// The JSON form of `d`, our message of `payload`, if the report's peers could read it (else
+/// how long a text may be); `compact`, if given, is sent instead.
+fn checked_json(d: &Datagram, payload: &[u8], compact: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
+    let json = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
+        // What the datagram spends besides the payload is the same for any payload: the
+        // rest of the limit is what a text of plain characters may take.
+        let carried = d.data.as_ref().map_or_else(
+            || serde_json::to_string(&d.content).map_or(d.content.len(), |t| t.len() - 2),
+            String::len,
+        );
+        let overhead = match e {
+            proto::Error::Oversized { len, .. } => len.saturating_sub(carried),
+            _ => 0,
+        };
+        Error::TooLong {
+            chars: String::from_utf8_lossy(payload).chars().count(),
+            max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
+        }
+    })?;
+    Ok(compact.unwrap_or(json))
+}
+
 /// A group, where its messages go, and what seals them.
 type Audience = (Arc<str>, Vec<Destination>, Option<Arc<seal::Sealer>>);
 
@@ -42,27 +64,20 @@ impl PeerCore {
             });
         }
         d.sent_at_us = Some(sent_at_us);
-        let bytes = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
-            // What the datagram spends besides the payload is the same for any payload: the
-            // rest of the limit is what a text of plain characters may take.
-            let carried = d.data.as_ref().map_or_else(
-                || serde_json::to_string(&d.content).map_or(d.content.len(), |t| t.len() - 2),
-                String::len,
-            );
-            let overhead = match e {
-                proto::Error::Oversized { len, .. } => len.saturating_sub(carried),
-                _ => 0,
-            };
-            Error::TooLong {
-                chars: String::from_utf8_lossy(payload).chars().count(),
-                max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
-            }
-        })?;
-        // Members that all read the compact encoding get it; JSON was made anyway, to check
-        // the length every member must be able to read.
-        let bytes = match self.audience_reads_compact(group) {
-            true => proto::compact::from_datagram(&d).unwrap_or(bytes),
-            false => bytes,
+        // Members that all read the compact encoding get it. The JSON form is made only to
+        // check the length every member must be able to read, unless it could not be too
+        // long whatever the text (each byte escaped as `\u00XX` at worst).
+        let compact = self
+            .audience_reads_compact(group)
+            .then(|| proto::compact::from_datagram(&d))
+            .flatten();
+        let json_at_most = 256
+            + 6 * (d.group.len() + d.username.len() + d.origin.len() + d.src_ip.len())
+            + 6 * d.content.len()
+            + d.data.as_ref().map_or(0, String::len);
+        let bytes = match compact {
+            Some(compact) if json_at_most <= LEGACY_DATAGRAM_LEN => compact,
+            compact => checked_json(&d, payload, compact)?,
         };
         let sent = self
             .tx

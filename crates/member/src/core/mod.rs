@@ -9,7 +9,9 @@
 //! sequencer across crashes), [`delivery`] (sending, and the ordering cores' outputs), and
 //! [`timers`] (one table of a group's timers, dispatched by `handle_timeout` here).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -384,8 +386,8 @@ impl PeerCore {
             tx: FifoSender::new(config.ordering.clone()),
             fifo: FifoReceiver::new(config.ordering.clone()),
             total: TotalOrderReceiver::new(config.ordering, SEQUENCER),
-            groups: HashMap::new(),
-            departed: HashMap::new(),
+            groups: HashMap::default(),
+            departed: HashMap::default(),
             outputs: VecDeque::new(),
             traffic: Traffic::default(),
         }

@@ -62,6 +62,9 @@ pub struct Members {
     /// final counter of their Bye) may still be on its way or need asking for, so their
     /// datagrams are still believed and they can still be asked (bounded).
     left: HashMap<String, MemberInfo>,
+    /// Changes with every change to the members (or a chance of one: a mutable borrow), so
+    /// what is worked out from them can be kept until then.
+    version: u64,
 }
 
 /// Evicted members remembered per group, in case they come back alive.
@@ -75,17 +78,20 @@ impl Members {
 
     /// The member called `name`, mutably.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut MemberInfo> {
+        self.version += 1;
         self.by_name.get_mut(name)
     }
 
     /// Adds or replaces a member.
     pub fn insert(&mut self, name: &str, info: MemberInfo) {
+        self.version += 1;
         self.left.remove(name);
         self.by_name.insert(name.to_owned(), info);
     }
 
     /// Forgets a member; returns what was known.
     pub fn remove(&mut self, name: &str) -> Option<MemberInfo> {
+        self.version += 1;
         self.by_name.remove(name)
     }
 
@@ -94,6 +100,7 @@ impl Members {
     /// until it joins again or is displaced from this bounded memory. Returns what was
     /// known, `None` if it was not a member.
     pub fn depart(&mut self, name: &str) -> Option<MemberInfo> {
+        self.version += 1;
         let info = self.by_name.remove(name)?;
         if self.left.len() >= EVICTIONS_REMEMBERED {
             self.left.clear();
@@ -135,7 +142,13 @@ impl Members {
 
     /// Every member, by name, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut MemberInfo)> {
+        self.version += 1;
         self.by_name.iter_mut()
+    }
+
+    /// Changes whenever the members may have changed (see [`iter`](Self::iter)).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// How many members are known.

@@ -108,29 +108,39 @@ pub fn decode_single(bytes: &[u8]) -> Result<Datagram, Error> {
 /// [compact encoding](crate::compact), learned from the `Proto` of their Hello or HelloAck
 /// (only a genuine one: its sender checked).
 #[derive(Debug, Default)]
-pub struct BundleReaders(std::collections::HashMap<SocketAddr, u32, foldhash::fast::RandomState>);
+pub struct BundleReaders {
+    readers: std::collections::HashMap<SocketAddr, u32, foldhash::fast::RandomState>,
+    /// Changes with every note.
+    version: u64,
+}
 
 impl BundleReaders {
     /// The member at `from` announced `proto` (or nothing, as the report's peers do).
     pub fn note(&mut self, from: SocketAddr, proto: Option<u32>) {
+        self.version += 1;
         match proto {
             Some(v) if v >= BUNDLE_VERSION => {
-                self.0.insert(from, v);
+                self.readers.insert(from, v);
             }
             _ => {
-                self.0.remove(&from);
+                self.readers.remove(&from);
             }
         }
     }
 
     /// Whether bundles may be sent to `to`.
     pub fn reads(&self, to: &SocketAddr) -> bool {
-        self.0.contains_key(to)
+        self.readers.contains_key(to)
+    }
+
+    /// Changes whenever what is known may have changed.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Whether compact datagrams may be sent to `to`.
     pub fn reads_compact(&self, to: &SocketAddr) -> bool {
-        self.0
+        self.readers
             .get(to)
             .is_some_and(|v| *v >= crate::compact::COMPACT_VERSION)
     }

@@ -26,9 +26,6 @@ fn checked_json(d: &Datagram, payload: &[u8], compact: Option<Vec<u8>>) -> Resul
     Ok(compact.unwrap_or(json))
 }
 
-/// A group, where its messages go, and what seals them.
-type Audience = (Arc<str>, Vec<Destination>, Option<Arc<seal::Sealer>>);
-
 impl PeerCore {
     /// Multicasts `payload` to `group`, stamped with `sent_at_us`; returns its counter.
     /// UTF-8 text reaches every member; other bytes only groups whose members all speak the
@@ -216,24 +213,12 @@ impl PeerCore {
 
     /// Turns what the ordering cores want into datagrams and deliveries.
     pub(super) fn pump(&mut self, now: Instant) {
-        // Where a group's messages go, looked up once for a burst of them.
-        let mut audience: Option<Audience> = None;
         while let Some(out) = self.tx.poll_output() {
             match out {
                 Order::Multicast { group, payload, .. } => {
-                    if audience.as_ref().is_none_or(|(g, ..)| *g != group) {
-                        let dests = self
-                            .audience(&group, false)
-                            .into_iter()
-                            .map(|to| self.destination(to))
-                            .collect();
-                        let seal = self.seals.sealer(&group);
-                        audience = Some((group, dests, seal));
-                    }
-                    if let Some((_, dests, seal)) = &audience {
-                        for dest in dests {
-                            self.transmit_to(*dest, payload.clone(), seal.clone(), true);
-                        }
+                    let seal = self.seals.sealer(&group);
+                    for dest in self.destinations(&group).iter() {
+                        self.transmit_to(*dest, payload.clone(), seal.clone(), true);
                     }
                 }
                 Order::Retransmit {

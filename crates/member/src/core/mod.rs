@@ -313,7 +313,13 @@ struct GroupState {
     takeover: Takeover,
     flow: Flow,
     timers: Timers,
+    /// Where our messages go, as worked out from the members and the bundle readers at the
+    /// versions given (a sender flat out works it out once, not per message).
+    audience: Option<KeptAudience>,
 }
+
+/// The versions of the members and of the bundle readers, and where our messages go.
+type KeptAudience = ((u64, u64), Arc<[Destination]>);
 
 impl GroupState {
     /// Forgets what we kept of `member`'s stream and it of ours (it left, was evicted or
@@ -624,16 +630,34 @@ impl PeerCore {
     /// Whether every member our multicasts in `group` go to reads the compact encoding (as
     /// its handshake said; a destination the bundle readers do not know as one still gets
     /// JSON, see [`transmit_to`](Self::transmit_to)).
-    fn audience_reads_compact(&self, group: &str) -> bool {
-        self.members_of(group).is_some_and(|members| {
-            members
-                .iter()
-                .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
-                .all(|(_, m)| {
-                    m.proto
-                        .is_some_and(|v| v >= proto::compact::COMPACT_VERSION)
-                })
-        })
+    fn audience_reads_compact(&mut self, group: &str) -> bool {
+        self.members_of(group).is_some() && self.destinations(group).iter().all(|d| d.compact)
+    }
+
+    /// Where our multicasts in `group` go ([`audience`](Self::audience)) and what each
+    /// reads; kept until the members or what they read change.
+    fn destinations(&mut self, group: &str) -> Arc<[Destination]> {
+        let worked_out = |core: &Self| -> Arc<[Destination]> {
+            core.audience(group, false)
+                .into_iter()
+                .map(|to| core.destination(to))
+                .collect()
+        };
+        let Some(state) = self.groups.get(group) else {
+            // A group we left a moment ago: rare, not kept.
+            return worked_out(self);
+        };
+        let versions = (state.members.version(), self.bundle_readers.version());
+        if let Some((at, dests)) = &state.audience
+            && *at == versions
+        {
+            return dests.clone();
+        }
+        let dests = worked_out(self);
+        if let Some(state) = self.groups.get_mut(group) {
+            state.audience = Some((versions, dests.clone()));
+        }
+        dests
     }
 
     /// Where our multicasts in `group` go: every other member in FIFO mode, only the

@@ -51,6 +51,9 @@ pub struct OutboxStats {
     pub bundles: u64,
     /// Datagrams that travelled inside bundles.
     pub bundled: u64,
+    /// Of the bundles, those packed for the member before and sent again as they were (a
+    /// multicast's).
+    pub repeated: u64,
 }
 
 /// Datagrams waiting for a non-blocking socket.
@@ -74,6 +77,8 @@ pub struct Outbox {
     waiting: usize,
     writer: BundleWriter,
     compact: CompactWriter,
+    /// The bundle packed last, to send again as it is to the next member of a multicast.
+    last_bundle: LastBundle,
     /// The sealed form of the datagram being sent.
     sealed: Vec<u8>,
     /// Largest bundle; `None`: by destination (16 KiB on loopback, 1472 bytes elsewhere);
@@ -170,7 +175,15 @@ impl Outbox {
             // How many of the datagrams at the front go in one bundle.
             let mut take = 1;
             let is_compact = compact::is_compact(&first.bytes);
-            if first.bundle {
+            let repeated = match first.bundle {
+                true => self.last_bundle.repeats(&lane.queue, max),
+                false => None,
+            };
+            if let Some(n) = repeated {
+                // What a multicast queued for the previous member, in the same order: its
+                // bundle, already packed.
+                take = n;
+            } else if first.bundle {
                 take = if is_compact {
                     pack(
                         &mut self.compact,
@@ -192,14 +205,19 @@ impl Outbox {
                     )
                 };
             }
-            let plain: &[u8] = match (take > 1, is_compact) {
-                (true, true) => self.compact.finish(),
-                (true, false) => self.writer.finish(),
-                (false, _) => {
-                    let _ = self.writer.finish();
-                    let _ = self.compact.finish();
-                    &first.bytes
-                }
+            if take > 1 && repeated.is_none() {
+                let packed = match is_compact {
+                    true => self.compact.finish(),
+                    false => self.writer.finish(),
+                };
+                self.last_bundle.remember(&lane.queue, take, max, packed);
+            }
+            let plain: &[u8] = if take > 1 {
+                &self.last_bundle.bytes
+            } else {
+                let _ = self.writer.finish();
+                let _ = self.compact.finish();
+                &first.bytes
             };
             let result = match &first.seal {
                 Some(sealer) => {
@@ -214,6 +232,9 @@ impl Outbox {
                     if take > 1 {
                         self.stats.bundles += 1;
                         self.stats.bundled += take as u64;
+                    }
+                    if repeated.is_some() {
+                        self.stats.repeated += 1;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -239,6 +260,50 @@ impl Outbox {
     /// What was sent so far.
     pub fn stats(&self) -> OutboxStats {
         self.stats
+    }
+}
+
+/// The bundle packed last: which datagrams (each a buffer a multicast shares among its
+/// destinations; held, so that no other datagram can take its place in memory) in which
+/// order, sealed with what, within which limit, and its bytes (before sealing).
+#[derive(Debug, Default)]
+struct LastBundle {
+    items: Vec<Arc<[u8]>>,
+    seal: Option<Arc<Sealer>>,
+    max: usize,
+    bytes: Vec<u8>,
+}
+
+impl LastBundle {
+    /// How many datagrams at the front of `queue` are the last bundle's, if all of them are,
+    /// in its order, sealed alike and under the same limit.
+    fn repeats(&self, queue: &VecDeque<Pending>, max: usize) -> Option<usize> {
+        let n = self.items.len();
+        let first = queue.front()?;
+        let same_seal = match (&self.seal, &first.seal) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        (n > 1
+            && self.max == max
+            && same_seal
+            && queue.len() >= n
+            && queue
+                .iter()
+                .zip(&self.items)
+                .all(|(p, item)| p.bundle && Arc::ptr_eq(&p.bytes, item)))
+        .then_some(n)
+    }
+
+    fn remember(&mut self, queue: &VecDeque<Pending>, take: usize, max: usize, bytes: &[u8]) {
+        self.items.clear();
+        self.items
+            .extend(queue.iter().take(take).map(|p| p.bytes.clone()));
+        self.seal = queue.front().and_then(|p| p.seal.clone());
+        self.max = max;
+        self.bytes.clear();
+        self.bytes.extend_from_slice(bytes);
     }
 }
 
@@ -355,6 +420,51 @@ mod tests {
         assert_eq!(runs, [("ford", 2), ("zaphod", 1)]);
         assert_eq!(got[1], b"{\"json\":1}");
         assert_eq!(CompactDatagram::parse(&got[2]).map(|d| d.len()), Ok(1));
+    }
+
+    #[test]
+    fn a_multicast_bundle_packed_once_goes_to_every_member_that_queued_the_same() {
+        let udp = socket();
+        let members: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let to: Vec<SocketAddr> = members
+            .iter()
+            .map(|m| m.local_addr().expect("addr"))
+            .collect();
+        let items: Vec<Arc<[u8]>> = (0..5)
+            .map(|n| Arc::from(format!("{{\"n\":{n}}}").into_bytes()))
+            .collect();
+        let mut out = Outbox::new();
+        for item in &items {
+            for (i, addr) in to.iter().enumerate() {
+                // The last member misses the third datagram: its bundle differs.
+                if i == 2 && item[5] == b'2' {
+                    continue;
+                }
+                out.queue(*addr, item.clone(), true, None);
+            }
+        }
+        out.flush(&udp);
+        let got: Vec<Vec<Vec<u8>>> = members.iter().map(receive_all).collect();
+        let all = b"[{\"n\":0},{\"n\":1},{\"n\":2},{\"n\":3},{\"n\":4}]".to_vec();
+        let without = b"[{\"n\":0},{\"n\":1},{\"n\":3},{\"n\":4}]".to_vec();
+        assert_eq!(got, [vec![all.clone()], vec![all], vec![without]]);
+        assert_eq!(
+            out.stats().repeated,
+            1,
+            "the second member's bundle was the first's"
+        );
+        // A later multicast of other datagrams is packed afresh.
+        let later: Arc<[u8]> = Arc::from(&b"{\"n\":5}"[..]);
+        for addr in &to {
+            out.queue(*addr, later.clone(), true, None);
+            out.queue(*addr, items[0].clone(), true, None);
+        }
+        out.flush(&udp);
+        for m in &members {
+            assert_eq!(receive_all(m), [b"[{\"n\":5},{\"n\":0}]".to_vec()]);
+        }
     }
 
     #[test]

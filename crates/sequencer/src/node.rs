@@ -850,6 +850,12 @@ impl SequencerNode {
     /// an earlier sequencer (or one that already follows a later one) must not take our
     /// sequence numbers for its sequencer's. The report's peers get it without.
     fn sequenced(&self, group: &str, seq: u64, s: &Sequenced<Submitted>, form: Form) -> Arc<[u8]> {
+        if form == Form::Compact
+            && s.payload.data.is_none()
+            && let Some(bytes) = self.sequenced_compact(group, seq, s)
+        {
+            return bytes;
+        }
         let newer = form != Form::Report;
         let mut d = Datagram::new(
             DatagramType::Application,
@@ -872,6 +878,32 @@ impl SequencerNode {
             return Arc::from(bytes);
         }
         encode(&d)
+    }
+
+    /// A sequenced text message in the compact encoding, made straight from what the
+    /// author sent (`None` if it cannot be: a name too long for the layout).
+    fn sequenced_compact(
+        &self,
+        group: &str,
+        seq: u64,
+        s: &Sequenced<Submitted>,
+    ) -> Option<Arc<[u8]>> {
+        let header = proto::compact::RunHeader {
+            group,
+            sender: SEQUENCER,
+            addr: self.addr,
+        };
+        let item = proto::compact::Item {
+            counter: seq,
+            sent_at_us: s.payload.sent_at_us,
+            origin_counter: Some(s.origin_counter),
+            epoch: Some(self.epoch),
+            origin: (*s.origin != *SEQUENCER).then_some(&*s.origin),
+            payload: s.payload.text.as_bytes(),
+        };
+        let mut out = Vec::with_capacity(64 + s.payload.text.len());
+        proto::compact::encode_into(&mut out, &header, &item).ok()?;
+        Some(Arc::from(out))
     }
 
     fn control(
@@ -1006,6 +1038,29 @@ fn encode(d: &Datagram) -> Arc<[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sequenced_message_made_compact_directly_is_the_compact_form_of_its_json() {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let node = SequencerNode::new(us, None, ordering::Config::default(), 7);
+        let s = Sequenced {
+            origin: Arc::from("ford"),
+            origin_counter: 12,
+            payload: Submitted {
+                text: Arc::from("hello there"),
+                data: None,
+                sent_at_us: Some(1_700_000_000_000_000),
+            },
+        };
+        let direct = node.sequenced("books", 40, &s, Form::Compact);
+        let newer =
+            proto::Datagram::decode(&node.sequenced("books", 40, &s, Form::Newer)).expect("json");
+        assert_eq!(
+            proto::compact::from_datagram(&newer).as_deref(),
+            Some(&direct[..])
+        );
+        assert_eq!(proto::bundle::decode_single(&direct), Ok(newer));
+    }
 
     #[test]
     fn the_trackers_bye_naming_us_asks_the_driver_to_register_again_once() {

@@ -17,9 +17,9 @@ struct Lane {
     queue: VecDeque<Pending>,
 }
 
+/// A datagram waiting in its destination's lane.
 #[derive(Debug)]
 struct Pending {
-    to: SocketAddr,
     bytes: Arc<[u8]>,
     /// The destination reads bundles.
     bundle: bool,
@@ -28,11 +28,10 @@ struct Pending {
 }
 
 impl Pending {
-    /// Whether `other` may go in the same bundle: same destination, same encoding (JSON or
+    /// Whether `other`, of the same lane, may go in the same bundle: same encoding (JSON or
     /// compact), and sealed alike.
     fn bundles_with(&self, other: &Pending) -> bool {
-        other.to == self.to
-            && other.bundle
+        other.bundle
             && compact::is_compact(&other.bytes) == compact::is_compact(&self.bytes)
             && match (&self.seal, &other.seal) {
                 (None, None) => true,
@@ -123,7 +122,6 @@ impl Outbox {
         };
         self.last = lane;
         self.lanes[lane].queue.push_back(Pending {
-            to,
             bytes,
             bundle,
             seal,
@@ -184,25 +182,9 @@ impl Outbox {
                 // bundle, already packed.
                 take = n;
             } else if first.bundle {
-                take = if is_compact {
-                    pack(
-                        &mut self.compact,
-                        &lane.queue,
-                        max,
-                        |w, b| w.fits(b, max),
-                        CompactWriter::push,
-                    )
-                } else {
-                    pack(
-                        &mut self.writer,
-                        &lane.queue,
-                        max,
-                        |w, b| w.fits(b, max),
-                        |w, b| {
-                            w.push(b);
-                            true
-                        },
-                    )
+                take = match is_compact {
+                    true => pack(&mut self.compact, &lane.queue, max),
+                    false => pack(&mut self.writer, &lane.queue, max),
                 };
             }
             if take > 1 && repeated.is_none() {
@@ -307,24 +289,47 @@ impl LastBundle {
     }
 }
 
-/// Pushes the datagrams at the front of `queue` that may share a bundle with the first into
-/// `writer` (`fits`, then `push`, which may refuse one); returns how many it took.
-fn pack<W>(
-    writer: &mut W,
-    queue: &VecDeque<Pending>,
-    max: usize,
-    fits: impl Fn(&W, &[u8]) -> bool,
-    push: impl Fn(&mut W, &[u8]) -> bool,
-) -> usize {
+/// A bundle being built, JSON or compact.
+trait Packer {
+    /// Whether `item` still fits within `max` bytes.
+    fn fits(&self, item: &[u8], max: usize) -> bool;
+    /// Appends `item`; false if it cannot go in this kind of bundle.
+    fn push(&mut self, item: &[u8]) -> bool;
+}
+
+impl Packer for BundleWriter {
+    fn fits(&self, item: &[u8], max: usize) -> bool {
+        BundleWriter::fits(self, item, max)
+    }
+
+    fn push(&mut self, item: &[u8]) -> bool {
+        BundleWriter::push(self, item);
+        true
+    }
+}
+
+impl Packer for CompactWriter {
+    fn fits(&self, item: &[u8], max: usize) -> bool {
+        CompactWriter::fits(self, item, max)
+    }
+
+    fn push(&mut self, item: &[u8]) -> bool {
+        CompactWriter::push(self, item)
+    }
+}
+
+/// Pushes the datagrams at the front of `queue` that may share a bundle with the first, at
+/// most `max` bytes, into `writer`; returns how many it took.
+fn pack(writer: &mut impl Packer, queue: &VecDeque<Pending>, max: usize) -> usize {
     let Some(first) = queue.front() else {
         return 0;
     };
-    if first.bytes.len() >= max || !push(writer, &first.bytes) {
+    if first.bytes.len() >= max || !writer.push(&first.bytes) {
         return 1;
     }
     let mut take = 1;
     for p in queue.iter().skip(1) {
-        if !first.bundles_with(p) || !fits(writer, &p.bytes) || !push(writer, &p.bytes) {
+        if !first.bundles_with(p) || !writer.fits(&p.bytes, max) || !writer.push(&p.bytes) {
             break;
         }
         take += 1;

@@ -128,20 +128,7 @@ impl PeerCore {
                 payload: item.payload.to_vec(),
                 sent_at_us: item.sent_at_us,
             };
-            let accepted = match (self.mode, from_sequencer) {
-                (Mode::Fifo, false) => self
-                    .fifo
-                    .handle_message(now, group, sender, item.counter, received)
-                    .is_ok(),
-                (Mode::Total, true) => self
-                    .total
-                    .handle_sequenced(now, group, item.counter, received)
-                    .is_ok(),
-                _ => false,
-            };
-            if !accepted {
-                self.traffic.other_mode += 1;
-            }
+            self.order(now, group, sender, item.counter, received);
         }
         self.pump(now);
     }

@@ -5,9 +5,9 @@
 use super::*;
 
 /// The JSON form of `d`, our message of `payload`, if the report's peers could read it (else
-/// how long a text may be); `compact`, if given, is sent instead.
-fn checked_json(d: &Datagram, payload: &[u8], compact: Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
-    let json = d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
+/// how long a text may be).
+fn checked_json(d: &Datagram, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    d.encode(LEGACY_DATAGRAM_LEN).map_err(|e| {
         // What the datagram spends besides the payload is the same for any payload: the
         // rest of the limit is what a text of plain characters may take.
         let carried = d.data.as_ref().map_or_else(
@@ -22,8 +22,7 @@ fn checked_json(d: &Datagram, payload: &[u8], compact: Option<Vec<u8>>) -> Resul
             chars: String::from_utf8_lossy(payload).chars().count(),
             max_chars: LEGACY_DATAGRAM_LEN.saturating_sub(overhead),
         }
-    })?;
-    Ok(compact.unwrap_or(json))
+    })
 }
 
 impl PeerCore {
@@ -74,7 +73,10 @@ impl PeerCore {
             + d.data.as_ref().map_or(0, String::len);
         let bytes = match compact {
             Some(compact) if json_at_most <= LEGACY_DATAGRAM_LEN => compact,
-            compact => checked_json(&d, payload, compact)?,
+            compact => {
+                let json = checked_json(&d, payload)?;
+                compact.unwrap_or(json)
+            }
         };
         let sent = self
             .tx
@@ -141,14 +143,27 @@ impl PeerCore {
             payload: bytes,
             sent_at_us: d.sent_at_us,
         };
-        let accepted = match (self.mode, from_sequencer) {
+        self.order(now, &d.group, &d.username, d.counter, payload);
+    }
+
+    /// A message of `sender` (an author, or the sequencer with its copy) into the ordering
+    /// core of our mode; one of the other mode is counted and dropped.
+    pub(super) fn order(
+        &mut self,
+        now: Instant,
+        group: &str,
+        sender: &str,
+        counter: u64,
+        received: Received,
+    ) {
+        let accepted = match (self.mode, sender == SEQUENCER) {
             (Mode::Fifo, false) => self
                 .fifo
-                .handle_message(now, &d.group, &d.username, d.counter, payload)
+                .handle_message(now, group, sender, counter, received)
                 .is_ok(),
             (Mode::Total, true) => self
                 .total
-                .handle_sequenced(now, &d.group, d.counter, payload)
+                .handle_sequenced(now, group, counter, received)
                 .is_ok(),
             _ => false,
         };

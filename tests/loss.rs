@@ -19,6 +19,8 @@ use support::{Process, check_deliveries, lines_file, script};
 const PEERS: usize = 5;
 const TRACKER: &str = "127.0.0.1:5000";
 const SEQUENCER: &str = "127.0.0.1:5001";
+/// The IP multicast group of the runs that use one (inside their own namespace).
+const MULTICAST_GROUP: &str = "239.255.3.1:7400";
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -49,6 +51,9 @@ struct Stress {
     kill_a_member_after: Option<Duration>,
     /// The group is sealed: the sequencer and every peer hold its key.
     sealed: bool,
+    /// The peers listen on an IP multicast group on the namespace's loopback, and the
+    /// sequencer sends there (`--multicast`): one datagram reaches every member, or none.
+    multicast: bool,
 }
 
 /// What a run shows.
@@ -128,6 +133,9 @@ fn lossy_group(
     let _sequencer = total.then(|| {
         let mut args = vec![SEQUENCER.to_owned()];
         args.extend(key_args.iter().cloned());
+        if stress.multicast {
+            args.push("--multicast".into());
+        }
         ns.spawn("sequencer", &args)
     });
     let mut tracker_args = vec![TRACKER.to_owned()];
@@ -157,6 +165,9 @@ fn lossy_group(
             }
             let mut args = script.line("127.0.0.1:0", &name, TRACKER);
             args.extend(key_args.iter().cloned());
+            if stress.multicast {
+                args.extend(["--multicast".into(), MULTICAST_GROUP.into()]);
+            }
             ns.spawn("peer", &args)
         })
         .collect();
@@ -282,6 +293,10 @@ fn lossy_group(
         } else {
             assert!(r.get("sealed").is_none(), "p{p}: {r}");
         }
+        if stress.multicast && !total {
+            // Its messages went to the group (what was lost was asked for from it).
+            assert_eq!(r["multicast_sent"], r["sent"], "p{p}: {r}");
+        }
         assert_eq!(r["times_evicted"], 0, "p{p} was evicted while alive: {r}");
         assert_eq!(r["evicted"], killed, "p{p} saw another eviction: {r}");
     }
@@ -320,20 +335,33 @@ fn lossy_group(
 /// Five peers, 1,000 messages each, at 10 % and 30 % loss on the group's traffic, in FIFO and
 /// total order; `sealed`: in a sealed group.
 fn real_loss_in_both_orders(sealed: bool) {
+    real_loss_in_both_orders_with(Stress {
+        sealed,
+        ..Stress::default()
+    });
+}
+
+fn real_loss_in_both_orders_with(stress: Stress) {
     if let Err(why) = can_run() {
         eprintln!("skipped: real-loss test needs namespaces and iptables: {why}");
         return;
     }
     for total in [false, true] {
         for percent in [10, 30] {
-            let stress = Stress {
-                sealed,
-                ..Stress::default()
-            };
             let run = lossy_group(total, percent, 1000, None, Loss::GroupOnly, &[], stress);
             eprintln!("{}", run.line);
         }
     }
+}
+
+/// Over IP multicast a loss takes a datagram from one member, not from all: each asks for
+/// what it lacks, by unicast, and gets it from the author (or the sequencer).
+#[test]
+fn every_message_arrives_once_and_in_order_under_real_loss_over_ip_multicast() {
+    real_loss_in_both_orders_with(Stress {
+        multicast: true,
+        ..Stress::default()
+    });
 }
 
 #[test]
@@ -397,6 +425,7 @@ fn soak(seconds: usize, memory: bool) {
             cpu_hog: true,
             kill_a_member_after: Some(Duration::from_secs(seconds as u64 / 3)),
             sealed: false,
+            multicast: false,
         },
     );
     eprintln!(

@@ -80,7 +80,15 @@ struct Scenario {
     /// sending (a random part of its pending datagrams goes out), and a new one starts at
     /// its address after this long.
     sequencer_crash: Option<(Duration, Duration)>,
+    /// The members listen on an IP multicast group, and the sequencer sends there: one
+    /// datagram to it goes to every member (but its sender), each copy lost, delayed or
+    /// cut off by the partition on its own.
+    multicast: bool,
 }
+
+/// The members' IP multicast group when the scenario has one.
+const MULTICAST_GROUP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(239, 255, 0, 1)), 7400);
 
 impl Scenario {
     /// `Faults::Known` keeps out the sequencer crashes of the known limits (see
@@ -125,7 +133,10 @@ impl Scenario {
                     Duration::from_millis(rng.random_range(20..800)),
                 )
             }),
+            multicast: false,
         };
+        // Drawn last, so the other draws of a seed stay what they were before it existed.
+        scenario.multicast = rng.random_bool(0.5);
         if faults == Faults::Known && scenario.sequencer_crash.is_some() {
             scenario.partition = None;
         }
@@ -177,6 +188,8 @@ struct Sim {
     mode: Mode,
     net: BinaryHeap<Reverse<InFlight>>,
     sent: u64,
+    /// Datagrams sent to the multicast group (each then went to every member).
+    to_group: u64,
     peers: Vec<SimPeer>,
     sequencer: Option<SequencerNode>,
     /// `None` while the tracker is down.
@@ -198,8 +211,12 @@ impl Sim {
         let base = Instant::now();
         let tracker = addr(5000);
         let seq_addr = addr(5001);
-        let sequencer = (mode == Mode::Total)
-            .then(|| SequencerNode::new(seq_addr, Some(tracker), ordering::Config::default(), 1));
+        let sequencer = (mode == Mode::Total).then(|| {
+            let mut node =
+                SequencerNode::new(seq_addr, Some(tracker), ordering::Config::default(), 1);
+            node.send_multicast(scenario.multicast);
+            node
+        });
         let peers = (0..scenario.peers)
             .map(|i| {
                 let name = format!("p{i}");
@@ -212,6 +229,7 @@ impl Sim {
                         mode,
                         ordering: ordering::Config::default(),
                         seals: Vec::new(),
+                        multicast: scenario.multicast.then_some(MULTICAST_GROUP),
                     },
                     clock: None,
                 };
@@ -237,6 +255,7 @@ impl Sim {
             mode,
             net: BinaryHeap::new(),
             sent: 0,
+            to_group: 0,
             peers,
             sequencer,
             registry: Some(Self::fresh_registry(mode)),
@@ -272,6 +291,19 @@ impl Sim {
 
     /// A datagram into the network, through the fault model.
     fn post(&mut self, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        if to == MULTICAST_GROUP {
+            self.to_group += 1;
+            let listeners: Vec<SocketAddr> = self
+                .peers
+                .iter()
+                .map(|p| p.addr)
+                .filter(|a| *a != from)
+                .collect();
+            for to in listeners {
+                self.post(from, to, bytes);
+            }
+            return;
+        }
         if self.rng.random_range(0..1000) < self.scenario.loss_per_mille {
             return;
         }
@@ -448,12 +480,14 @@ impl Sim {
                 }
                 self.sequencer_died = true;
             } else if self.now >= when + downtime && self.sequencer.is_none() {
-                self.sequencer = Some(SequencerNode::new(
+                let mut node = SequencerNode::new(
                     addr(5001),
                     Some(self.tracker),
                     ordering::Config::default(),
                     2,
-                ));
+                );
+                node.send_multicast(self.scenario.multicast);
+                self.sequencer = Some(node);
             }
         }
         // Crash.
@@ -805,10 +839,11 @@ fn mode_of(name: &str) -> Mode {
     }
 }
 
-fn run_seed(seed: u64, mode: Mode, faults: Faults) -> Result<(), String> {
+/// Runs one seed; returns how many datagrams went to the multicast group.
+fn run_seed(seed: u64, mode: Mode, faults: Faults) -> Result<u64, String> {
     let mut sim = Sim::new(seed, mode, faults);
     sim.run();
-    sim.check(mode).map_err(|e| {
+    sim.check(mode).map(|()| sim.to_group).map_err(|e| {
         let m = if mode == Mode::Total { "total" } else { "fifo" };
         format!(
             "seed {seed} ({m}): {e}\n  scenario: {:?}\n  replay: SIM_SEED={seed} SIM_MODE={m}{} cargo test --test member_simulation replay -- --nocapture",
@@ -823,9 +858,19 @@ fn many(mode: Mode, faults: Faults) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let failures: Vec<String> = (0..seeds)
-        .filter_map(|seed| run_seed(seed, mode, faults).err())
-        .collect();
+    let (passed, failures): (Vec<_>, Vec<_>) = (0..seeds)
+        .map(|seed| run_seed(seed, mode, faults))
+        .partition(Result::is_ok);
+    let failures: Vec<String> = failures.into_iter().filter_map(Result::err).collect();
+    // About half the scenarios have the members on a multicast group: it must be used.
+    let multicast_runs = passed
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|n| *n > 0))
+        .count();
+    assert!(
+        seeds < 20 || multicast_runs as u64 >= seeds / 10,
+        "only {multicast_runs} of {seeds} seeds sent anything to the multicast group"
+    );
     if std::env::var_os("SIM_ALL").is_some() {
         for f in &failures {
             let mut lines = f.lines();

@@ -114,6 +114,7 @@ fn member_core_receiving_compact_bundles_allocates_only_each_payload() {
             mode: Mode::Fifo,
             ordering: Config::default(),
             seals: Vec::new(),
+            multicast: None,
         })
     };
     let listed = |name: &str, port: u16| proto::Member {

@@ -232,7 +232,14 @@ pub fn tracker_at(addr: &str, extra: &[&str]) -> Daemon {
 }
 
 pub fn sequencer() -> Daemon {
-    daemon("sequencer", vec!["127.0.0.1:0".into()])
+    sequencer_with(&[])
+}
+
+/// A sequencer on 127.0.0.1 with these options.
+pub fn sequencer_with(extra: &[&str]) -> Daemon {
+    let mut args = vec!["127.0.0.1:0".to_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    daemon("sequencer", args)
 }
 
 /// A tracker with a sequencer, for total order.

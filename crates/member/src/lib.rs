@@ -38,6 +38,7 @@
 //!             mode: Mode::Fifo,
 //!             ordering: ordering::Config::default(),
 //!             seals: Vec::new(),
+//!             multicast: None,
 //!         },
 //!         clock: None,
 //!     },
@@ -96,6 +97,7 @@
 //!         mode: Mode::Fifo,
 //!         ordering: ordering::Config::default(),
 //!         seals: Vec::new(),
+//!         multicast: None,
 //!     })
 //! };
 //! let listed = |name: &str, port: u16| proto::Member {

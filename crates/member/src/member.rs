@@ -795,6 +795,7 @@ mod tests {
                 mode: Mode::Fifo,
                 ordering: ordering::Config::default(),
                 seals: Vec::new(),
+                multicast: None,
             },
             clock: clock.then(|| {
                 let t0 = now;

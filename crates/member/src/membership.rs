@@ -36,6 +36,9 @@ pub struct MemberInfo {
     /// The start of our stream we told it (in our Hello or HelloAck). A repeated Hello gets
     /// the same answer: a later one would make it skip messages we already sent it.
     pub our_start: Option<u64>,
+    /// The IP multicast group it also listens on, as its Hello or HelloAck said (see
+    /// [`proto::Datagram::multicast_group`]).
+    pub multicast: Option<SocketAddr>,
 }
 
 impl MemberInfo {
@@ -47,6 +50,7 @@ impl MemberInfo {
             start: None,
             heard: false,
             our_start: None,
+            multicast: None,
         }
     }
 }

@@ -74,6 +74,11 @@ pub struct ChannelConfig {
     /// Sealed groups and their keys (see the `seal` crate): their datagrams are sealed, and
     /// only members showing the same key join them. One key per group.
     pub seals: Vec<(String, seal::GroupKey)>,
+    /// An IPv4 multicast group (address and port) to listen on as well, on the interface of
+    /// our address (127.0.0.1: loopback), sending with TTL 1: a message of an unsealed group
+    /// whose other members all listen on the same group goes out once instead of once per
+    /// member. `None` (the default): unicast only.
+    pub multicast: Option<SocketAddr>,
 }
 
 impl ChannelConfig {
@@ -92,6 +97,7 @@ impl ChannelConfig {
             clock_offset_ms: 0.0,
             clock_drift_ppm: 0.0,
             seals: Vec::new(),
+            multicast: None,
         }
     }
 

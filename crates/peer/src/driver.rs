@@ -24,6 +24,7 @@ use runtime::{LinkEvent, Shutdown, TrackerLink};
 const UDP: Token = Token(0);
 const WAKER: Token = Token(1);
 const TRACKER: Token = Token(2);
+const MULTICAST: Token = Token(3);
 
 /// Datagrams read per wake-up before other work gets a turn.
 const READ_BATCH: usize = 512;
@@ -113,6 +114,9 @@ pub(crate) struct Driver {
     member: Member,
     outbox: runtime::Outbox,
     udp_pending: bool,
+    /// The IP multicast group's socket, if we listen on one, and whether more may wait in it.
+    multicast: Option<UdpSocket>,
+    multicast_pending: bool,
     /// The channel's calls waiting for the tracker's answer, by ticket.
     tickets: HashMap<Ticket, Asked>,
     api: Api,
@@ -155,7 +159,25 @@ impl Driver {
             }
             None => bound,
         };
+        let mut outbox = runtime::Outbox::new().with_max_bundle(config.bundle_bytes);
+        let mut multicast = None;
+        if let Some(group) = config.multicast {
+            let interface = runtime::multicast_interface(addr)?;
+            runtime::send_multicast_on(&std_udp, interface)?;
+            multicast = Some(UdpSocket::from_std(runtime::join_multicast(
+                group,
+                interface,
+                8 << 20,
+            )?));
+            if interface.is_loopback() {
+                outbox = outbox.with_multicast_limit(proto::bundle::LOOPBACK_BUNDLE_LEN);
+            }
+        }
         let (poll, udp, stop) = runtime::poll_udp(std_udp, UDP, WAKER)?;
+        if let Some(socket) = &mut multicast {
+            poll.registry()
+                .register(socket, MULTICAST, mio::Interest::READABLE)?;
+        }
         let now = Instant::now();
         let local = clock::SkewedClock::new(
             (config.clock_offset_ms * 1e6) as i64,
@@ -171,6 +193,7 @@ impl Driver {
                     mode: config.order,
                     ordering: config.ordering.clone(),
                     seals: config.seals.clone(),
+                    multicast: config.multicast,
                 },
                 clock: Some(Box::new(move |_| local.read(real_now()))),
             },
@@ -188,8 +211,10 @@ impl Driver {
             udp,
             stop,
             member,
-            outbox: runtime::Outbox::new().with_max_bundle(config.bundle_bytes),
+            outbox,
             udp_pending: false,
+            multicast,
+            multicast_pending: false,
             tickets: HashMap::new(),
             api,
             events: Vec::new(),
@@ -257,15 +282,20 @@ impl Driver {
             }
             let now = Instant::now();
             let mut udp_ready = self.udp_pending;
+            let mut multicast_ready = self.multicast_pending;
             for event in events.iter() {
                 match event.token() {
                     UDP => udp_ready |= event.is_readable(),
+                    MULTICAST => multicast_ready = true,
                     TRACKER => self.link.handle_ready(now),
                     _ => {}
                 }
             }
             if udp_ready {
                 self.read_udp(now);
+            }
+            if multicast_ready {
+                self.read_multicast(now);
             }
         }
     }
@@ -425,7 +455,7 @@ impl Driver {
     }
 
     fn next_wake(&self, now: Instant) -> Option<Instant> {
-        if self.udp_pending || self.send_more {
+        if self.udp_pending || self.multicast_pending || self.send_more {
             return Some(now);
         }
         let quitting = self.quit_deadline.map(|_| now + Duration::from_millis(20));
@@ -445,6 +475,22 @@ impl Driver {
         self.udp_pending = runtime::read_batch(&self.udp, &mut self.buf, READ_BATCH, |from, d| {
             member.handle_datagram(now, from, d)
         });
+    }
+
+    /// Reads the IP multicast group's socket like our own, but for what we sent there
+    /// ourselves (it comes back to us: the loop is on for the members on this host).
+    fn read_multicast(&mut self, now: Instant) {
+        let Some(socket) = &self.multicast else {
+            return;
+        };
+        let member = &mut self.member;
+        let me = member.core().addr();
+        self.multicast_pending =
+            runtime::read_batch(socket, &mut self.buf, READ_BATCH, |from, d| {
+                if from != me {
+                    member.handle_datagram(now, from, d);
+                }
+            });
     }
 
     fn flush_outbox(&mut self) {

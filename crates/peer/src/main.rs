@@ -1,4 +1,5 @@
 use std::io::{self, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -98,6 +99,14 @@ struct Args {
     #[arg(long, value_name = "BYTES")]
     bundle_bytes: Option<usize>,
 
+    /// Also listen on this IPv4 multicast group (e.g. 239.255.0.1:7400), on the interface
+    /// of our address, and send there with TTL 1: a message of an unsealed group whose
+    /// other members all listen on the same group (they say so in their Hellos) is sent
+    /// once instead of once per member; losses are asked for again as ever. For one LAN or
+    /// one host (127.0.0.1: loopback); default: unicast only.
+    #[arg(long, value_name = "GROUP:PORT", value_parser = multicast_group)]
+    multicast: Option<SocketAddr>,
+
     /// Pretend this host's clock is this many milliseconds ahead (negative: behind), to see
     /// clock synchronization with the tracker at work on one machine.
     #[arg(
@@ -173,6 +182,7 @@ fn run(args: Args) -> Result<bool, String> {
         clock_offset_ms: args.clock_offset_ms,
         clock_drift_ppm: args.clock_drift_ppm,
         seals: args.seal.keys()?,
+        multicast: args.multicast,
         other_trackers: trackers[1..].to_vec(),
         ..ChannelConfig::new(&args.username, trackers[0])
     };
@@ -263,5 +273,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => cli::report("peer", Err(e)),
+    }
+}
+
+/// An IPv4 multicast group and port, for `--multicast`.
+fn multicast_group(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not GROUP:PORT (e.g. 239.255.0.1:7400)"))?;
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_multicast() && a.port() != 0 => Ok(addr),
+        _ => Err(format!(
+            "{addr} is not an IPv4 multicast group (224.0.0.0 to 239.255.255.255) with a port"
+        )),
     }
 }

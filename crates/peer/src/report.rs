@@ -142,6 +142,8 @@ pub struct Report {
     /// Application messages sent to members, bundled or not (first sends and
     /// retransmissions).
     pub app_datagrams_sent: u64,
+    /// Of those, sent once to an IP multicast group for every member (`--multicast`).
+    pub multicast_sent: u64,
     /// Control messages sent to members (Hello, Bye, acknowledgements, retransmission
     /// requests, digests, ...).
     pub control_datagrams_sent: u64,
@@ -220,10 +222,11 @@ impl fmt::Display for Report {
             f,
             "datagrams sent",
             format!(
-                "{} ({} bundles; {} application and {} control messages, {:.2} per datagram; {:.2} datagrams per message sent)",
+                "{} ({} bundles; {} application ({} to the multicast group) and {} control messages, {:.2} per datagram; {:.2} datagrams per message sent)",
                 self.datagrams_sent,
                 self.bundles_sent,
                 self.app_datagrams_sent,
+                self.multicast_sent,
                 self.control_datagrams_sent,
                 self.messages_per_datagram,
                 self.datagrams_per_message

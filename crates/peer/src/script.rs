@@ -436,6 +436,7 @@ impl ScriptPeer {
             datagrams_sent: datagrams,
             bundles_sent: wire.bundles,
             app_datagrams_sent: traffic.app_datagrams_sent,
+            multicast_sent: traffic.multicast_sent,
             control_datagrams_sent: traffic.control_datagrams_sent,
             messages_per_datagram: if datagrams == 0 {
                 0.0

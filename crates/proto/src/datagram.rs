@@ -232,6 +232,11 @@ pub struct Datagram {
     /// others delivered lies beyond it.
     #[serde(rename = "Through", default, skip_serializing_if = "Option::is_none")]
     pub through: Option<u64>,
+    /// `Multicast`: in Hello and HelloAck, the IP multicast group (address and port) the
+    /// sender also listens on, so that a sender whose every destination listens on the same
+    /// one may send a message once to it instead of once to each. Absent: unicast only.
+    #[serde(rename = "Multicast", default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<std::net::SocketAddr>,
 }
 
 impl Datagram {
@@ -265,7 +270,15 @@ impl Datagram {
             resume: None,
             frontier: BTreeMap::new(),
             through: None,
+            multicast: None,
         }
+    }
+
+    /// The IP multicast group of a Hello or HelloAck (`Multicast`), if it is one: any other
+    /// address is ignored, so that no member can turn others' traffic on a third party.
+    pub fn multicast_group(&self) -> Option<std::net::SocketAddr> {
+        self.multicast
+            .filter(|a| a.ip().is_multicast() && a.port() != 0)
     }
 
     /// Sets the application payload: UTF-8 text goes in `Content`, where the report's peers

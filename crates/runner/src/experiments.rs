@@ -59,6 +59,10 @@ pub struct Plan {
     pub sealed: bool,
     /// Where the processes run.
     pub hosts: Hosts,
+    /// The peers also listen on an IP multicast group (a fresh one per run, TTL 1, on their
+    /// own interface: loopback, or the namespaces' bridge), so a sender whose members all
+    /// listen there sends each bundle once; else unicast only.
+    pub multicast: bool,
 }
 
 /// Where a run's processes run.
@@ -81,6 +85,9 @@ impl Plan {
         }
         if self.hosts == Hosts::Netns {
             label.push_str(" hosts");
+        }
+        if self.multicast {
+            label.push_str(" multicast");
         }
         label
     }
@@ -278,7 +285,12 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
         Hosts::Loopback => None,
         Hosts::Netns => Some(crate::lan::Lan::create("runner", plan.peers + 2)?),
     };
-    let system = System::start(bin, &bundling, lan)?;
+    let mut sequencer_args = bundling.clone();
+    if plan.multicast {
+        sequencer_args.push("--multicast".to_owned());
+    }
+    let system = System::start(bin, &sequencer_args, lan)?;
+    let multicast = plan.multicast.then(multicast_group).transpose()?;
     let expected = (plan.senders * plan.messages) as u64;
     let mut running = Vec::new();
     for i in 0..plan.peers {
@@ -316,6 +328,9 @@ pub fn run(bin: &Path, plan: &Plan, stop: &Arc<AtomicBool>) -> Result<Run, Strin
             args.extend(["--flow-window".into(), w.to_string()]);
         }
         args.extend(bundling.iter().cloned());
+        if let Some(group) = multicast {
+            args.extend(["--multicast".into(), group.to_string()]);
+        }
         running.push(system.script_peer(&name, &args)?);
     }
     let mut peers = Vec::new();
@@ -492,4 +507,13 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
         }
     }
     out
+}
+
+/// A fresh IP multicast group for one run's peers: a port free on this host (so no other run
+/// or program on it shares the group), in the administratively scoped 239.255.0.0/16.
+fn multicast_group() -> Result<std::net::SocketAddr, String> {
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .map_err(|e| format!("cannot find a free port for the multicast group: {e}"))?;
+    let port = probe.local_addr().map_err(|e| e.to_string())?.port();
+    Ok(std::net::SocketAddr::from(([239, 255, 0, 1], port)))
 }

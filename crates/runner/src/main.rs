@@ -97,6 +97,14 @@ struct Args {
           value_parser = ["loopback", "netns", "both"])]
     hosts: String,
 
+    /// How the peers reach each other: `unicast` (a datagram per member), `multicast` (the
+    /// peers also listen on an IP multicast group, TTL 1, on loopback or the namespaces'
+    /// bridge, and a bundle for all of them is sent once, by a sender in FIFO order, by the
+    /// sequencer in total order), or `both`, each Experiment 2 row under each.
+    #[arg(long, value_name = "HOW", default_value = "unicast",
+          value_parser = ["unicast", "multicast", "both"])]
+    transport: String,
+
     /// Only this order: fifo or total (default: both).
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
@@ -125,6 +133,7 @@ impl Args {
         Plan {
             sealed: self.sealed == "yes",
             hosts: Hosts::Loopback,
+            multicast: self.transport == "multicast",
             experiment,
             order,
             peers,
@@ -227,13 +236,21 @@ fn run(args: Args) -> Result<(), String> {
                 "yes" => &[true],
                 _ => &[false],
             };
+            let transports: &[bool] = match args.transport.as_str() {
+                "both" => &[false, true],
+                "multicast" => &[true],
+                _ => &[false],
+            };
             let args = &args;
             let plans = orders.iter().flat_map(|&order| {
                 sealing.iter().flat_map(move |&sealed| {
-                    placements.iter().map(move |&hosts| Plan {
-                        sealed,
-                        hosts,
-                        ..args.plan(2, order, peers, 1, args.stream)
+                    placements.iter().flat_map(move |&hosts| {
+                        transports.iter().map(move |&multicast| Plan {
+                            sealed,
+                            hosts,
+                            multicast,
+                            ..args.plan(2, order, peers, 1, args.stream)
+                        })
                     })
                 })
             });

@@ -20,4 +20,6 @@ mod udp;
 pub use outbox::{Outbox, OutboxStats};
 pub use shutdown::Shutdown;
 pub use tracker_link::{LinkEvent, TrackerLink};
-pub use udp::{bind_udp, poll_udp, read_batch};
+pub use udp::{
+    bind_udp, join_multicast, multicast_interface, poll_udp, read_batch, send_multicast_on,
+};

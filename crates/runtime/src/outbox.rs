@@ -83,6 +83,9 @@ pub struct Outbox {
     /// Largest bundle; `None`: by destination (16 KiB on loopback, 1472 bytes elsewhere);
     /// `Some(0)`: no bundling.
     max_bundle: Option<usize>,
+    /// Largest bundle to an IP multicast group (whose address does not tell its path), if
+    /// not [`LAN_BUNDLE_LEN`].
+    multicast_limit: Option<usize>,
     stats: OutboxStats,
 }
 
@@ -95,6 +98,13 @@ impl Outbox {
     /// Sets the largest bundle in bytes for every destination (0: never bundle).
     pub fn with_max_bundle(mut self, max: Option<usize>) -> Self {
         self.max_bundle = max.map(|m| m.min(proto::MAX_DATAGRAM_LEN));
+        self
+    }
+
+    /// Sets the largest bundle by default to IP multicast groups, whose address does not
+    /// tell their path: [`LOOPBACK_BUNDLE_LEN`] when they go out on the loopback interface.
+    pub fn with_multicast_limit(mut self, max: usize) -> Self {
+        self.multicast_limit = Some(max.min(proto::MAX_DATAGRAM_LEN));
         self
     }
 
@@ -139,10 +149,14 @@ impl Outbox {
     }
 
     fn limit(&self, to: SocketAddr) -> usize {
-        self.max_bundle.unwrap_or(if to.ip().is_loopback() {
-            LOOPBACK_BUNDLE_LEN
-        } else {
-            LAN_BUNDLE_LEN
+        self.max_bundle.unwrap_or_else(|| {
+            if to.ip().is_loopback() {
+                LOOPBACK_BUNDLE_LEN
+            } else if to.ip().is_multicast() {
+                self.multicast_limit.unwrap_or(LAN_BUNDLE_LEN)
+            } else {
+                LAN_BUNDLE_LEN
+            }
         })
     }
 

@@ -1,7 +1,7 @@
 //! Binding the daemons' UDP sockets, and reading them a batch at a time.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -23,6 +23,59 @@ pub fn bind_udp(
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The interface IP multicast uses for a member at `addr`: the one of its IPv4 address
+/// (127.0.0.1: loopback). IP multicast is IPv4 only here, and needs a definite interface.
+pub fn multicast_interface(addr: SocketAddr) -> io::Result<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("IP multicast needs a definite IPv4 address to send from, not {addr}"),
+        )),
+    }
+}
+
+/// A non-blocking socket that receives what is sent to the IP multicast `group` on
+/// `interface`: bound to the group's address and port (so nothing else sent to that port
+/// reaches it), shared with the other members on this host (`SO_REUSEADDR`: each gets every
+/// datagram).
+pub fn join_multicast(
+    group: SocketAddr,
+    interface: Ipv4Addr,
+    recv_buffer: usize,
+) -> io::Result<std::net::UdpSocket> {
+    let IpAddr::V4(ip) = group.ip() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{group} is not an IPv4 multicast group"),
+        ));
+    };
+    if !ip.is_multicast() || group.port() == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{group} is not an IPv4 multicast group and port (224.0.0.0/4, port > 0)"),
+        ));
+    }
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if recv_buffer > 0 {
+        let _ = socket.set_recv_buffer_size(recv_buffer);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&group.into())?;
+    socket.join_multicast_v4(&ip, &interface)?;
+    Ok(socket.into())
+}
+
+/// Makes `udp` send IP multicast out of `interface`, to this link only (TTL 1), and to the
+/// other members on this host too (loopback on).
+pub fn send_multicast_on(udp: &impl std::os::fd::AsFd, interface: Ipv4Addr) -> io::Result<()> {
+    let socket = socket2::SockRef::from(udp);
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_ttl_v4(1)?;
+    socket.set_multicast_loop_v4(true)
 }
 
 /// A member daemon's loop: a `Poll` watching `udp` (readable and writable, as `udp_token`)

@@ -44,6 +44,12 @@ struct Args {
     #[arg(long, value_name = "BYTES")]
     bundle_bytes: Option<usize>,
 
+    /// Send an ordered message once to the members' IPv4 multicast group when every member
+    /// of its group listens on the same one (their `--multicast`), instead of once per
+    /// member: out of the interface of our address, TTL 1. Sealed groups stay unicast.
+    #[arg(long)]
+    multicast: bool,
+
     #[command(flatten)]
     seal: cli::SealArgs,
 
@@ -135,6 +141,11 @@ fn run(args: Args) -> Result<(), String> {
         .with_max_bundle(args.bundle_bytes)
         .with_seals(&seals)
         .map_err(|e| e.to_string())?;
+    if args.multicast {
+        server = server
+            .with_multicast()
+            .map_err(|e| format!("--multicast: {e}"))?;
+    }
     if let Ok(mut slot) = server_stop.lock() {
         *slot = Some(server.shutdown_handle());
     }
@@ -181,11 +192,12 @@ fn run(args: Args) -> Result<(), String> {
     let t = server.node().traffic();
     let wire = server.outbox_stats();
     println!(
-        "sequencer stopped: {} messages sequenced, {} retransmitted, {} datagrams in, {} out in {} UDP datagrams ({} bundles), {} dropped",
+        "sequencer stopped: {} messages sequenced, {} retransmitted, {} datagrams in, {} out ({} to the members' multicast group) in {} UDP datagrams ({} bundles), {} dropped",
         c.sent,
         c.retransmissions_sent,
         t.datagrams_received,
         t.datagrams_sent,
+        t.multicast_sent,
         wire.datagrams,
         wire.bundles,
         t.malformed + t.spoofed + t.unknown + t.unsealed + server.node().seal_stats().dropped()

@@ -37,6 +37,9 @@ pub struct NodeTraffic {
     pub datagrams_received: u64,
     /// Datagrams sent.
     pub datagrams_sent: u64,
+    /// Of those, sequenced messages sent once to the members' IP multicast group (see
+    /// [`SequencerNode::send_multicast`]).
+    pub multicast_sent: u64,
     /// Dropped: not a valid datagram.
     pub malformed: u64,
     /// Dropped: claimed a member's name from another address.
@@ -108,6 +111,8 @@ struct Greeting {
     /// sequence it delivered (`Through`).
     epoch: Option<u64>,
     through: Option<u64>,
+    /// The IP multicast group it also listens on.
+    multicast: Option<SocketAddr>,
 }
 
 /// A group this sequencer took over from an earlier one.
@@ -172,6 +177,9 @@ pub struct SequencerNode {
     bundle_readers: BundleReaders,
     /// The sealed groups' keys.
     seals: GroupSeals,
+    /// We may send to the members' IP multicast group (see
+    /// [`send_multicast`](SequencerNode::send_multicast)).
+    multicast: bool,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -201,7 +209,16 @@ impl SequencerNode {
             traffic: NodeTraffic::default(),
             bundle_readers: BundleReaders::default(),
             seals: GroupSeals::new(addr),
+            multicast: false,
         }
+    }
+
+    /// From now on a sequenced message of an unsealed group whose members, two or more, all
+    /// listen on the same IP multicast group (their Hellos say so) and read the compact
+    /// encoding is sent once, to that group, rather than once per member; whoever misses it
+    /// asks again as after any loss. The caller's socket must be able to send there.
+    pub fn send_multicast(&mut self, on: bool) {
+        self.multicast = on;
     }
 
     /// The tracker is now at `addr` (the sequencer moved to another tracker sharing the
@@ -416,6 +433,7 @@ impl SequencerNode {
             resuming: d.epoch.is_some_and(|e| e != self.epoch),
             epoch: d.epoch,
             through: d.through,
+            multicast: d.multicast_group(),
         };
         let fresh = self.seq.next_sequence(group).is_none()
             && !self
@@ -671,6 +689,7 @@ impl SequencerNode {
                 start: greeting.start,
                 heard: true,
                 our_start: Some(start_told),
+                multicast: greeting.multicast,
             },
         );
         log::debug!(
@@ -812,7 +831,8 @@ impl SequencerNode {
     /// Sends `bytes`, a datagram of `group`, to `to`: sealed if it is a sealed group.
     fn send(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>) {
         self.traffic.datagrams_sent += 1;
-        let bundle = self.bundle_readers.reads(&to);
+        // An IP multicast group is sent to only when all its listeners read bundles.
+        let bundle = self.bundle_readers.reads(&to) || to.ip().is_multicast();
         let seal = self.seals.sealer(group);
         self.outputs.push_back(NodeOutput::Transmit(Transmit {
             to,
@@ -835,6 +855,28 @@ impl SequencerNode {
                 .map(|(_, m)| (m.addr, m.proto.is_some()))
                 .collect()
         })
+    }
+
+    /// The IP multicast group the members of `group` all listen on, if sequenced messages
+    /// may go there once (see [`send_multicast`](Self::send_multicast)).
+    fn ip_multicast(&self, group: &str) -> Option<SocketAddr> {
+        if !self.multicast || self.seals.is_sealed(group) {
+            return None;
+        }
+        let members = self.groups.get(group)?;
+        let mut listening = members.iter().map(|(_, m)| {
+            m.multicast
+                .filter(|_| m.proto.is_some() && self.bundle_readers.reads_compact(&m.addr))
+        });
+        let first = listening.next()??;
+        let mut count = 1;
+        for m in listening {
+            if m != Some(first) {
+                return None;
+            }
+            count += 1;
+        }
+        (count >= 2).then_some(first)
     }
 
     /// How a sequenced message is encoded for the member at `to`.
@@ -933,6 +975,12 @@ impl SequencerNode {
                     counter,
                     payload,
                 } => {
+                    if let Some(to) = self.ip_multicast(&group) {
+                        let bytes = self.sequenced(&group, counter, &payload, Form::Compact);
+                        self.send(&group, to, bytes);
+                        self.traffic.multicast_sent += 1;
+                        continue;
+                    }
                     // One encoding for each kind of member, made only if one needs it.
                     let mut encoded: [Option<Arc<[u8]>>; 3] = Default::default();
                     for (to, is_newer) in self.everyone(&group) {
@@ -1060,6 +1108,69 @@ mod tests {
             Some(&direct[..])
         );
         assert_eq!(proto::bundle::decode_single(&direct), Ok(newer));
+    }
+
+    /// Where the sequencer sends a message of ford's in `books`, whose three members greeted
+    /// it naming `groups` as the multicast groups they listen on, with `send_multicast` on
+    /// or off.
+    fn destinations_of_a_message(groups: [&str; 3], on: bool) -> Vec<SocketAddr> {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let mut node = SequencerNode::new(us, None, ordering::Config::default(), 1);
+        node.send_multicast(on);
+        let t = Instant::now();
+        for (i, (name, group)) in ["ford", "kat", "lou"].iter().zip(groups).enumerate() {
+            let from: SocketAddr = ([127, 0, 0, 1], 6001 + i as u16).into();
+            let mut hello = Datagram::new(DatagramType::Hello, "books", *name, "", from, 1, *name);
+            hello.proto = Some(PROTOCOL_VERSION);
+            hello.start = Some(1);
+            hello.multicast = group.parse().ok();
+            node.handle_datagram(t, from, &encode(&hello));
+        }
+        let _: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        let ford: SocketAddr = ([127, 0, 0, 1], 6001).into();
+        let mut m = Datagram::new(
+            DatagramType::Application,
+            "books",
+            "ford",
+            "hi",
+            ford,
+            1,
+            "ford",
+        );
+        m.sent_at_us = Some(1);
+        node.handle_datagram(t, ford, &encode(&m));
+        let mut to: Vec<SocketAddr> = std::iter::from_fn(|| node.poll_output())
+            .filter_map(|o| match o {
+                NodeOutput::Transmit(tx)
+                    if proto::bundle::decode_single(&tx.bytes)
+                        .is_ok_and(|d| d.kind == DatagramType::Application) =>
+                {
+                    Some(tx.to)
+                }
+                _ => None,
+            })
+            .collect();
+        to.sort();
+        to
+    }
+
+    #[test]
+    fn a_sequenced_message_goes_once_to_the_group_every_member_listens_on_and_only_then() {
+        let group: SocketAddr = ([239, 255, 0, 1], 7400).into();
+        let each: Vec<SocketAddr> = (6001..=6003)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let all = ["239.255.0.1:7400"; 3];
+        assert_eq!(destinations_of_a_message(all, true), [group]);
+        // Not asked to: to each member.
+        assert_eq!(destinations_of_a_message(all, false), each);
+        // One member listens elsewhere, or on none: to each.
+        let split = ["239.255.0.1:7400", "239.255.0.2:7400", "239.255.0.1:7400"];
+        assert_eq!(destinations_of_a_message(split, true), each);
+        let one_deaf = ["239.255.0.1:7400", "", "239.255.0.1:7400"];
+        assert_eq!(destinations_of_a_message(one_deaf, true), each);
+        // Members naming a unicast address (a third party's) as their group: ignored.
+        assert_eq!(destinations_of_a_message(["127.0.0.1:9"; 3], true), each);
     }
 
     #[test]

@@ -168,8 +168,22 @@ impl SequencerServer {
     /// Sets the largest bundle towards members that read bundles (`Some(0)`: never bundle;
     /// `None`: 16 KiB on loopback, 1472 bytes elsewhere).
     pub fn with_max_bundle(mut self, max: Option<usize>) -> Self {
-        self.outbox = runtime::Outbox::new().with_max_bundle(max);
+        self.outbox = std::mem::take(&mut self.outbox).with_max_bundle(max);
         self
+    }
+
+    /// Sends a sequenced message once to the members' IP multicast group when they all
+    /// listen on one (see [`SequencerNode::send_multicast`]): out of the interface of our
+    /// address (which must be a definite IPv4 address; 127.0.0.1: loopback), TTL 1.
+    pub fn with_multicast(mut self) -> io::Result<Self> {
+        let interface = runtime::multicast_interface(self.addr)?;
+        runtime::send_multicast_on(&self.udp, interface)?;
+        if interface.is_loopback() {
+            self.outbox = std::mem::take(&mut self.outbox)
+                .with_multicast_limit(proto::bundle::LOOPBACK_BUNDLE_LEN);
+        }
+        self.node.send_multicast(true);
+        Ok(self)
     }
 
     /// What the sequencer sent on the wire: datagrams, bundles among them.

@@ -53,6 +53,7 @@ impl Net {
                     mode: Mode::Total,
                     ordering: ordering::Config::default(),
                     seals: Vec::new(),
+                    multicast: None,
                 })
             })
             .collect();

@@ -17,6 +17,7 @@ fn member_of_g(t: Instant, ordering: ordering::Config, seals: Vec<(String, Group
         mode: Mode::Fifo,
         ordering,
         seals,
+        multicast: None,
     });
     let members: Vec<proto::Member> = ["a", "b"]
         .iter()

@@ -65,6 +65,7 @@ impl PeerCore {
                 start: d.start,
                 heard: true,
                 our_start: Some(our_start),
+                multicast: d.multicast_group(),
             },
         );
         if self.mode == Mode::Fifo && name != SEQUENCER {
@@ -126,6 +127,9 @@ impl PeerCore {
             .and_then(|s| s.members.get_mut(name))
         {
             m.proto = d.proto.or(m.proto);
+            if d.proto.is_some() {
+                m.multicast = d.multicast_group();
+            }
             if !m.heard {
                 log::debug!("handshake with {name} in {group} done (its HelloAck)");
             }

@@ -229,6 +229,9 @@ pub struct Traffic {
     pub app_datagrams_sent: u64,
     /// Control datagrams sent (Hello, HelloAck, Bye, Nack, Digest, Unavailable).
     pub control_datagrams_sent: u64,
+    /// Of the application datagrams, those sent once to an IP multicast group for every
+    /// member (see [`CoreConfig::multicast`]).
+    pub multicast_sent: u64,
     /// Dropped: not a valid datagram.
     pub malformed: u64,
     /// Dropped: claimed to come from a member but arrived from another address.
@@ -284,6 +287,11 @@ pub struct CoreConfig {
     /// leaves, and only datagrams sealed with their key are believed (see the `seal`
     /// crate). Each group needs its own key.
     pub seals: Vec<(String, GroupKey)>,
+    /// The IP multicast group (address and port) this member also listens on, if any: it
+    /// says so in its Hellos, and a message of an unsealed group whose every destination
+    /// listens on the same group and reads the compact encoding is sent once, to it. The
+    /// caller joins the group and reads it like the member's own socket.
+    pub multicast: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -355,6 +363,8 @@ pub struct PeerCore {
     seals: GroupSeals,
     /// The plain datagram opened last (kept for its buffer).
     opened: Vec<u8>,
+    /// See [`CoreConfig::multicast`].
+    multicast: Option<SocketAddr>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -383,6 +393,7 @@ impl PeerCore {
         Self {
             seals,
             opened: Vec::new(),
+            multicast: config.multicast.filter(|a| a.ip().is_multicast()),
             me: Arc::from(config.username.as_str()),
             addr: config.addr,
             tracker: config.tracker,
@@ -546,6 +557,7 @@ impl PeerCore {
         if matches!(kind, DatagramType::Hello | DatagramType::HelloAck) {
             d.proto = Some(PROTOCOL_VERSION);
             d.start = Some(counter);
+            d.multicast = self.multicast;
         }
         if let Some((_, r)) = ranges {
             d.ranges = wire_ranges(r);
@@ -586,6 +598,9 @@ impl PeerCore {
     ) {
         if application {
             self.traffic.app_datagrams_sent += 1;
+            if dest.to.ip().is_multicast() {
+                self.traffic.multicast_sent += 1;
+            }
         } else {
             self.traffic.control_datagrams_sent += 1;
         }
@@ -635,9 +650,17 @@ impl PeerCore {
     }
 
     /// Where our multicasts in `group` go ([`audience`](Self::audience)) and what each
-    /// reads; kept until the members or what they read change.
+    /// reads, or the IP multicast group they all listen on ([`ip_multicast`]
+    /// (Self::ip_multicast)); kept until the members or what they read change.
     fn destinations(&mut self, group: &str) -> Arc<[Destination]> {
         let worked_out = |core: &Self| -> Arc<[Destination]> {
+            if let Some(to) = core.ip_multicast(group) {
+                return Arc::new([Destination {
+                    to,
+                    bundle: true,
+                    compact: true,
+                }]);
+            }
             core.audience(group, false)
                 .into_iter()
                 .map(|to| core.destination(to))
@@ -658,6 +681,29 @@ impl PeerCore {
             state.audience = Some((versions, dests.clone()));
         }
         dests
+    }
+
+    /// The IP multicast group our multicasts in `group` go to instead of to each member:
+    /// ours, when the group is not sealed (a seal names its one destination), and every
+    /// member they go to, two or more, listens on the same group and reads the compact
+    /// encoding. Whoever misses one asks the author for it, as after any loss.
+    fn ip_multicast(&self, group: &str) -> Option<SocketAddr> {
+        let ours = self.multicast?;
+        if self.seals.is_sealed(group) {
+            return None;
+        }
+        let members = self.members_of(group)?;
+        let audience = members
+            .iter()
+            .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total));
+        let mut count = 0;
+        for (_, m) in audience {
+            if m.multicast != Some(ours) || !self.bundle_readers.reads_compact(&m.addr) {
+                return None;
+            }
+            count += 1;
+        }
+        (count >= 2).then_some(ours)
     }
 
     /// Where our multicasts in `group` go: every other member in FIFO mode, only the

@@ -250,6 +250,7 @@ impl PeerCore {
         );
         hello.proto = Some(PROTOCOL_VERSION);
         hello.start = Some(start);
+        hello.multicast = self.multicast;
         hello.epoch = state.takeover.epoch;
         hello.through = through;
         hello.final_counter = self.tx.next_counter(group).map(|n| n.saturating_sub(1));

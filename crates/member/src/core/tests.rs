@@ -22,6 +22,7 @@ fn sealed_core(name: &str, port: u16, mode: Mode, seals: Vec<(String, GroupKey)>
         mode,
         ordering: ordering::Config::default(),
         seals,
+        multicast: None,
     })
 }
 
@@ -70,8 +71,16 @@ impl Net {
                             self.sent[i]
                                 .push((to, proto::bundle::decode_single(&t.bytes).expect("valid")));
                             let wire = t.wire().into_owned();
-                            if let Some(j) = self.cores.iter().position(|c| c.addr == to) {
-                                self.cores[j].handle_datagram(now, from, &wire);
+                            // An IP multicast group reaches every core listening on it
+                            // but the sender.
+                            for j in 0..self.cores.len() {
+                                let c = &self.cores[j];
+                                let listens = to.ip().is_multicast()
+                                    && c.multicast == Some(to)
+                                    && c.addr != from;
+                                if c.addr == to || listens {
+                                    self.cores[j].handle_datagram(now, from, &wire);
+                                }
                             }
                             self.wire[i].push((to, wire));
                         }
@@ -910,4 +919,136 @@ fn said(net: &Net, i: usize) -> Vec<&str> {
         .iter()
         .map(|(_, text)| text.as_str())
         .collect()
+}
+
+const GROUP_ADDR: &str = "239.255.0.1:7400";
+
+fn multicast_core(name: &str, port: u16, multicast: Option<&str>) -> PeerCore {
+    let mut core = core(name, port, Mode::Fifo);
+    core.multicast = multicast.map(|m| m.parse().expect("group"));
+    core
+}
+
+/// Where the application datagrams `net.cores[i]` sent since `since` went.
+fn app_destinations(net: &Net, i: usize, since: usize) -> Vec<SocketAddr> {
+    net.sent[i][since..]
+        .iter()
+        .filter(|(_, d)| d.kind == DatagramType::Application)
+        .map(|(to, _)| *to)
+        .collect()
+}
+
+#[test]
+fn a_message_goes_once_to_the_multicast_group_only_while_every_member_listens_there() {
+    let t = Instant::now();
+    let group: SocketAddr = GROUP_ADDR.parse().expect("group");
+    let names = [("ford", 6001), ("kat", 6002), ("lou", 6003)];
+    let mut net = Net::new(
+        names
+            .iter()
+            .map(|(n, p)| multicast_core(n, *p, Some(GROUP_ADDR)))
+            .collect(),
+    );
+    let mut listed = Vec::new();
+    for (i, (name, port)) in names.iter().enumerate() {
+        listed.push(member(name, *port));
+        net.cores[i].join(t, "books", &listed);
+        net.settle(t);
+    }
+    assert_eq!(net.cores[0].members_heard("books"), 2);
+    // Everyone listens on the group: one datagram, delivered by both others.
+    let mark = net.sent[0].len();
+    net.cores[0].send(t, "books", b"once", 1).expect("joined");
+    net.settle(t);
+    assert_eq!(app_destinations(&net, 0, mark), [group]);
+    assert_eq!(net.cores[0].traffic().multicast_sent, 1);
+    for (delivered, (name, _)) in net.delivered.iter().zip(names).skip(1) {
+        assert!(
+            delivered.contains(&("ford".into(), "once".into())),
+            "{name}"
+        );
+    }
+    // A member that listens on no group joins: each member gets its own copy again.
+    net.cores.push(multicast_core("moe", 6004, None));
+    listed.push(member("moe", 6004));
+    net.cores[3].join(t, "books", &listed);
+    net.delivered.push(Vec::new());
+    net.events.push(Vec::new());
+    net.sent.push(Vec::new());
+    net.wire.push(Vec::new());
+    net.settle(t);
+    assert_eq!(net.cores[0].members_heard("books"), 3);
+    let mark = net.sent[0].len();
+    net.cores[0].send(t, "books", b"each", 1).expect("joined");
+    net.settle(t);
+    let mut dests = app_destinations(&net, 0, mark);
+    dests.sort();
+    assert_eq!(dests, [addr(6002), addr(6003), addr(6004)]);
+    for i in 1..4 {
+        assert!(net.delivered[i].contains(&("ford".into(), "each".into())));
+    }
+    assert_eq!(net.cores[0].traffic().multicast_sent, 1);
+}
+
+#[test]
+fn a_multicast_group_is_never_used_for_a_sealed_group_or_while_a_member_listens_elsewhere() {
+    let t = Instant::now();
+    let key = GroupKey::generate();
+    // A sealed group whose members all listen on one group: still one datagram each (a seal
+    // names the one member it is for).
+    let seals = || vec![("books".to_owned(), key.clone())];
+    let mut cores: Vec<PeerCore> = [("ford", 6001), ("kat", 6002), ("lou", 6003)]
+        .iter()
+        .map(|(n, p)| {
+            let mut c = sealed_core(n, *p, Mode::Fifo, seals());
+            c.multicast = Some(GROUP_ADDR.parse().expect("group"));
+            c
+        })
+        .collect();
+    let mut listed = Vec::new();
+    for (i, (name, port)) in [("ford", 6001), ("kat", 6002), ("lou", 6003)]
+        .iter()
+        .enumerate()
+    {
+        listed.push(member(name, *port));
+        cores[i].join(t, "books", &listed);
+    }
+    let mut net = Net::new(cores);
+    net.settle(t);
+    assert_eq!(net.cores[0].members_heard("books"), 2);
+    let mark = net.sent[0].len();
+    net.cores[0].send(t, "books", b"sealed", 1).expect("joined");
+    net.settle(t);
+    let mut dests = app_destinations(&net, 0, mark);
+    dests.sort();
+    assert_eq!(dests, [addr(6002), addr(6003)]);
+    assert!(net.delivered[2].contains(&("ford".into(), "sealed".into())));
+
+    // A member whose Hello names another address than ours (here a unicast one, which
+    // is taken as no group at all) gets its own copy, and so does everyone else.
+    let mut ford = multicast_core("ford", 6001, Some(GROUP_ADDR));
+    ford.join(t, "news", &[member("ford", 6001)]);
+    for (name, port) in [("kat", 6002), ("mallory", 6003)] {
+        let mut hello = Datagram::new(DatagramType::Hello, "news", name, "", addr(port), 1, name);
+        hello.proto = Some(PROTOCOL_VERSION);
+        hello.start = Some(1);
+        hello.multicast = Some(match name {
+            "kat" => GROUP_ADDR.parse().expect("group"),
+            _ => addr(9),
+        });
+        ford.handle_datagram(t, addr(port), &hello.encode(4096).expect("fits"));
+    }
+    while ford.poll_output().is_some() {}
+    ford.send(t, "news", b"to each", 1).expect("joined");
+    let mut dests = Vec::new();
+    while let Some(out) = ford.poll_output() {
+        if let Output::Transmit(tx) = out
+            && proto::bundle::decode_single(&tx.bytes)
+                .is_ok_and(|d| d.kind == DatagramType::Application)
+        {
+            dests.push(tx.to);
+        }
+    }
+    dests.sort();
+    assert_eq!(dests, [addr(6002), addr(6003)]);
 }

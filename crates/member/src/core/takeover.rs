@@ -22,14 +22,81 @@ pub(super) const TAIL_BYTES: usize = 4 << 20;
 const RECOVERED_PER_REQUEST: usize = 1024;
 
 /// A message delivered from the sequencer we follow (or passed over, delivered before a
-/// takeover), with its number in that sequencer's sequence.
-#[derive(Debug, Clone)]
-pub(super) struct Kept {
+/// takeover), with its number in that sequencer's sequence; its author's name and its
+/// payload are the next `origin_len + payload_len` bytes of [`Tail::bytes`].
+#[derive(Debug, Clone, Copy)]
+struct Kept {
     seq: u64,
-    origin: Arc<str>,
     origin_counter: u64,
-    payload: Vec<u8>,
     sent_at_us: Option<u64>,
+    origin_len: u32,
+    payload_len: u32,
+}
+
+/// The last messages delivered, oldest first: what each is, and their names and payloads
+/// back to back in one ring of bytes, so that keeping one (every delivery in total order)
+/// neither allocates nor counts references.
+#[derive(Debug, Default)]
+struct Tail {
+    kept: VecDeque<Kept>,
+    bytes: VecDeque<u8>,
+    /// Payload bytes in `bytes` (the names are not counted against [`TAIL_BYTES`]).
+    payload_bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, seq: u64, m: &Received, origin_counter: u64) {
+        let (Ok(origin_len), Ok(payload_len)) = (
+            u32::try_from(m.origin.len()),
+            u32::try_from(m.payload.len()),
+        ) else {
+            return;
+        };
+        self.kept.push_back(Kept {
+            seq,
+            origin_counter,
+            sent_at_us: m.sent_at_us,
+            origin_len,
+            payload_len,
+        });
+        self.bytes.extend(m.origin.as_bytes());
+        self.bytes.extend(&m.payload);
+        self.payload_bytes += m.payload.len();
+        while self.kept.len() > TAIL_MESSAGES || self.payload_bytes > TAIL_BYTES {
+            let Some(old) = self.kept.pop_front() else {
+                break;
+            };
+            self.payload_bytes -= old.payload_len as usize;
+            self.bytes
+                .drain(..(old.origin_len as usize + old.payload_len as usize));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.bytes.clear();
+        self.payload_bytes = 0;
+    }
+
+    /// Each message kept whose number `wanted` says, oldest first, with its author's name
+    /// and its payload.
+    fn find<'a>(
+        &'a self,
+        mut wanted: impl FnMut(u64) -> bool + 'a,
+    ) -> impl Iterator<Item = (Kept, String, Vec<u8>)> + 'a {
+        let mut at = 0;
+        self.kept.iter().filter_map(move |k| {
+            let origin_at = at;
+            let payload_at = at + k.origin_len as usize;
+            at = payload_at + k.payload_len as usize;
+            if !wanted(k.seq) {
+                return None;
+            }
+            let origin = self.bytes.range(origin_at..payload_at).copied().collect();
+            let payload = self.bytes.range(payload_at..at).copied().collect();
+            Some((*k, String::from_utf8(origin).ok()?, payload))
+        })
+    }
 }
 
 /// Total order: which sequencer we follow and what a successor must not deliver again
@@ -46,9 +113,7 @@ pub(super) struct Takeover {
     pub(super) skip_through: HashMap<Arc<str>, u64>,
     /// The last messages delivered from the sequencer of [`epoch`](Self::epoch), oldest
     /// first, for a successor that asks (`Recover`).
-    tail: VecDeque<Kept>,
-    /// Payload bytes in `tail`.
-    tail_bytes: usize,
+    tail: Tail,
 }
 
 impl Takeover {
@@ -62,20 +127,7 @@ impl Takeover {
             // The report's sequencer: no successor of it asks.
             return;
         }
-        self.tail_bytes += m.payload.len();
-        self.tail.push_back(Kept {
-            seq,
-            origin: m.origin.clone(),
-            origin_counter,
-            payload: m.payload.clone(),
-            sent_at_us: m.sent_at_us,
-        });
-        while self.tail.len() > TAIL_MESSAGES || self.tail_bytes > TAIL_BYTES {
-            match self.tail.pop_front() {
-                Some(old) => self.tail_bytes -= old.payload.len(),
-                None => break,
-            }
-        }
+        self.tail.push(seq, m, origin_counter);
     }
 }
 
@@ -110,7 +162,6 @@ impl PeerCore {
         // sequences again whatever no member delivered.
         state.takeover.skip_through = state.takeover.delivered.clone();
         state.takeover.tail.clear();
-        state.takeover.tail_bytes = 0;
         self.total.leave(group);
         self.total.join(now, group, Start::At(start));
         self.traffic.sequencer_takeovers += 1;
@@ -285,10 +336,9 @@ impl PeerCore {
         let answers: Vec<Arc<[u8]>> = state
             .takeover
             .tail
-            .iter()
-            .filter(|k| ranges.iter().any(|r| r.contains(&k.seq)))
+            .find(|seq| ranges.iter().any(|r| r.contains(&seq)))
             .take(RECOVERED_PER_REQUEST)
-            .map(|k| {
+            .map(|(k, origin, payload)| {
                 let mut m = Datagram::new(
                     DatagramType::Recovered,
                     &d.group,
@@ -296,9 +346,9 @@ impl PeerCore {
                     "",
                     self.addr,
                     k.seq,
-                    &*k.origin,
+                    origin,
                 );
-                m.set_payload(&k.payload);
+                m.set_payload(&payload);
                 m.sent_at_us = k.sent_at_us;
                 m.origin_counter = Some(k.origin_counter);
                 m.epoch = Some(epoch);
@@ -316,5 +366,77 @@ impl PeerCore {
         for bytes in answers {
             self.transmit(&d.group, to, bytes, true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    fn received(origin: &str, payload: &[u8], counter: u64) -> Received {
+        Received {
+            origin: Arc::from(origin),
+            origin_counter: Some(counter),
+            payload: payload.to_vec(),
+            sent_at_us: Some(counter * 10),
+        }
+    }
+
+    #[test]
+    fn the_tail_gives_back_each_kept_message_whole_and_forgets_the_oldest_beyond_its_bounds() {
+        let mut tail = Tail::default();
+        let total = TAIL_MESSAGES as u64 + 10;
+        for seq in 1..=total {
+            let author = if seq % 2 == 0 { "ann" } else { "bartholomew" };
+            let payload = format!("message {seq}");
+            tail.push(
+                seq,
+                &received(author, payload.as_bytes(), seq + 100),
+                seq + 100,
+            );
+        }
+        assert_eq!(tail.kept.len(), TAIL_MESSAGES);
+        // The first ten went; the rest come back as they were, names and payloads in place.
+        assert_eq!(tail.find(|seq| seq <= 10).count(), 0);
+        let found: Vec<_> = tail
+            .find(|seq| seq == 11 || seq == 12 || seq == total)
+            .collect();
+        let seen: Vec<_> = found
+            .iter()
+            .map(|(k, origin, payload)| {
+                (
+                    k.seq,
+                    k.origin_counter,
+                    k.sent_at_us,
+                    origin.as_str(),
+                    payload.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (11, 111, Some(1110), "bartholomew", b"message 11".to_vec()),
+                (12, 112, Some(1120), "ann", b"message 12".to_vec()),
+                (
+                    total,
+                    total + 100,
+                    Some((total + 100) * 10),
+                    "ann",
+                    format!("message {total}").into_bytes()
+                ),
+            ]
+        );
+        // Big payloads: the byte bound holds.
+        let big = vec![7u8; TAIL_BYTES / 4];
+        for seq in total + 1..=total + 8 {
+            tail.push(seq, &received("ann", &big, seq), seq);
+        }
+        assert!(tail.payload_bytes <= TAIL_BYTES);
+        assert_eq!(tail.find(|_| true).count(), 4);
+        assert!(tail.find(|_| true).all(|(_, o, p)| o == "ann" && p == big));
+        tail.clear();
+        assert_eq!(tail.find(|_| true).count(), 0);
+        assert!(tail.bytes.is_empty());
     }
 }

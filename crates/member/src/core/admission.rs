@@ -110,9 +110,14 @@ impl PeerCore {
         let from_sequencer = sender == SEQUENCER;
         // One name for consecutive messages of one author.
         let mut author: Option<Arc<str>> = None;
+        // The epoch found to be our sequencer's already (it stays so for the run).
+        let mut ours: Option<Option<u64>> = None;
         for item in run.items() {
-            if self.is_another_sequencers_stream(now, group, sender, item.epoch) {
-                continue;
+            if ours != Some(item.epoch) {
+                if self.is_another_sequencers_stream(now, group, sender, item.epoch) {
+                    continue;
+                }
+                ours = Some(item.epoch);
             }
             let name = match item.origin {
                 Some(origin) if from_sequencer => origin,

@@ -42,40 +42,43 @@ impl PeerCore {
             .ok_or_else(|| Error::NotJoined {
                 group: group.to_owned(),
             })?;
-        let mut d = Datagram::new(
-            DatagramType::Application,
-            group,
-            &*self.me,
-            "",
-            self.addr,
-            counter,
-            &*self.me,
-        );
-        if !d.set_payload(payload)
-            && let Some(member) = self.reader_of_text_only(group)
-        {
+        let text = std::str::from_utf8(payload).is_ok();
+        if !text && let Some(member) = self.reader_of_text_only(group) {
             return Err(Error::NotText {
                 group: group.to_owned(),
                 member,
             });
         }
-        d.sent_at_us = Some(sent_at_us);
-        // Members that all read the compact encoding get it. The JSON form is made only to
-        // check the length every member must be able to read, unless it could not be too
-        // long whatever the text (each byte escaped as `\u00XX` at worst).
-        let compact = self
-            .audience_reads_compact(group)
-            .then(|| proto::compact::from_datagram(&d))
-            .flatten();
+        // Members that all read the compact encoding get it, made straight from the parts.
+        // The JSON form is made only to check the length every member must be able to read
+        // (a member that joins later gets the message in JSON), unless it could not be too
+        // long whatever the text: each byte escaped as `\u00XX` at worst, names and the
+        // address likewise, or the payload in base64.
         let json_at_most = 256
-            + 6 * (d.group.len() + d.username.len() + d.origin.len() + d.src_ip.len())
-            + 6 * d.content.len()
-            + d.data.as_ref().map_or(0, String::len);
+            + 6 * (group.len() + 2 * self.me.len() + 45)
+            + if text { 6 } else { 2 } * payload.len();
+        let compact = (json_at_most <= LEGACY_DATAGRAM_LEN && self.audience_reads_compact(group))
+            .then(|| self.compact_message(group, counter, payload, sent_at_us))
+            .flatten();
         let bytes = match compact {
-            Some(compact) if json_at_most <= LEGACY_DATAGRAM_LEN => compact,
-            compact => {
+            Some(compact) => compact,
+            None => {
+                let mut d = Datagram::new(
+                    DatagramType::Application,
+                    group,
+                    &*self.me,
+                    "",
+                    self.addr,
+                    counter,
+                    &*self.me,
+                );
+                d.set_payload(payload);
+                d.sent_at_us = Some(sent_at_us);
                 let json = checked_json(&d, payload)?;
-                compact.unwrap_or(json)
+                self.audience_reads_compact(group)
+                    .then(|| proto::compact::from_datagram(&d))
+                    .flatten()
+                    .unwrap_or(json)
             }
         };
         let sent = self
@@ -104,6 +107,33 @@ impl PeerCore {
         }
         self.pump(now);
         Ok(counter)
+    }
+
+    /// Our message `counter` of `group` in the compact encoding (`None` if a name is too
+    /// long for its layout).
+    pub(super) fn compact_message(
+        &self,
+        group: &str,
+        counter: u64,
+        payload: &[u8],
+        sent_at_us: u64,
+    ) -> Option<Vec<u8>> {
+        let header = proto::compact::RunHeader {
+            group,
+            sender: &self.me,
+            addr: self.addr,
+        };
+        let item = proto::compact::Item {
+            counter,
+            sent_at_us: Some(sent_at_us),
+            origin_counter: None,
+            epoch: None,
+            origin: None,
+            payload,
+        };
+        let mut out = Vec::with_capacity(64 + group.len() + self.me.len() + payload.len());
+        proto::compact::encode_into(&mut out, &header, &item).ok()?;
+        Some(out)
     }
 
     /// A member of `group` that could not read a binary payload: one of the report's peers,

@@ -1052,3 +1052,26 @@ fn a_multicast_group_is_never_used_for_a_sealed_group_or_while_a_member_listens_
     dests.sort();
     assert_eq!(dests, [addr(6002), addr(6003)]);
 }
+
+#[test]
+fn a_message_made_compact_from_its_parts_is_the_compact_form_of_its_json() {
+    let ford = core("ford", 6001, Mode::Fifo);
+    for payload in [&b"hello there"[..], &[0xff, 0, 7][..], b""] {
+        let mut d = Datagram::new(
+            DatagramType::Application,
+            "books",
+            "ford",
+            "",
+            addr(6001),
+            42,
+            "ford",
+        );
+        d.set_payload(payload);
+        d.sent_at_us = Some(1_700_000_000_000_000);
+        assert_eq!(
+            ford.compact_message("books", 42, payload, 1_700_000_000_000_000),
+            proto::compact::from_datagram(&d),
+            "{payload:?}"
+        );
+    }
+}

@@ -162,6 +162,9 @@ impl<'a> Iterator for Runs<'a> {
     type Item = Run<'a>;
 
     fn next(&mut self) -> Option<Run<'a>> {
+        if self.0.0.is_empty() {
+            return None;
+        }
         // Checked by `parse`: an error here cannot happen, and would end the iteration.
         let (header, count, size) = self.0.run_header().ok()?;
         let items = Cursor(self.0.take(usize::from(size), "the run").ok()?);

@@ -1,5 +1,6 @@
 //! The plots of Experiment 2: throughput and one-way latency against the size of the group,
-//! for FIFO and total order, as SVG files a browser opens.
+//! for FIFO and total order (over IP multicast too, when measured), as SVG files a browser
+//! opens.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,8 @@ use crate::experiments::{Order, Repeated, Run, Spread};
 const SIZE: (u32, u32) = (720, 440);
 const FIFO: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const TOTAL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const FIFO_MULTICAST: RGBColor = RGBColor(0x17, 0xbe, 0xcf);
+const TOTAL_MULTICAST: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 const RAW: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 
 /// One line of a plot: its label, colour, dash, points (peers, value), and the range of
@@ -24,15 +27,20 @@ struct Line {
     ranges: Vec<(f64, f64, f64)>,
 }
 
-fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, f64)> {
+/// The runs of one line: Experiment 2's plain runs on loopback of `order`, over IP
+/// multicast or not.
+fn plotted(r: &Run, (order, multicast): (Order, bool)) -> bool {
+    r.plan.experiment == 2
+        && r.plan.order == order
+        && r.plan.multicast == multicast
+        && !r.plan.sealed
+        && r.plan.hosts == crate::experiments::Hosts::Loopback
+}
+
+fn series(runs: &[Run], kind: (Order, bool), value: impl Fn(&Run) -> f64) -> Vec<(f64, f64)> {
     let mut points: Vec<(f64, f64)> = runs
         .iter()
-        .filter(|r| {
-            r.plan.experiment == 2
-                && r.plan.order == order
-                && !r.plan.sealed
-                && r.plan.hosts == crate::experiments::Hosts::Loopback
-        })
+        .filter(|r| plotted(r, kind))
         .map(|r| (r.plan.peers as f64, value(r)))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -42,16 +50,11 @@ fn series(runs: &[Run], order: Order, value: impl Fn(&Run) -> f64) -> Vec<(f64, 
 /// The range over rounds of the figure `spread` picks, for the runs measured in rounds.
 fn ranges(
     runs: &[Run],
-    order: Order,
+    kind: (Order, bool),
     spread: impl Fn(&Repeated) -> Spread,
 ) -> Vec<(f64, f64, f64)> {
     runs.iter()
-        .filter(|r| {
-            r.plan.experiment == 2
-                && r.plan.order == order
-                && !r.plan.sealed
-                && r.plan.hosts == crate::experiments::Hosts::Loopback
-        })
+        .filter(|r| plotted(r, kind))
         .filter_map(|r| {
             let s = spread(r.repeated.as_ref()?);
             Some((r.plan.peers as f64, s.min, s.max))
@@ -59,10 +62,19 @@ fn ranges(
         .collect()
 }
 
-fn color(order: Order) -> RGBColor {
-    match order {
-        Order::Fifo => FIFO,
-        Order::Total => TOTAL,
+fn color((order, multicast): (Order, bool)) -> RGBColor {
+    match (order, multicast) {
+        (Order::Fifo, false) => FIFO,
+        (Order::Total, false) => TOTAL,
+        (Order::Fifo, true) => FIFO_MULTICAST,
+        (Order::Total, true) => TOTAL_MULTICAST,
+    }
+}
+
+fn name((order, multicast): (Order, bool)) -> String {
+    match multicast {
+        false => order.name().to_owned(),
+        true => format!("{} multicast", order.name()),
     }
 }
 
@@ -76,7 +88,14 @@ pub fn experiment2(
     baselines: &[Baseline],
     dir: &Path,
 ) -> Result<Vec<PathBuf>, String> {
-    let orders = [Order::Fifo, Order::Total];
+    // Each order, over unicast and then over IP multicast (lines without points are left
+    // out).
+    let orders = [
+        (Order::Fifo, false),
+        (Order::Total, false),
+        (Order::Fifo, true),
+        (Order::Total, true),
+    ];
     if !runs.iter().any(|r| r.plan.experiment == 2) {
         return Ok(Vec::new());
     }
@@ -90,7 +109,7 @@ pub fn experiment2(
     let throughput: Vec<Line> = orders
         .iter()
         .map(|&o| Line {
-            label: o.name().to_owned(),
+            label: name(o),
             color: color(o),
             dashed: false,
             points: series(runs, o, |r| r.summary.slowest_throughput),
@@ -110,14 +129,14 @@ pub fn experiment2(
         .flat_map(|&o| {
             [
                 Line {
-                    label: format!("{} p50", o.name()),
+                    label: format!("{} p50", name(o)),
                     color: color(o),
                     dashed: false,
                     points: series(runs, o, |r| r.summary.latency_p50_us as f64),
                     ranges: ranges(runs, o, |r| r.latency_p50_us),
                 },
                 Line {
-                    label: format!("{} p99", o.name()),
+                    label: format!("{} p99", name(o)),
                     color: color(o),
                     dashed: true,
                     points: series(runs, o, |r| r.summary.latency_p99_us as f64),
@@ -133,19 +152,21 @@ pub fn experiment2(
             "Experiment 2: one sender, slowest receiver",
             "messages delivered per second (log scale)",
             throughput,
-            true,
+            // Throughput falls with the group's size: the lower left is free.
+            SeriesLabelPosition::LowerLeft,
         ),
         (
             dir.join("experiment2-latency.svg"),
             "Experiment 2: one-way latency",
             "latency (µs, log scale)",
             latency,
-            true,
+            // Latency grows with it: the upper left is free.
+            SeriesLabelPosition::UpperLeft,
         ),
     ];
     let mut written = Vec::new();
-    for (path, title, y_desc, lines, log) in files {
-        draw(&path, title, y_desc, &lines, log)
+    for (path, title, y_desc, lines, legend) in files {
+        draw(&path, title, y_desc, &lines, legend)
             .map_err(|e| format!("cannot draw {}: {e}", path.display()))?;
         written.push(path);
     }
@@ -157,7 +178,7 @@ fn draw(
     title: &str,
     y_desc: &str,
     lines: &[Line],
-    log: bool,
+    legend: SeriesLabelPosition,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let all = || {
         lines.iter().flat_map(|l| {
@@ -182,14 +203,9 @@ fn draw(
         .x_label_area_size(40)
         .y_label_area_size(70);
     let x = 0f64..x_max + 1.0;
-    if log {
-        let y = ((y_min / 2.0).max(1.0)..y_max).log_scale();
-        let mut chart = builder.build_cartesian_2d(x, y)?;
-        finish(&mut chart, y_desc, lines)?;
-    } else {
-        let mut chart = builder.build_cartesian_2d(x, 0f64..y_max)?;
-        finish(&mut chart, y_desc, lines)?;
-    }
+    let y = ((y_min / 2.0).max(1.0)..y_max).log_scale();
+    let mut chart = builder.build_cartesian_2d(x, y)?;
+    finish(&mut chart, y_desc, lines, legend)?;
     root.present()?;
     Ok(())
 }
@@ -199,6 +215,7 @@ fn finish<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     y_desc: &str,
     lines: &[Line],
+    legend: SeriesLabelPosition,
 ) -> Result<(), String>
 where
     X: Ranged<ValueType = f64> + ValueFormatter<f64>,
@@ -219,6 +236,7 @@ where
     }
     chart
         .configure_series_labels()
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

@@ -235,10 +235,10 @@ impl PeerCore {
         }
     }
 
-    /// Total order: records that `m` is delivered in `group`; false if it was delivered
-    /// already, from a sequencer before a takeover.
-    pub(super) fn first_delivery(&mut self, group: &str, m: &Received) -> bool {
-        let (Some(state), Some(counter)) = (self.groups.get_mut(group), m.origin_counter) else {
+    /// Total order: records that `m` is delivered in the group of `state`; false if it was
+    /// delivered already, from a sequencer before a takeover.
+    pub(super) fn first_delivery(state: &mut GroupState, m: &Received) -> bool {
+        let Some(counter) = m.origin_counter else {
             return true;
         };
         if let Some(&through) = state.takeover.skip_through.get(&m.origin) {
@@ -302,21 +302,34 @@ impl PeerCore {
             let Some(out) = out else { break };
             match out {
                 Order::Deliver(d) => {
-                    if self.mode == Mode::Total
-                        && let Some(state) = self.groups.get_mut(&*d.group)
-                    {
-                        state.takeover.keep(d.counter, &d.payload);
+                    // The group's state looked up once for all a delivery touches.
+                    let mut ack_due = false;
+                    if let Some(state) = self.groups.get_mut(&*d.group) {
+                        if self.mode == Mode::Total {
+                            state.takeover.keep(d.counter, &d.payload);
+                            if !Self::first_delivery(state, &d.payload) {
+                                self.traffic.already_delivered += 1;
+                                continue;
+                            }
+                        }
+                        let author_counter = match self.mode {
+                            Mode::Fifo => Some(d.counter),
+                            Mode::Total => d.payload.origin_counter,
+                        };
+                        if let Some(c) = author_counter {
+                            ack_due = Self::owes_ack(
+                                state,
+                                now,
+                                &d.payload.origin,
+                                c,
+                                self.flow_window,
+                                &self.me,
+                                self.mode,
+                            );
+                        }
                     }
-                    if self.mode == Mode::Total && !self.first_delivery(&d.group, &d.payload) {
-                        self.traffic.already_delivered += 1;
-                        continue;
-                    }
-                    let author_counter = match self.mode {
-                        Mode::Fifo => Some(d.counter),
-                        Mode::Total => d.payload.origin_counter,
-                    };
-                    if let Some(c) = author_counter {
-                        self.delivered_from(now, &d.group, &d.payload.origin, c);
+                    if ack_due {
+                        self.send_ack(&d.group, &d.payload.origin);
                     }
                     self.outputs.push_back(Output::Deliver(Message {
                         group: d.group,

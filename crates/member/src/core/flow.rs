@@ -183,29 +183,30 @@ impl PeerCore {
         }
     }
 
-    /// Flow control, as a member: we delivered `author`'s `counter` in `group`; every
-    /// quarter of the window, the author hears how far we are.
-    pub(super) fn delivered_from(
-        &mut self,
+    /// Flow control, as a member: we delivered `author`'s `counter` in the group of `state`;
+    /// every quarter of the window the author is owed word of how far we are (true: send it
+    /// an acknowledgement now). In total order our own messages coming back count as
+    /// acknowledged by us.
+    pub(super) fn owes_ack(
+        state: &mut GroupState,
         now: Instant,
-        group: &str,
         author: &Arc<str>,
         counter: u64,
-    ) {
-        if self.flow_window == 0 {
-            return;
+        flow_window: u64,
+        me: &str,
+        mode: Mode,
+    ) -> bool {
+        if flow_window == 0 {
+            return false;
         }
-        let every = (self.flow_window / 4).max(1);
-        let Some(state) = self.groups.get_mut(group) else {
-            return;
-        };
-        if **author == *self.me {
-            if self.mode == Mode::Total {
+        let every = (flow_window / 4).max(1);
+        if **author == *me {
+            if mode == Mode::Total {
                 acknowledge(&mut state.flow.acked_by, author, counter, now);
             }
-            return;
+            return false;
         }
-        let due = match state.flow.owed.get_mut(author) {
+        match state.flow.owed.get_mut(author) {
             Some((delivered, acked)) => {
                 *delivered = (*delivered).max(counter);
                 *delivered >= *acked + every
@@ -214,9 +215,6 @@ impl PeerCore {
                 state.flow.owed.insert(author.clone(), (counter, 0));
                 false
             }
-        };
-        if due {
-            self.send_ack(group, author);
         }
     }
 

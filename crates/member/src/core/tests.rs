@@ -929,13 +929,21 @@ fn multicast_core(name: &str, port: u16, multicast: Option<&str>) -> PeerCore {
     core
 }
 
-/// Where the application datagrams `net.cores[i]` sent since `since` went.
-fn app_destinations(net: &Net, i: usize, since: usize) -> Vec<SocketAddr> {
-    net.sent[i][since..]
+/// The first core sends `text` to `books`; returns where its application datagrams went,
+/// in address order, once everything has settled.
+fn send_and_see(net: &mut Net, t: Instant, text: &str) -> Vec<SocketAddr> {
+    let mark = net.sent[0].len();
+    net.cores[0]
+        .send(t, "books", text.as_bytes(), 1)
+        .expect("joined");
+    net.settle(t);
+    let mut to: Vec<SocketAddr> = net.sent[0][mark..]
         .iter()
         .filter(|(_, d)| d.kind == DatagramType::Application)
         .map(|(to, _)| *to)
-        .collect()
+        .collect();
+    to.sort();
+    to
 }
 
 #[test]
@@ -957,10 +965,7 @@ fn a_message_goes_once_to_the_multicast_group_only_while_every_member_listens_th
     }
     assert_eq!(net.cores[0].members_heard("books"), 2);
     // Everyone listens on the group: one datagram, delivered by both others.
-    let mark = net.sent[0].len();
-    net.cores[0].send(t, "books", b"once", 1).expect("joined");
-    net.settle(t);
-    assert_eq!(app_destinations(&net, 0, mark), [group]);
+    assert_eq!(send_and_see(&mut net, t, "once"), [group]);
     assert_eq!(net.cores[0].traffic().multicast_sent, 1);
     for (delivered, (name, _)) in net.delivered.iter().zip(names).skip(1) {
         assert!(
@@ -969,21 +974,16 @@ fn a_message_goes_once_to_the_multicast_group_only_while_every_member_listens_th
         );
     }
     // A member that listens on no group joins: each member gets its own copy again.
-    net.cores.push(multicast_core("moe", 6004, None));
+    let mut moe = multicast_core("moe", 6004, None);
     listed.push(member("moe", 6004));
-    net.cores[3].join(t, "books", &listed);
-    net.delivered.push(Vec::new());
-    net.events.push(Vec::new());
-    net.sent.push(Vec::new());
-    net.wire.push(Vec::new());
+    moe.join(t, "books", &listed);
+    let mut net = Net::new(net.cores.into_iter().chain([moe]).collect());
     net.settle(t);
     assert_eq!(net.cores[0].members_heard("books"), 3);
-    let mark = net.sent[0].len();
-    net.cores[0].send(t, "books", b"each", 1).expect("joined");
-    net.settle(t);
-    let mut dests = app_destinations(&net, 0, mark);
-    dests.sort();
-    assert_eq!(dests, [addr(6002), addr(6003), addr(6004)]);
+    assert_eq!(
+        send_and_see(&mut net, t, "each"),
+        [addr(6002), addr(6003), addr(6004)]
+    );
     for i in 1..4 {
         assert!(net.delivered[i].contains(&("ford".into(), "each".into())));
     }
@@ -1016,12 +1016,10 @@ fn a_multicast_group_is_never_used_for_a_sealed_group_or_while_a_member_listens_
     let mut net = Net::new(cores);
     net.settle(t);
     assert_eq!(net.cores[0].members_heard("books"), 2);
-    let mark = net.sent[0].len();
-    net.cores[0].send(t, "books", b"sealed", 1).expect("joined");
-    net.settle(t);
-    let mut dests = app_destinations(&net, 0, mark);
-    dests.sort();
-    assert_eq!(dests, [addr(6002), addr(6003)]);
+    assert_eq!(
+        send_and_see(&mut net, t, "sealed"),
+        [addr(6002), addr(6003)]
+    );
     assert!(net.delivered[2].contains(&("ford".into(), "sealed".into())));
 
     // A member whose Hello names another address than ours (here a unicast one, which

@@ -2,8 +2,9 @@
 //! a network namespace with one interface (MTU 1,500) on a shared bridge — so every datagram
 //! crosses real interfaces between distinct addresses, as on a LAN. The peers bind the
 //! unspecified address or their own; every message must arrive once and in order, with and
-//! without 10 % loss on every host's interface, and each peer must be registered (and so be
-//! reached) at the address others can send to. Needs root; says so and skips otherwise.
+//! without 10 % loss on every host's interface (and over an IP multicast group on the
+//! bridge, at 10 % loss), and each peer must be registered (and so be reached) at the
+//! address others can send to. Needs root; says so and skips otherwise.
 
 #![allow(clippy::unwrap_used)] // a test may stop at the first surprise
 
@@ -44,9 +45,13 @@ fn binding(p: usize, host: usize) -> (Vec<String>, Option<String>) {
     }
 }
 
+/// The IP multicast group of the runs over one (`--multicast`), on the hosts' bridge.
+const MULTICAST_GROUP: &str = "239.255.4.1:7400";
+
 /// Five peers on five hosts, `messages` each, in one group; `percent` % of the datagrams
-/// entering every host dropped (the tracker's port spared). Returns a line of figures.
-fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
+/// entering every host dropped (the tracker's port spared); `multicast`: the peers listen
+/// on [`MULTICAST_GROUP`] and the sequencer sends there. Returns a line of figures.
+fn chat_across_hosts(total: bool, percent: u32, messages: usize, multicast: bool) -> String {
     // Host 0: the tracker; host 1: the sequencer; hosts 2..: the peers.
     let hosts = Hosts::create(if total { "ht" } else { "hf" }, 2 + PEERS).unwrap();
     for i in 0..2 + PEERS {
@@ -60,9 +65,11 @@ fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
     let tracker = format!("{}:{TRACKER_PORT}", Hosts::address(0));
     let sequencer = format!("{}:{SEQUENCER_PORT}", Hosts::address(1));
     let _sequencer = total.then(|| {
-        hosts
-            .host(1)
-            .spawn("sequencer", std::slice::from_ref(&sequencer))
+        let mut args = vec![sequencer.clone()];
+        if multicast {
+            args.push("--multicast".into());
+        }
+        hosts.host(1).spawn("sequencer", &args)
     });
     let mut tracker_args = vec![tracker.clone(), "-v".into()];
     if total {
@@ -92,6 +99,9 @@ fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
                 .total(total)
                 .line(&bind[0], name, &tracker);
             args.extend(bind[1..].iter().cloned());
+            if multicast {
+                args.extend(["--multicast".into(), MULTICAST_GROUP.into()]);
+            }
             hosts.host(host).spawn("peer", &args)
         })
         .collect();
@@ -159,11 +169,16 @@ fn chat_across_hosts(total: bool, percent: u32, messages: usize) -> String {
     }
     for r in &reports {
         assert_eq!(r["times_evicted"], 0, "a peer was evicted while alive: {r}");
+        if multicast && !total {
+            // Every message crossed the bridge once, to the group.
+            assert_eq!(r["multicast_sent"], r["sent"], "{r}");
+        }
     }
     format!(
-        "{} order across {} hosts at {percent} % loss: {} delivered, {} retransmission requests",
+        "{} order across {} hosts{} at {percent} % loss: {} delivered, {} retransmission requests",
         if total { "total" } else { "FIFO" },
         2 + PEERS,
+        if multicast { " over IP multicast" } else { "" },
         sum(&["delivered"]),
         sum(&["recovery", "nacks_sent"])
     )
@@ -185,7 +200,7 @@ fn five_peers_on_five_hosts_deliver_every_message_once_and_in_order() {
         return;
     }
     for total in [false, true] {
-        eprintln!("{}", chat_across_hosts(total, 0, 1000));
+        eprintln!("{}", chat_across_hosts(total, 0, 1000, false));
     }
 }
 
@@ -195,6 +210,16 @@ fn five_peers_on_five_hosts_deliver_every_message_under_ten_percent_loss() {
         return;
     }
     for total in [false, true] {
-        eprintln!("{}", chat_across_hosts(total, 10, 1000));
+        eprintln!("{}", chat_across_hosts(total, 10, 1000, false));
+    }
+}
+
+#[test]
+fn five_peers_on_five_hosts_over_ip_multicast_deliver_every_message_under_ten_percent_loss() {
+    if skip() {
+        return;
+    }
+    for total in [false, true] {
+        eprintln!("{}", chat_across_hosts(total, 10, 1000, true));
     }
 }

@@ -165,6 +165,29 @@ impl Members {
         self.by_name.is_empty()
     }
 
+    /// The IP multicast group that every member `included` (by name) announced, if there
+    /// are two or more of them, they all announced the same one, and each `reads_compact`
+    /// (by address): then one datagram to the group reaches them all, in the encoding they
+    /// read. A group is what a sender may send to instead of to each member.
+    pub fn shared_multicast(
+        &self,
+        included: impl Fn(&str) -> bool,
+        reads_compact: impl Fn(&SocketAddr) -> bool,
+    ) -> Option<SocketAddr> {
+        let mut shared = None;
+        let mut count = 0;
+        for (_, m) in self.by_name.iter().filter(|(name, _)| included(name)) {
+            let group = m
+                .multicast
+                .filter(|_| m.proto.is_some() && reads_compact(&m.addr))?;
+            if *shared.get_or_insert(group) != group {
+                return None;
+            }
+            count += 1;
+        }
+        shared.filter(|_| count >= 2)
+    }
+
     /// Whether `name` is known at exactly `addr`.
     pub fn is_at(&self, name: &str, addr: SocketAddr) -> bool {
         self.by_name.get(name).is_some_and(|m| m.addr == addr)

@@ -180,6 +180,9 @@ pub struct SequencerNode {
     /// We may send to the members' IP multicast group (see
     /// [`send_multicast`](SequencerNode::send_multicast)).
     multicast: bool,
+    /// Per group, the multicast group its members share (if any), as worked out at the
+    /// versions of the members and of the bundle readers given.
+    multicast_kept: HashMap<String, ((u64, u64), Option<SocketAddr>)>,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -210,6 +213,7 @@ impl SequencerNode {
             bundle_readers: BundleReaders::default(),
             seals: GroupSeals::new(addr),
             multicast: false,
+            multicast_kept: HashMap::new(),
         }
     }
 
@@ -859,24 +863,24 @@ impl SequencerNode {
 
     /// The IP multicast group the members of `group` all listen on, if sequenced messages
     /// may go there once (see [`send_multicast`](Self::send_multicast)).
-    fn ip_multicast(&self, group: &str) -> Option<SocketAddr> {
+    fn ip_multicast(&mut self, group: &str) -> Option<SocketAddr> {
         if !self.multicast || self.seals.is_sealed(group) {
             return None;
         }
+        // Worked out again only when the members or what they read change (it is asked
+        // for every message).
         let members = self.groups.get(group)?;
-        let mut listening = members.iter().map(|(_, m)| {
-            m.multicast
-                .filter(|_| m.proto.is_some() && self.bundle_readers.reads_compact(&m.addr))
-        });
-        let first = listening.next()??;
-        let mut count = 1;
-        for m in listening {
-            if m != Some(first) {
-                return None;
-            }
-            count += 1;
+        let versions = (members.version(), self.bundle_readers.version());
+        if let Some((at, shared)) = self.multicast_kept.get(group)
+            && *at == versions
+        {
+            return *shared;
         }
-        (count >= 2).then_some(first)
+        let readers = &self.bundle_readers;
+        let shared = members.shared_multicast(|_| true, |addr| readers.reads_compact(addr));
+        self.multicast_kept
+            .insert(group.to_owned(), (versions, shared));
+        shared
     }
 
     /// How a sequenced message is encoded for the member at `to`.

@@ -692,18 +692,18 @@ impl PeerCore {
         if self.seals.is_sealed(group) {
             return None;
         }
-        let members = self.members_of(group)?;
-        let audience = members
-            .iter()
-            .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total));
-        let mut count = 0;
-        for (_, m) in audience {
-            if m.multicast != Some(ours) || !self.bundle_readers.reads_compact(&m.addr) {
-                return None;
-            }
-            count += 1;
-        }
-        (count >= 2).then_some(ours)
+        self.members_of(group)?
+            .shared_multicast(
+                |name| self.in_audience(name),
+                |addr| self.bundle_readers.reads_compact(addr),
+            )
+            .filter(|shared| *shared == ours)
+    }
+
+    /// Whether our multicasts go to the member called `name`: every other member in FIFO
+    /// mode, only the sequencer in total order.
+    fn in_audience(&self, name: &str) -> bool {
+        (name == SEQUENCER) == (self.mode == Mode::Total)
     }
 
     /// Where our multicasts in `group` go: every other member in FIFO mode, only the
@@ -714,7 +714,7 @@ impl PeerCore {
         };
         members
             .iter()
-            .filter(|(name, _)| (name.as_str() == SEQUENCER) == (self.mode == Mode::Total))
+            .filter(|(name, _)| self.in_audience(name))
             .filter(|(_, m)| !newer_only || m.proto.is_some())
             .map(|(_, m)| m.addr)
             .collect()

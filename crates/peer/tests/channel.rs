@@ -93,6 +93,13 @@ fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
     next(&kat, |e| {
         matches!(e, ChannelEvent::MemberJoined { ref member, .. } if member == "ford").then_some(())
     });
+    // Kat heard ford's Hello; ford must have heard kat's answer too, or kat does not hold
+    // its window yet and the whole stream may go before kat's first acknowledgement.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ford.stats().unwrap().groups[0].members_heard < 1 {
+        assert!(Instant::now() < deadline, "ford never heard kat");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let lines: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
     assert_eq!(ford.send_all("books", lines.clone()).unwrap(), lines.len());
     for (i, line) in lines.iter().enumerate() {

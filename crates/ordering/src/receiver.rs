@@ -24,7 +24,8 @@ pub enum Start {
     At(u64),
     /// The sender's start point is not known yet (a handshake is under way). Messages wait,
     /// within the window, until [`FifoReceiver::set_start`]; if it has not come within
-    /// `handshake_timeout`, the stream falls back to [`Start::Legacy`] from its lowest message.
+    /// `handshake_timeout`, the stream falls back to [`Start::Legacy`] from its lowest message
+    /// (unless the sender is known to name one: [`FifoReceiver::expect_start`]).
     Handshake,
 }
 
@@ -53,9 +54,10 @@ enum Kind {
 enum Phase<T> {
     /// The first message received will set the counter.
     First,
-    /// Waiting for the start point; messages wait in `pending`.
+    /// Waiting for the start point; messages wait in `pending`. Without `until`, for as long
+    /// as it takes: the sender is known to name one ([`FifoReceiver::expect_start`]).
     Awaiting {
-        until: Instant,
+        until: Option<Instant>,
         pending: Vec<(u64, T)>,
     },
     Active,
@@ -116,7 +118,7 @@ impl<T> Stream<T> {
             Start::Handshake => (
                 Kind::Recovering,
                 Phase::Awaiting {
-                    until: now + config.handshake_timeout,
+                    until: Some(now + config.handshake_timeout),
                     pending: Vec::new(),
                 },
                 0,
@@ -157,7 +159,7 @@ impl<T> Stream<T> {
 
     fn deadline(&self) -> Option<Instant> {
         let awaiting = match &self.phase {
-            Phase::Awaiting { until, .. } => Some(*until),
+            Phase::Awaiting { until, .. } => *until,
             _ => None,
         };
         [
@@ -333,7 +335,9 @@ impl<T> Stream<T> {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_, T>, now: Instant) {
-        if let Phase::Awaiting { until, .. } = self.phase
+        if let Phase::Awaiting {
+            until: Some(until), ..
+        } = self.phase
             && until <= now
         {
             self.fall_back(ctx, now);
@@ -480,6 +484,21 @@ impl<T> Stream<T> {
         self.done = true;
     }
 
+    fn on_expect_start(&mut self) {
+        match &mut self.phase {
+            Phase::Awaiting { until, .. } => *until = None,
+            // It fell back to the report's rule before anything came: nothing is decided yet.
+            Phase::First => {
+                self.kind = Kind::Recovering;
+                self.phase = Phase::Awaiting {
+                    until: None,
+                    pending: Vec::new(),
+                };
+            }
+            Phase::Active => {}
+        }
+    }
+
     fn on_start(&mut self, ctx: &mut Ctx<'_, T>, now: Instant, start: u64) {
         self.kind = Kind::Recovering;
         match std::mem::replace(&mut self.phase, Phase::Active) {
@@ -601,6 +620,16 @@ impl<T> FifoReceiver<T> {
         start: u64,
     ) -> Result<(), Error> {
         self.with_stream(group, sender, |s, ctx| s.on_start(ctx, now, start))
+    }
+
+    /// `sender` is known to speak our protocol (it named its epoch, say), so it will name
+    /// where its stream starts for us, however late: a stream of it that has not started
+    /// waits for [`set_start`](Self::set_start) and no longer falls back to the report's rule
+    /// after `handshake_timeout` (one that fell back before anything arrived waits again).
+    /// Guessing the start from the first message that arrives would deliver from another
+    /// place than the other receivers.
+    pub fn expect_start(&mut self, group: &str, sender: &str) -> Result<(), Error> {
+        self.with_stream(group, sender, |s, _| s.on_expect_start())
     }
 
     /// A message with `counter` from `sender` in `group`.
@@ -1040,6 +1069,45 @@ mod tests {
         assert_eq!(h.drain().0, [8, 9]);
         let status = h.rx.stream(G, S).expect("exists");
         assert!(!status.recovering && status.started);
+    }
+
+    #[test]
+    fn a_sender_known_to_name_its_start_is_waited_for_however_late() {
+        // Told before the handshake's time is over: no fallback, however long it takes.
+        let mut h = Harness::new(Start::Handshake);
+        h.msg(0, 9);
+        h.rx.expect_start(G, S).expect("known");
+        h.msg(10, 8);
+        h.tick(5000);
+        assert_eq!(h.drain().0, Vec::<u64>::new(), "no start guessed");
+        assert!(!h.rx.stream(G, S).expect("exists").started);
+        h.rx.set_start(h.at(5001), G, S, 7).expect("known");
+        h.msg(5002, 7);
+        assert_eq!(h.drain().0, [7, 8, 9]);
+        assert!(h.rx.stream(G, S).expect("exists").recovering);
+
+        // Told after it fell back with nothing received: it waits again.
+        let mut h = Harness::new(Start::Handshake);
+        h.tick(1200);
+        h.rx.expect_start(G, S).expect("known");
+        h.msg(1300, 12);
+        h.tick(6000);
+        assert_eq!(
+            h.drain().0,
+            Vec::<u64>::new(),
+            "12 is not taken for the start"
+        );
+        h.rx.set_start(h.at(6001), G, S, 11).expect("known");
+        h.msg(6002, 11);
+        assert_eq!(h.drain().0, [11, 12]);
+
+        // Told once the report's rule already delivered: the stream keeps its place.
+        let mut h = Harness::new(Start::Handshake);
+        h.tick(1200);
+        h.msg(1300, 4);
+        h.rx.expect_start(G, S).expect("known");
+        h.msg(1301, 5);
+        assert_eq!(h.drain().0, [4, 5]);
     }
 
     #[test]

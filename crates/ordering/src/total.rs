@@ -44,6 +44,13 @@ impl<T> TotalOrderReceiver<T> {
         self.inner.set_start(now, group, &self.sequencer, start)
     }
 
+    /// The sequencer of `group` is known to be one of ours (it named its epoch): it will say
+    /// where its sequence starts for us, however late, and the stream waits for that instead
+    /// of falling back to the report's rule (see [`FifoReceiver::expect_start`]).
+    pub fn expect_start(&mut self, group: &str) -> Result<(), Error> {
+        self.inner.expect_start(group, &self.sequencer)
+    }
+
     /// A sequenced message with sequence number `seq`.
     pub fn handle_sequenced(
         &mut self,

@@ -208,8 +208,10 @@ impl PeerCore {
         };
         if state.takeover.epoch.is_none() && !started && epoch.is_some() {
             // Its HelloAck to us is late or lost, but only a sequencer that admitted us
-            // names its epoch to us: that is the sequencer we follow (not the report's).
+            // names its epoch to us: that is the sequencer we follow (not the report's),
+            // and its HelloAck will come.
             state.takeover.epoch = epoch;
+            let _ = self.total.expect_start(group);
         }
         let (Some(ours), Some(theirs)) = (state.takeover.epoch, epoch) else {
             return false;
@@ -230,11 +232,14 @@ impl PeerCore {
         let Some(state) = self.groups.get(&d.group) else {
             return;
         };
-        if self.mode != Mode::Total
-            || d.epoch.is_none()
-            || state.takeover.epoch.is_none()
-            || d.epoch == state.takeover.epoch
-        {
+        if self.mode != Mode::Total || d.epoch.is_none() {
+            return;
+        }
+        // A sequencer that names its epoch is ours, not the report's: it will tell us our
+        // place in its sequence (it is still collecting its members' Hellos, say), so we
+        // wait for that rather than take the first message that comes for the start.
+        let _ = self.total.expect_start(&d.group);
+        if state.takeover.epoch.is_none() || d.epoch == state.takeover.epoch {
             return;
         }
         self.sequencer_lost(now, &d.group, "a new sequencer listens in its place");

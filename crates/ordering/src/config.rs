@@ -81,7 +81,7 @@ impl Default for Config {
             bye_grace: Duration::from_secs(1),
             max_nack_ranges: 64,
             max_retransmit_per_nack: 1024,
-            flow_window: 256,
+            flow_window: 1024,
         }
     }
 }

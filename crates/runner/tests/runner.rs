@@ -34,8 +34,10 @@ fn runs_both_experiments_on_a_local_system_and_reports_every_peer() {
         "2,3",
         "--messages",
         "30",
+        // More than the flow-control window (1,024), so the stream is not one burst that a
+        // receiver delivers in one instant (no rate to measure).
         "--stream",
-        "300",
+        "3000",
         "--rounds",
         "2",
         "--min-round-ms",

@@ -726,22 +726,19 @@ fn a_silent_sequencer_is_greeted_until_it_answers_and_a_silent_peer_only_for_a_s
 fn welcomed_by_sequencer(t: Instant) -> PeerCore {
     let mut c = core("ford", 6001, Mode::Total);
     c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
-    let mut ack = Datagram::new(
-        DatagramType::HelloAck,
-        "books",
-        SEQUENCER,
-        "",
-        addr(5001),
-        1,
-        SEQUENCER,
-    );
-    ack.proto = Some(PROTOCOL_VERSION);
-    ack.start = Some(1);
-    ack.epoch = Some(1);
-    c.handle_datagram(t, addr(5001), &ack.encode(4096).expect("fits"));
+    c.handle_datagram(t, addr(5001), &from_sequencer(DatagramType::HelloAck));
     while c.poll_output().is_some() {}
     assert!(c.sequencer_ready("books"));
     c
+}
+
+/// The sequencer's (epoch 1) Hello or HelloAck to ford in "books": our place starts at 1.
+fn from_sequencer(kind: DatagramType) -> Vec<u8> {
+    let mut d = Datagram::new(kind, "books", SEQUENCER, "", addr(5001), 1, SEQUENCER);
+    d.proto = Some(PROTOCOL_VERSION);
+    d.start = (kind == DatagramType::HelloAck).then_some(1);
+    d.epoch = Some(1);
+    d.encode(4096).expect("fits")
 }
 
 fn sequenced(counter: u64, epoch: Option<u64>) -> Vec<u8> {
@@ -796,19 +793,8 @@ fn a_sequencer_that_names_its_epoch_is_waited_for_past_the_handshakes_time() {
     let t = Instant::now();
     let mut c = core("ford", 6001, Mode::Total);
     c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
-    let mut prompt = Datagram::new(
-        DatagramType::Hello,
-        "books",
-        SEQUENCER,
-        "",
-        addr(5001),
-        0,
-        SEQUENCER,
-    );
-    prompt.proto = Some(PROTOCOL_VERSION);
-    prompt.epoch = Some(1);
     let at = |ms: u64| t + Duration::from_millis(ms);
-    c.handle_datagram(at(300), addr(5001), &prompt.encode(4096).expect("fits"));
+    c.handle_datagram(at(300), addr(5001), &from_sequencer(DatagramType::Hello));
     let mut now = at(300);
     while now < at(1900) {
         c.handle_timeout(now);
@@ -820,19 +806,11 @@ fn a_sequencer_that_names_its_epoch_is_waited_for_past_the_handshakes_time() {
     c.handle_datagram(now, addr(5001), &sequenced(4, Some(1)));
     c.handle_timeout(now + Duration::from_millis(10));
     assert!(texts(&mut c).is_empty(), "3 is not taken for our start");
-    let mut ack = Datagram::new(
-        DatagramType::HelloAck,
-        "books",
-        SEQUENCER,
-        "",
+    c.handle_datagram(
+        at(2000),
         addr(5001),
-        1,
-        SEQUENCER,
+        &from_sequencer(DatagramType::HelloAck),
     );
-    ack.proto = Some(PROTOCOL_VERSION);
-    ack.start = Some(1);
-    ack.epoch = Some(1);
-    c.handle_datagram(at(2000), addr(5001), &ack.encode(4096).expect("fits"));
     c.handle_datagram(at(2001), addr(5001), &sequenced(1, Some(1)));
     c.handle_datagram(at(2001), addr(5001), &sequenced(2, Some(1)));
     assert_eq!(

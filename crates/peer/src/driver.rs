@@ -126,6 +126,10 @@ pub(crate) struct Driver {
     stamp: Option<u64>,
     /// Sends waiting for their group's flow-control window, in order.
     outgoing: VecDeque<Outgoing>,
+    /// Sends whose messages all went (or one was refused), answered once the turn's
+    /// datagrams left: waking the caller first would have the caller's thread compete with
+    /// our own for a CPU while the datagrams wait.
+    sent: Vec<(Outgoing, Option<ChannelError>)>,
     /// More is to be sent at once (this turn's share went; the window is open).
     send_more: bool,
     /// When quitting, the latest we wait for the tracker's answer and the others' requests.
@@ -220,6 +224,7 @@ impl Driver {
             events: Vec::new(),
             stamp: None,
             outgoing: VecDeque::new(),
+            sent: Vec::new(),
             send_more: false,
             quit_deadline: None,
             nacks_seen: (0, now),
@@ -244,6 +249,7 @@ impl Driver {
     /// answers late retransmission requests until they stop (at most [`QUIT_PATIENCE`]).
     pub(crate) fn run(&mut self) -> Result<(), LoopError> {
         let result = self.run_loop();
+        self.answer_sent();
         for out in self.outgoing.drain(..) {
             out.answer(Some(ChannelError::Closed));
         }
@@ -262,6 +268,7 @@ impl Driver {
             self.apply_calls(now)?;
             self.drain_member(now)?;
             self.flush_outbox();
+            self.answer_sent();
             if self.stop.requested() && self.quit_deadline.is_none() {
                 self.begin_quit(now);
                 self.drain_member(now)?;
@@ -360,7 +367,7 @@ impl Driver {
     /// Sends what waits, in order, as far as the flow-control window of its group takes it
     /// and at most [`SEND_BATCH`] messages this turn (they leave together, bundled; then
     /// datagrams get their turn). A send is answered once its last message went (after our
-    /// own delivery of it) or the member refused one.
+    /// own delivery of it, and once the turn's datagrams are out) or the member refused one.
     fn send_outgoing(&mut self, now: Instant) -> Result<(), LoopError> {
         let mut budget = SEND_BATCH;
         let mut finished = Vec::new();
@@ -394,12 +401,18 @@ impl Driver {
         }
         self.send_more = budget == 0 && !self.outgoing.is_empty();
         if !finished.is_empty() {
+            // Our own deliveries of them first; the answers once the datagrams left.
             self.drain_member(now)?;
-            for (out, refused) in finished {
-                out.answer(refused);
-            }
+            self.sent.append(&mut finished);
         }
         Ok(())
+    }
+
+    /// Answers the sends finished this turn (see [`Driver::sent`]).
+    fn answer_sent(&mut self) {
+        for (out, refused) in self.sent.drain(..) {
+            out.answer(refused);
+        }
     }
 
     /// Whether a send to `group` may go now: the window is open, or we are not in the

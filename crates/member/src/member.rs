@@ -163,6 +163,9 @@ pub struct Member {
     mode: Mode,
     session: Session,
     clock: Option<(ClockSync, LocalClock)>,
+    /// The send time stamped at the latest `now` a send carried: the messages of one
+    /// instant (a turn of the driver's loop) share one reading of the clock.
+    send_stamp: Option<(Instant, u64)>,
     out: VecDeque<Output>,
     next_ticket: Ticket,
     /// The latest time an input carried (for the core's events handled in `poll_output`).
@@ -204,6 +207,7 @@ impl Member {
                 quitting: None,
             },
             clock: config.clock.map(|c| (ClockSync::default(), c)),
+            send_stamp: None,
             out: VecDeque::new(),
             next_ticket: 0,
             now,
@@ -535,13 +539,20 @@ impl Member {
     }
 
     /// Sends `payload` to `group` (see [`PeerCore::send`]), stamped with the synchronized
-    /// clock.
+    /// clock as of `now` (read once for every message sent at the same `now`).
     pub fn send(&mut self, now: Instant, group: &str, payload: &[u8]) -> Result<u64, Error> {
         self.now = now;
         if self.session.quitting.is_some() {
             return Err(Error::Quitting);
         }
-        let stamp = self.stamp(now);
+        let stamp = match self.send_stamp {
+            Some((at, stamp)) if at == now => stamp,
+            _ => {
+                let stamp = self.stamp(now);
+                self.send_stamp = Some((now, stamp));
+                stamp
+            }
+        };
         self.core.send(now, group, payload, stamp)
     }
 
@@ -899,6 +910,49 @@ mod tests {
             group: group.into(),
             members: vec!["ford".into(), "kat".into()],
         }));
+    }
+
+    #[test]
+    fn messages_sent_at_one_instant_share_one_reading_of_the_clock() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let t0 = Instant::now();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let mut m = member(t0, false);
+        let counted = reads.clone();
+        m.clock = Some((
+            ClockSync::default(),
+            Box::new(move |at: Instant| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                Nanos(1_700_000_000_000_000_000).plus(at.duration_since(t0).as_nanos() as i64)
+            }),
+        ));
+        m.tracker_connected(t0);
+        let out = drain(&mut m);
+        m.handle_tracker_reply(t0, asks(&out)[0].1.clone(), &registered(100));
+        drain(&mut m);
+        joined(&mut m, t0, "books");
+        let t1 = t0 + Duration::from_millis(1);
+        let t2 = t1 + Duration::from_micros(1);
+        let before = reads.load(Ordering::Relaxed);
+        for (at, text) in [(t1, "one"), (t1, "two"), (t2, "three")] {
+            m.send(at, "books", text.as_bytes()).unwrap();
+        }
+        assert_eq!(
+            reads.load(Ordering::Relaxed) - before,
+            2,
+            "one reading per instant"
+        );
+        let stamps: Vec<u64> = drain(&mut m)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Deliver(d) => d.sent_at_us,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stamps.len(), 3, "our own deliveries carry their send times");
+        assert_eq!(stamps[0], stamps[1]);
+        assert_eq!(stamps[2], stamps[0] + 1, "a microsecond later");
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub(crate) struct Driver {
     /// Sends whose messages all went (or one was refused), answered once the turn's
     /// datagrams left: waking the caller first would have the caller's thread compete with
     /// our own for a CPU while the datagrams wait.
-    sent: Vec<(Outgoing, Option<ChannelError>)>,
+    answers_due: Vec<(Outgoing, Option<ChannelError>)>,
     /// More is to be sent at once (this turn's share went; the window is open).
     send_more: bool,
     /// When quitting, the latest we wait for the tracker's answer and the others' requests.
@@ -224,7 +224,7 @@ impl Driver {
             events: Vec::new(),
             stamp: None,
             outgoing: VecDeque::new(),
-            sent: Vec::new(),
+            answers_due: Vec::new(),
             send_more: false,
             quit_deadline: None,
             nacks_seen: (0, now),
@@ -403,14 +403,14 @@ impl Driver {
         if !finished.is_empty() {
             // Our own deliveries of them first; the answers once the datagrams left.
             self.drain_member(now)?;
-            self.sent.append(&mut finished);
+            self.answers_due.append(&mut finished);
         }
         Ok(())
     }
 
-    /// Answers the sends finished this turn (see [`Driver::sent`]).
+    /// Answers the sends finished this turn (see [`Driver::answers_due`]).
     fn answer_sent(&mut self) {
-        for (out, refused) in self.sent.drain(..) {
+        for (out, refused) in self.answers_due.drain(..) {
             out.answer(refused);
         }
     }

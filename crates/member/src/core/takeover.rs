@@ -259,9 +259,14 @@ impl PeerCore {
         if !self.total.stream(group).is_some_and(|s| s.started) {
             // It never told us where our place in its sequence was: nothing it sent us may
             // be delivered (not even as the report's sequencer's, after the handshake's
-            // time). We wait for our place in a successor's.
+            // time). We wait for our place in a successor's — for as long as it takes
+            // when the sequencer named its epoch (ours, not the report's).
+            let ours = state.takeover.epoch.is_some();
             self.total.leave(group);
             self.total.join(now, group, Start::Handshake);
+            if ours {
+                let _ = self.total.expect_start(group);
+            }
         }
         log::info!(
             "total order unavailable in {group}: lost the sequencer ({reason}); nothing is delivered out of order, messages wait for a sequencer"

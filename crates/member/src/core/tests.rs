@@ -820,6 +820,41 @@ fn a_sequencer_that_names_its_epoch_is_waited_for_past_the_handshakes_time() {
 }
 
 #[test]
+fn a_member_that_lost_a_sequencer_of_ours_before_its_welcome_waits_for_its_place() {
+    // Epoch 1's message 3 comes before its HelloAck (its epoch becomes the one we follow),
+    // then one of epoch 2: the sequencer is taken for lost and our stream starts afresh.
+    // It must still wait for a HelloAck, not take epoch 1's next message for its start
+    // once the handshake's time is over.
+    let t = Instant::now();
+    let at = |ms: u64| t + Duration::from_millis(ms);
+    let mut c = core("ford", 6001, Mode::Total);
+    c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
+    c.handle_datagram(at(10), addr(5001), &sequenced(3, Some(1)));
+    c.handle_datagram(at(20), addr(5001), &sequenced(1, Some(2)));
+    let mut now = at(20);
+    while now < at(1600) {
+        c.handle_timeout(now);
+        while c.poll_output().is_some() {}
+        now += Duration::from_millis(50);
+    }
+    c.handle_datagram(now, addr(5001), &sequenced(4, Some(1)));
+    c.handle_timeout(now + Duration::from_millis(10));
+    assert!(texts(&mut c).is_empty(), "4 is not taken for our start");
+    c.handle_datagram(
+        at(1700),
+        addr(5001),
+        &from_sequencer(DatagramType::HelloAck),
+    );
+    for n in 1..=3 {
+        c.handle_datagram(at(1701), addr(5001), &sequenced(n, Some(1)));
+    }
+    assert_eq!(
+        texts(&mut c),
+        ["kat says 1", "kat says 2", "kat says 3", "kat says 4"]
+    );
+}
+
+#[test]
 fn an_idle_author_tells_a_member_that_missed_its_last_message_until_it_acknowledges() {
     let t = Instant::now();
     let mut net = flow_pair(t, 8);

@@ -139,6 +139,28 @@ pub struct Run {
     pub repeated: Option<Repeated>,
 }
 
+impl Run {
+    /// The latency p50 (µs) to show for this run: the median over its rounds when it was
+    /// repeated (the round of median throughput need not be the round of median latency),
+    /// else its own.
+    pub fn latency_p50_us(&self) -> f64 {
+        self.repeated
+            .as_ref()
+            .map_or(self.summary.latency_p50_us as f64, |r| {
+                r.latency_p50_us.median
+            })
+    }
+
+    /// The latency p99 (µs) to show for this run, like [`latency_p50_us`](Self::latency_p50_us).
+    pub fn latency_p99_us(&self) -> f64 {
+        self.repeated
+            .as_ref()
+            .map_or(self.summary.latency_p99_us as f64, |r| {
+                r.latency_p99_us.median
+            })
+    }
+}
+
 /// The median and the range of one figure over rounds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Spread {
@@ -482,24 +504,26 @@ pub fn scaling_table(runs: &[Run], baselines: &[Baseline]) -> String {
             let s = &r.summary;
             let range = r.repeated.as_ref().map_or(String::new(), |rep| {
                 format!(
-                    "  (median of {}: {:.0}-{:.0}/s, p50 {:.0}-{:.0} µs)",
+                    "  (median of {}: {:.0}-{:.0}/s, p50 {:.0}-{:.0} µs, p99 {:.0}-{:.0} µs)",
                     rep.rounds,
                     rep.throughput.min,
                     rep.throughput.max,
                     rep.latency_p50_us.min,
-                    rep.latency_p50_us.max
+                    rep.latency_p50_us.max,
+                    rep.latency_p99_us.min,
+                    rep.latency_p99_us.max
                 )
             });
             out += &format!(
-                "  {:>5} {:<17} {:>9} {:>14.0} {:>7} {:>9} {:>9} {:>11.2} {:>10.2} {:>9}{range}\n",
+                "  {:>5} {:<17} {:>9} {:>14.0} {:>7} {:>9.0} {:>9.0} {:>11.2} {:>10.2} {:>9}{range}\n",
                 r.plan.peers,
                 r.plan.label(),
                 if s.complete { "yes" } else { "NO" },
                 s.slowest_throughput,
                 s.of_baseline
                     .map_or("-".to_owned(), |f| format!("{:.0}%", f * 100.0)),
-                s.latency_p50_us,
-                s.latency_p99_us,
+                r.latency_p50_us(),
+                r.latency_p99_us(),
                 s.datagrams_per_message,
                 s.messages_per_datagram,
                 s.nacks
@@ -516,4 +540,77 @@ fn multicast_group() -> Result<std::net::SocketAddr, String> {
         .map_err(|e| format!("cannot find a free port for the multicast group: {e}"))?;
     let port = probe.local_addr().map_err(|e| e.to_string())?.port();
     Ok(std::net::SocketAddr::from(([239, 255, 0, 1], port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(throughput: f64, p50: u64, p99: u64) -> Summary {
+        Summary {
+            complete: true,
+            delivered: 3,
+            expected: 3,
+            slowest_throughput: throughput,
+            latency_p50_us: p50,
+            latency_p99_us: p99,
+            datagrams_per_message: 3.0,
+            messages_per_datagram: 1.0,
+            tracker_messages: 0,
+            nacks: 0,
+            wall_ms: 1.0,
+            of_baseline: None,
+        }
+    }
+
+    #[test]
+    fn a_repeated_row_shows_the_median_latency_of_its_rounds_not_that_of_its_median_throughput_round()
+     {
+        let rounds = [
+            summary(1_000.0, 90, 400),
+            summary(999.0, 30, 100),
+            summary(998.0, 40, 120),
+        ];
+        let spread = |f: fn(&Summary) -> f64| Spread::of(rounds.iter().map(f).collect());
+        let run = Run {
+            plan: Plan {
+                experiment: 2,
+                order: Order::Fifo,
+                peers: 4,
+                senders: 1,
+                messages: 5_000,
+                payload: 64,
+                rate: Some(1_000.0),
+                flow_window: None,
+                bundle_bytes: None,
+                sealed: false,
+                hosts: Hosts::Loopback,
+                multicast: false,
+            },
+            peers: Vec::new(),
+            // The round of median throughput.
+            summary: rounds[1].clone(),
+            repeated: Some(Repeated {
+                rounds: 3,
+                messages: 5_000,
+                throughput: spread(|s| s.slowest_throughput),
+                latency_p50_us: spread(|s| s.latency_p50_us as f64),
+                latency_p99_us: spread(|s| s.latency_p99_us as f64),
+                warmup: rounds[0].clone(),
+                every_round: rounds.to_vec(),
+            }),
+        };
+        assert_eq!(run.latency_p50_us(), 40.0);
+        assert_eq!(run.latency_p99_us(), 120.0);
+        let table = scaling_table(&[run], &[]);
+        let row = table.lines().nth(1).unwrap();
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &columns[..6],
+            ["4", "FIFO", "yes", "999", "-", "40"],
+            "{table}"
+        );
+        assert_eq!(columns[6], "120", "{table}");
+        assert!(row.contains("p50 30-90 µs, p99 100-400 µs"), "{table}");
+    }
 }

@@ -275,9 +275,9 @@ fn run(args: Args) -> Result<(), String> {
                         .then(|| run.summary.slowest_throughput / b.lossless_rate());
                 }
                 eprintln!(
-                    "; median slowest receiver {:.0}/s, p50 {} µs{}",
+                    "; median slowest receiver {:.0}/s, p50 {:.0} µs{}",
                     run.summary.slowest_throughput,
-                    run.summary.latency_p50_us,
+                    run.latency_p50_us(),
                     if run.summary.complete {
                         ""
                     } else {

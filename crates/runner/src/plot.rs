@@ -132,14 +132,14 @@ pub fn experiment2(
                     label: format!("{} p50", name(o)),
                     color: color(o),
                     dashed: false,
-                    points: series(runs, o, |r| r.summary.latency_p50_us as f64),
+                    points: series(runs, o, |r| r.latency_p50_us()),
                     ranges: ranges(runs, o, |r| r.latency_p50_us),
                 },
                 Line {
                     label: format!("{} p99", name(o)),
                     color: color(o),
                     dashed: true,
-                    points: series(runs, o, |r| r.summary.latency_p99_us as f64),
+                    points: series(runs, o, |r| r.latency_p99_us()),
                     ranges: ranges(runs, o, |r| r.latency_p99_us),
                 },
             ]

@@ -122,6 +122,26 @@ pub fn trial(
     })
 }
 
+/// The raw pattern at one given `rate`, once: at a steady rate the figure of interest is
+/// bare UDP's latency there, beside the messenger's at the same rate.
+pub fn at_rate(
+    bin: &Path,
+    peers: usize,
+    messages: usize,
+    datagram_bytes: usize,
+    rate: f64,
+    stop: &Arc<AtomicBool>,
+) -> Result<Baseline, String> {
+    let t = trial(bin, peers, messages, datagram_bytes, Some(rate), stop)?;
+    Ok(Baseline {
+        peers,
+        messages,
+        datagram_bytes,
+        lossless: (t.lost == 0).then(|| t.clone()),
+        trials: vec![t],
+    })
+}
+
 /// Finds the highest rate at which nothing is lost: flat out first; if that loses, a
 /// search between the highest lossless and the lowest lossy rate tried. `progress` is told
 /// each trial as it ends.

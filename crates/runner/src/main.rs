@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use runner::baseline::{self, Baseline};
@@ -17,7 +18,8 @@ use runner::experiments::{self, Hosts, Order, Plan, Run};
 /// Experiment 2: groups of each size in PEER_COUNTS, one member sending STREAM messages;
 /// before each size, the raw-UDP baseline (the same datagrams from bare processes, no
 /// ordering) finds this machine's highest rate with nothing lost, and the messenger's
-/// throughput is shown as a share of it.
+/// throughput is shown as a share of it; with --rate, it is sent at that rate instead, for
+/// bare UDP's latency beside the messenger's.
 ///
 /// Each Experiment 2 row is run --rounds times after a warm-up, each round long enough to
 /// last --min-round-ms; the tables show the median and the range, the JSON every round.
@@ -109,6 +111,12 @@ struct Args {
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
 
+    /// Keep the machine's idle CPUs polling (PM QoS, `/dev/cpu_dma_latency` held at 0 µs)
+    /// for the whole run, as the peers' `--low-latency` does: waking a receiver then costs
+    /// no exit from a halted CPU. Needs root; the JSON says whether it was held.
+    #[arg(long)]
+    low_latency: bool,
+
     /// Where to write every figure, per peer, as JSON (default: figures.json in --out).
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -168,6 +176,12 @@ fn run(args: Args) -> Result<(), String> {
         Some("total") => vec![Order::Total],
         _ => vec![Order::Fifo, Order::Total],
     };
+    // Held for the whole run, baselines included, so that both see the same machine.
+    let _awake = args
+        .low_latency
+        .then(|| runtime::CpuWakeLatency::hold(Duration::ZERO))
+        .transpose()
+        .map_err(|e| format!("--low-latency: {e}"))?;
     let mut all: Vec<Run> = Vec::new();
     let mut complete = true;
     let placements: &[Hosts] = match args.hosts.as_str() {
@@ -219,16 +233,27 @@ fn run(args: Args) -> Result<(), String> {
         let mut scaling = Vec::new();
         for &peers in &args.peer_counts {
             if !args.no_baseline {
-                let found = baseline::search(&bin, peers, args.stream, bytes, &stop, |t| {
+                let show = |t: &baseline::Trial| {
                     eprintln!(
-                        "  raw UDP, {peers} peers, {}: sent {:.0}/s, slowest receiver {:.0}/s, {} lost",
+                        "  raw UDP, {peers} peers, {}: sent {:.0}/s, slowest receiver {:.0}/s, {} lost, p50 {} µs, p99 {} µs",
                         t.rate
                             .map_or("flat out".to_owned(), |r| format!("at {r:.0}/s")),
                         t.sent_per_second,
                         t.slowest_per_second,
-                        t.lost
+                        t.lost,
+                        t.latency_p50_us,
+                        t.latency_p99_us
                     );
-                })?;
+                };
+                let found = match args.rate {
+                    // At a steady rate: bare UDP at that rate, for its latency.
+                    Some(rate) => {
+                        let b = baseline::at_rate(&bin, peers, args.stream, bytes, rate, &stop)?;
+                        b.trials.iter().for_each(show);
+                        b
+                    }
+                    None => baseline::search(&bin, peers, args.stream, bytes, &stop, show)?,
+                };
                 baselines.push(found);
             }
             let sealing: &[bool] = match args.sealed.as_str() {
@@ -297,7 +322,11 @@ fn run(args: Args) -> Result<(), String> {
         .json
         .clone()
         .unwrap_or_else(|| args.out.join("figures.json"));
-    let figures = serde_json::json!({ "runs": all, "baselines": baselines });
+    let figures = serde_json::json!({
+        "runs": all,
+        "baselines": baselines,
+        "low_latency": args.low_latency,
+    });
     let text = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
     std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;
     println!("every figure written to {}", json.display());

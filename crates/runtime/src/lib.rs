@@ -5,6 +5,7 @@
 //! - [`TrackerLink`]: the persistent, self-healing connection to the tracker inside a mio
 //!   loop.
 //! - [`bind_udp`]: a UDP socket with the buffer sizes a busy member needs.
+//! - [`CpuWakeLatency`]: an opt-in request that idle CPUs wake fast, for low latency.
 //! - [`Shutdown`]: a handle that stops (or wakes) a loop from another thread or a signal
 //!   handler.
 //!
@@ -12,11 +13,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cpu_latency;
 mod outbox;
 mod shutdown;
 mod tracker_link;
 mod udp;
 
+pub use cpu_latency::CpuWakeLatency;
 pub use outbox::{Outbox, OutboxStats};
 pub use shutdown::Shutdown;
 pub use tracker_link::{LinkEvent, TrackerLink};

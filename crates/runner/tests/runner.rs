@@ -198,3 +198,70 @@ fn experiments_run_on_hosts_beside_loopback() {
         "the runner left namespaces behind: {left}"
     );
 }
+
+/// At a steady `--rate`, the raw baseline is sent once at that rate (bare UDP's latency
+/// beside the messenger's), and `--low-latency` holds the CPUs' wake-up bound for the whole
+/// run and says so in the JSON. Holding it needs root: elsewhere the runner must refuse with
+/// a clear error rather than measure something else.
+#[test]
+fn at_a_steady_rate_bare_udp_is_measured_at_that_rate_and_low_latency_is_held() {
+    let may_hold = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/cpu_dma_latency")
+        .is_ok();
+    let plan = [
+        "--experiment",
+        "2",
+        "--peer-counts",
+        "3",
+        "--order",
+        "fifo",
+        "--rate",
+        "2000",
+        "--stream",
+        "1000",
+        "--rounds",
+        "1",
+        "--min-round-ms",
+        "0",
+        "--low-latency",
+    ];
+    if !may_hold {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(plan)
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("--low-latency"), "{stderr}");
+        eprintln!("skipped the measured part: holding /dev/cpu_dma_latency needs root");
+        return;
+    }
+    let (stdout, figures, _dir) = run_runner(&plan);
+    assert_eq!(figures["low_latency"], true, "{figures}");
+    let baseline = &figures["baselines"][0];
+    let trials = baseline["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 1, "one trial, at the rate asked: {baseline}");
+    assert_eq!(trials[0]["rate"], 2000.0, "{baseline}");
+    assert!(
+        trials[0]["latency_p50_us"].as_i64().unwrap() > 0,
+        "{baseline}"
+    );
+    let run = &figures["runs"][0];
+    assert_eq!(run["summary"]["complete"], true, "{run}");
+    let p50 = run["repeated"]["latency_p50_us"]["median"]
+        .as_f64()
+        .unwrap();
+    let row = stdout
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq(["3", "FIFO"]))
+        .unwrap_or_else(|| panic!("no FIFO row: {stdout}"));
+    assert_eq!(
+        row.split_whitespace().nth(5),
+        Some(format!("{p50:.0}").as_str()),
+        "the table shows the median p50 of the rounds: {row}"
+    );
+}

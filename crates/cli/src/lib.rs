@@ -134,6 +134,29 @@ pub fn report<E: Display>(program: &str, result: Result<(), E>) -> ExitCode {
     }
 }
 
+/// `--low-latency`, as the peer, the sequencer and the runner take it (flattened into their
+/// arguments).
+#[derive(clap::Args, Debug, Default, Clone, Copy)]
+pub struct LowLatencyArg {
+    /// Keep this machine's idle CPUs polling instead of halting while this program runs, so
+    /// a datagram's receiver wakes in microseconds (Linux PM QoS, `/dev/cpu_dma_latency`:
+    /// it needs root, holds for the whole machine, and costs power). Lowers the latency of
+    /// a quiet group, most on virtual machines; flat-out throughput gains nothing.
+    #[arg(long)]
+    pub low_latency: bool,
+}
+
+impl LowLatencyArg {
+    /// The request held while the value returned lives, when asked for; a clear error when
+    /// it cannot be held.
+    pub fn hold(self) -> Result<Option<runtime::CpuWakeLatency>, String> {
+        self.low_latency
+            .then(|| runtime::CpuWakeLatency::hold(std::time::Duration::ZERO))
+            .transpose()
+            .map_err(|e| format!("--low-latency: {e}"))
+    }
+}
+
 /// The keys of sealed groups, as the peer and the sequencer take them (flattened into their
 /// arguments).
 #[derive(clap::Args, Debug, Default, Clone)]

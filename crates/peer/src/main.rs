@@ -126,12 +126,8 @@ struct Args {
     )]
     clock_drift_ppm: f64,
 
-    /// Keep this machine's idle CPUs polling instead of halting while the peer runs, so a
-    /// datagram's receiver wakes in microseconds (Linux PM QoS, `/dev/cpu_dma_latency`: it
-    /// needs root, holds for the whole machine, and costs power). Lowers the latency of a
-    /// quiet group most on virtual machines; flat-out throughput gains nothing.
-    #[arg(long)]
-    low_latency: bool,
+    #[command(flatten)]
+    low_latency: cli::LowLatencyArg,
 
     #[command(flatten)]
     seal: cli::SealArgs,
@@ -176,11 +172,7 @@ fn run(args: Args) -> Result<bool, String> {
         .map_err(|e| format!("--advertise: {e}"))?;
     let order = if args.total { Mode::Total } else { Mode::Fifo };
     // Held until we return.
-    let _awake = args
-        .low_latency
-        .then(|| runtime::CpuWakeLatency::hold(Duration::ZERO))
-        .transpose()
-        .map_err(|e| format!("--low-latency: {e}"))?;
+    let _awake = args.low_latency.hold()?;
     let config = ChannelConfig {
         bind: addr,
         advertise,

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use clap::Parser;
 use runner::baseline::{self, Baseline};
@@ -111,11 +110,8 @@ struct Args {
     #[arg(long, value_parser = ["fifo", "total"])]
     order: Option<String>,
 
-    /// Keep the machine's idle CPUs polling (PM QoS, `/dev/cpu_dma_latency` held at 0 µs)
-    /// for the whole run, as the peers' `--low-latency` does: waking a receiver then costs
-    /// no exit from a halted CPU. Needs root; the JSON says whether it was held.
-    #[arg(long)]
-    low_latency: bool,
+    #[command(flatten)]
+    low_latency: cli::LowLatencyArg,
 
     /// Where to write every figure, per peer, as JSON (default: figures.json in --out).
     #[arg(long, value_name = "FILE")]
@@ -177,11 +173,7 @@ fn run(args: Args) -> Result<(), String> {
         _ => vec![Order::Fifo, Order::Total],
     };
     // Held for the whole run, baselines included, so that both see the same machine.
-    let _awake = args
-        .low_latency
-        .then(|| runtime::CpuWakeLatency::hold(Duration::ZERO))
-        .transpose()
-        .map_err(|e| format!("--low-latency: {e}"))?;
+    let _awake = args.low_latency.hold()?;
     let mut all: Vec<Run> = Vec::new();
     let mut complete = true;
     let placements: &[Hosts] = match args.hosts.as_str() {
@@ -325,7 +317,7 @@ fn run(args: Args) -> Result<(), String> {
     let figures = serde_json::json!({
         "runs": all,
         "baselines": baselines,
-        "low_latency": args.low_latency,
+        "low_latency": args.low_latency.low_latency,
     });
     let text = serde_json::to_string_pretty(&figures).map_err(|e| e.to_string())?;
     std::fs::write(&json, text).map_err(|e| format!("cannot write {}: {e}", json.display()))?;

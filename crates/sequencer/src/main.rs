@@ -50,11 +50,8 @@ struct Args {
     #[arg(long)]
     multicast: bool,
 
-    /// Keep this machine's idle CPUs polling instead of halting while the sequencer runs,
-    /// as the peers' `--low-latency` does: a total-order message wakes the sequencer on its
-    /// way (Linux PM QoS; needs root, holds for the whole machine, costs power).
-    #[arg(long)]
-    low_latency: bool,
+    #[command(flatten)]
+    low_latency: cli::LowLatencyArg,
 
     #[command(flatten)]
     seal: cli::SealArgs,
@@ -125,11 +122,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let seals = args.seal.keys()?;
     // Held until we return.
-    let _awake = args
-        .low_latency
-        .then(|| runtime::CpuWakeLatency::hold(Duration::ZERO))
-        .transpose()
-        .map_err(|e| format!("--low-latency: {e}"))?;
+    let _awake = args.low_latency.hold()?;
     // Ctrl-C before the server exists (a standby waiting) ends the wait; after, it stops the
     // server.
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -265,7 +265,7 @@ impl Driver {
                 self.member.handle_timeout(now);
             }
             self.handle_link_events(now)?;
-            self.apply_calls(now)?;
+            self.apply_calls(now);
             self.drain_member(now)?;
             self.flush_outbox();
             self.answer_sent();
@@ -309,7 +309,7 @@ impl Driver {
 
     /// Applies the channel's calls, and the sends that waited for their window and may go
     /// now.
-    fn apply_calls(&mut self, now: Instant) -> Result<(), LoopError> {
+    fn apply_calls(&mut self, now: Instant) {
         while let Ok(call) = self.api.calls.try_recv() {
             if self.member.is_quitting() {
                 // Its reply sender goes with it: the caller sees the channel closed.
@@ -361,16 +361,16 @@ impl Driver {
                 }
             }
         }
-        self.send_outgoing(now)
+        self.send_outgoing(now);
     }
 
     /// Sends what waits, in order, as far as the flow-control window of its group takes it
     /// and at most [`SEND_BATCH`] messages this turn (they leave together, bundled; then
     /// datagrams get their turn). A send is answered once its last message went (after our
-    /// own delivery of it, and once the turn's datagrams are out) or the member refused one.
-    fn send_outgoing(&mut self, now: Instant) -> Result<(), LoopError> {
+    /// own delivery of it, and once the turn's datagrams are out: the loop drains the
+    /// member, flushes, then answers) or the member refused one.
+    fn send_outgoing(&mut self, now: Instant) {
         let mut budget = SEND_BATCH;
-        let mut finished = Vec::new();
         while budget > 0 {
             let Some(mut out) = self.outgoing.pop_front() else {
                 break;
@@ -397,15 +397,9 @@ impl Driver {
                 self.outgoing.push_front(out);
                 break;
             }
-            finished.push((out, refused));
+            self.answers_due.push((out, refused));
         }
         self.send_more = budget == 0 && !self.outgoing.is_empty();
-        if !finished.is_empty() {
-            // Our own deliveries of them first; the answers once the datagrams left.
-            self.drain_member(now)?;
-            self.answers_due.append(&mut finished);
-        }
-        Ok(())
     }
 
     /// Answers the sends finished this turn (see [`Driver::answers_due`]).

@@ -3,8 +3,8 @@
 //! A message's one-way latency includes waking its receiver. When the receiver's CPU is
 //! idle, that wake-up is the CPU leaving its idle state, which on a virtual machine that
 //! halts idle virtual CPUs costs tens of microseconds (this project's machine: bare UDP
-//! between processes p99 ≈ 110–140 µs with the CPUs idling as they please, ≈ 40–55 µs
-//! without deep idle). Linux lets a process ask for a bound on that exit latency (PM QoS):
+//! between processes p99 ≈ 120–145 µs with the CPUs idling as they please, ≈ 45–65 µs
+//! with idle CPUs polling). Linux lets a process ask for a bound on that exit latency (PM QoS):
 //! write the bound, in microseconds, as a 32-bit integer to `/dev/cpu_dma_latency` and keep
 //! the file open; the request holds until it is closed. A bound of 0 keeps idle CPUs
 //! polling instead of halting: lower latency, more power, and for the whole machine, not

@@ -722,10 +722,28 @@ fn a_silent_sequencer_is_greeted_until_it_answers_and_a_silent_peer_only_for_a_s
     );
 }
 
-/// A total-order member of "books" whose sequencer (epoch 1) welcomed it.
-fn welcomed_by_sequencer(t: Instant) -> PeerCore {
+/// Ford, a total-order member of "books" with the sequencer, not yet greeted by it.
+fn joined_with_sequencer(t: Instant) -> PeerCore {
     let mut c = core("ford", 6001, Mode::Total);
     c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
+    c
+}
+
+/// Runs `c`'s timers every 50 ms from `from` until `until`, its outputs dropped; returns the
+/// time reached.
+fn timers_until(c: &mut PeerCore, from: Instant, until: Instant) -> Instant {
+    let mut now = from;
+    while now < until {
+        c.handle_timeout(now);
+        while c.poll_output().is_some() {}
+        now += Duration::from_millis(50);
+    }
+    now
+}
+
+/// A total-order member of "books" whose sequencer (epoch 1) welcomed it.
+fn welcomed_by_sequencer(t: Instant) -> PeerCore {
+    let mut c = joined_with_sequencer(t);
     c.handle_datagram(t, addr(5001), &from_sequencer(DatagramType::HelloAck));
     while c.poll_output().is_some() {}
     assert!(c.sequencer_ready("books"));
@@ -791,16 +809,10 @@ fn a_sequencer_that_names_its_epoch_is_waited_for_past_the_handshakes_time() {
     // report's sequencer would have answered. Taking the first sequenced message for our
     // start would skip what the others deliver before it (seed 2576 of the all-faults sim).
     let t = Instant::now();
-    let mut c = core("ford", 6001, Mode::Total);
-    c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
+    let mut c = joined_with_sequencer(t);
     let at = |ms: u64| t + Duration::from_millis(ms);
     c.handle_datagram(at(300), addr(5001), &from_sequencer(DatagramType::Hello));
-    let mut now = at(300);
-    while now < at(1900) {
-        c.handle_timeout(now);
-        while c.poll_output().is_some() {}
-        now += Duration::from_millis(50);
-    }
+    let now = timers_until(&mut c, at(300), at(1900));
     // Its HelloAck to us is lost; messages 3 and 4 of its sequence reach us.
     c.handle_datagram(now, addr(5001), &sequenced(3, Some(1)));
     c.handle_datagram(now, addr(5001), &sequenced(4, Some(1)));
@@ -827,16 +839,10 @@ fn a_member_that_lost_a_sequencer_of_ours_before_its_welcome_waits_for_its_place
     // once the handshake's time is over.
     let t = Instant::now();
     let at = |ms: u64| t + Duration::from_millis(ms);
-    let mut c = core("ford", 6001, Mode::Total);
-    c.join(t, "books", &[member(SEQUENCER, 5001), member("ford", 6001)]);
+    let mut c = joined_with_sequencer(t);
     c.handle_datagram(at(10), addr(5001), &sequenced(3, Some(1)));
     c.handle_datagram(at(20), addr(5001), &sequenced(1, Some(2)));
-    let mut now = at(20);
-    while now < at(1600) {
-        c.handle_timeout(now);
-        while c.poll_output().is_some() {}
-        now += Duration::from_millis(50);
-    }
+    let now = timers_until(&mut c, at(20), at(1600));
     c.handle_datagram(now, addr(5001), &sequenced(4, Some(1)));
     c.handle_timeout(now + Duration::from_millis(10));
     assert!(texts(&mut c).is_empty(), "4 is not taken for our start");

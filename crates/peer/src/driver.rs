@@ -109,6 +109,7 @@ impl Outgoing {
 pub(crate) struct Driver {
     poll: Poll,
     udp: UdpSocket,
+    write_watch: runtime::WriteWatch,
     stop: Shutdown,
     link: TrackerLink<Ask>,
     member: Member,
@@ -213,6 +214,7 @@ impl Driver {
             ),
             poll,
             udp,
+            write_watch: runtime::WriteWatch::new(UDP),
             stop,
             member,
             outbox,
@@ -502,6 +504,13 @@ impl Driver {
 
     fn flush_outbox(&mut self) {
         self.outbox.flush(&self.udp);
+        let waiting = !self.outbox.is_empty();
+        if let Err(e) = self
+            .write_watch
+            .update(self.poll.registry(), &mut self.udp, waiting)
+        {
+            log::warn!("cannot watch the socket for room to write: {e}");
+        }
     }
 
     fn handle_link_events(&mut self, now: Instant) -> Result<(), LoopError> {

@@ -24,5 +24,6 @@ pub use outbox::{Outbox, OutboxStats};
 pub use shutdown::Shutdown;
 pub use tracker_link::{LinkEvent, TrackerLink};
 pub use udp::{
-    bind_udp, join_multicast, multicast_interface, poll_udp, read_batch, send_multicast_on,
+    WriteWatch, bind_udp, join_multicast, multicast_interface, poll_udp, read_batch,
+    send_multicast_on,
 };

@@ -78,8 +78,9 @@ pub fn send_multicast_on(udp: &impl std::os::fd::AsFd, interface: Ipv4Addr) -> i
     socket.set_multicast_loop_v4(true)
 }
 
-/// A member daemon's loop: a `Poll` watching `udp` (readable and writable, as `udp_token`)
-/// and the [`Shutdown`] that wakes it (as `waker_token`).
+/// A member daemon's loop: a `Poll` watching `udp` (readable, as `udp_token`; writable
+/// only when asked through [`WriteWatch`]) and the [`Shutdown`] that wakes it (as
+/// `waker_token`).
 pub fn poll_udp(
     udp: std::net::UdpSocket,
     udp_token: mio::Token,
@@ -87,13 +88,49 @@ pub fn poll_udp(
 ) -> io::Result<(mio::Poll, mio::net::UdpSocket, crate::Shutdown)> {
     let mut udp = mio::net::UdpSocket::from_std(udp);
     let poll = mio::Poll::new()?;
-    poll.registry().register(
-        &mut udp,
-        udp_token,
-        mio::Interest::READABLE | mio::Interest::WRITABLE,
-    )?;
+    poll.registry()
+        .register(&mut udp, udp_token, mio::Interest::READABLE)?;
     let stop = crate::Shutdown::new(poll.registry(), waker_token)?;
     Ok((poll, udp, stop))
+}
+
+/// Whether the loop watches its UDP socket (registered by [`poll_udp`]) for room to write:
+/// only while datagrams the socket refused wait in the outbox. Watched always, the socket
+/// would wake the loop for nothing after nearly every send, since each datagram a receiver
+/// on this host reads frees room (a writable edge) — a wake-up per receiver that takes a
+/// CPU from the receivers while they deliver.
+#[derive(Debug)]
+pub struct WriteWatch {
+    token: mio::Token,
+    on: bool,
+}
+
+impl WriteWatch {
+    /// For the socket [`poll_udp`] registered as `token` (readable only).
+    pub fn new(token: mio::Token) -> Self {
+        Self { token, on: false }
+    }
+
+    /// Watches for room to write while `waiting` (datagrams wait for it), stops once not.
+    /// The kernel reports the socket writable at once if it already is.
+    pub fn update(
+        &mut self,
+        registry: &mio::Registry,
+        udp: &mut mio::net::UdpSocket,
+        waiting: bool,
+    ) -> io::Result<()> {
+        if waiting == self.on {
+            return Ok(());
+        }
+        let interest = if waiting {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        };
+        registry.reregister(udp, self.token, interest)?;
+        self.on = waiting;
+        Ok(())
+    }
 }
 
 /// Reads at most `max` datagrams from `udp` into `buf`, handing each to `handle`: a batch,
@@ -116,4 +153,50 @@ pub fn read_batch(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const UDP: mio::Token = mio::Token(0);
+    const WAKER: mio::Token = mio::Token(1);
+
+    /// Whether a poll of `wait` reports `UDP` writable.
+    fn writable_reported(poll: &mut mio::Poll, wait: Duration) -> bool {
+        let mut events = mio::Events::with_capacity(8);
+        poll.poll(&mut events, Some(wait)).unwrap();
+        events.iter().any(|e| e.token() == UDP && e.is_writable())
+    }
+
+    #[test]
+    fn sending_wakes_the_loop_only_while_it_watches_for_room_to_write() {
+        let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+        let receiver = bind_udp(localhost, 0, 0).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let (mut poll, mut udp, _stop) =
+            poll_udp(bind_udp(localhost, 0, 0).unwrap(), UDP, WAKER).unwrap();
+        // Registered: writable at once. Not asked for since, so the first poll reports
+        // what registering found at most, and sends after it report nothing.
+        let _ = writable_reported(&mut poll, Duration::ZERO);
+        let mut watch = WriteWatch::new(UDP);
+        for _ in 0..3 {
+            udp.send_to(b"hello", to).unwrap();
+        }
+        assert!(!writable_reported(&mut poll, Duration::from_millis(50)));
+
+        // Datagrams wait: the socket is writable, and the loop hears it at once.
+        watch.update(poll.registry(), &mut udp, true).unwrap();
+        assert!(writable_reported(&mut poll, Duration::from_secs(5)));
+        // Asked twice: no second registration.
+        watch.update(poll.registry(), &mut udp, true).unwrap();
+        udp.send_to(b"hello", to).unwrap();
+        assert!(writable_reported(&mut poll, Duration::from_secs(5)));
+
+        // Nothing waits any more: sends wake nobody.
+        watch.update(poll.registry(), &mut udp, false).unwrap();
+        udp.send_to(b"hello", to).unwrap();
+        assert!(!writable_reported(&mut poll, Duration::from_millis(50)));
+    }
 }

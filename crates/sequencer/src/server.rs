@@ -93,6 +93,7 @@ enum Purpose {
 pub struct SequencerServer {
     poll: Poll,
     udp: UdpSocket,
+    write_watch: runtime::WriteWatch,
     addr: SocketAddr,
     stop: Shutdown,
     node: SequencerNode,
@@ -127,6 +128,7 @@ impl SequencerServer {
         Ok(Self {
             poll,
             udp,
+            write_watch: runtime::WriteWatch::new(UDP),
             addr,
             stop,
             node: SequencerNode::new(addr, tracker, config, epoch_now()),
@@ -296,6 +298,13 @@ impl SequencerServer {
             }
         }
         self.outbox.flush(&self.udp);
+        let waiting = !self.outbox.is_empty();
+        if let Err(e) = self
+            .write_watch
+            .update(self.poll.registry(), &mut self.udp, waiting)
+        {
+            log::warn!("cannot watch the socket for room to write: {e}");
+        }
     }
 
     fn tracker_work(&mut self, now: Instant) {

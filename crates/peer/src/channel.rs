@@ -558,8 +558,21 @@ impl Channel {
         group: &str,
         payloads: impl IntoIterator<Item = P>,
     ) -> Result<usize, ChannelError> {
+        self.begin_send_all(group, payloads)?.wait()
+    }
+
+    /// [`send_all`](Self::send_all) without waiting for the messages to go: they are
+    /// handed to the loop, which sends them in the order handed over (after what was handed
+    /// before), and [`Pending`] has the answer later. For a program that paces its own
+    /// sends: it is not woken by each answer, a wake-up that would compete for a CPU with
+    /// the receivers of what it just sent.
+    pub fn begin_send_all<P: Into<Vec<u8>>>(
+        &self,
+        group: &str,
+        payloads: impl IntoIterator<Item = P>,
+    ) -> Result<Pending<usize>, ChannelError> {
         let payloads = payloads.into_iter().map(Into::into).collect();
-        self.call(|reply| Call::SendAll {
+        self.begin(|reply| Call::SendAll {
             group: group.to_owned(),
             payloads,
             reply,
@@ -658,12 +671,44 @@ impl Channel {
         &self,
         make: impl FnOnce(Sender<Result<T, ChannelError>>) -> Call,
     ) -> Result<T, ChannelError> {
+        self.begin(make)?.wait()
+    }
+
+    /// Hands a call to the loop and wakes it; the answer comes on the [`Pending`].
+    fn begin<T>(
+        &self,
+        make: impl FnOnce(Sender<Result<T, ChannelError>>) -> Call,
+    ) -> Result<Pending<T>, ChannelError> {
         let (tx, rx) = mpsc::channel();
         self.calls
             .send(make(tx))
             .map_err(|_| ChannelError::Closed)?;
         self.stop.wake();
-        rx.recv().map_err(|_| ChannelError::Closed)?
+        Ok(Pending { answer: rx })
+    }
+}
+
+/// The answer to come of a call handed to the loop without waiting, such as
+/// [`Channel::begin_send_all`].
+#[derive(Debug)]
+#[must_use = "the answer says whether the messages went"]
+pub struct Pending<T> {
+    answer: Receiver<Result<T, ChannelError>>,
+}
+
+impl<T> Pending<T> {
+    /// Waits for the answer ([`ChannelError::Closed`] if the loop ended first).
+    pub fn wait(self) -> Result<T, ChannelError> {
+        self.answer.recv().map_err(|_| ChannelError::Closed)?
+    }
+
+    /// The answer if it has come, without waiting.
+    pub fn try_wait(&self) -> Option<Result<T, ChannelError>> {
+        match self.answer.try_recv() {
+            Ok(answer) => Some(answer),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Disconnected) => Some(Err(ChannelError::Closed)),
+        }
     }
 }
 

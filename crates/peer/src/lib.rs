@@ -20,6 +20,7 @@ pub mod script;
 
 pub use channel::{
     Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery, GroupStatus,
+    Pending,
 };
 pub use member::{Mode, SEQUENCER};
 pub use runtime::Shutdown;

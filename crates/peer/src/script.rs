@@ -7,6 +7,7 @@
 //! ([`Channel::open_with`]): measuring costs the member no thread switch per message, so
 //! the figures are the member's, not the hand-over's.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +17,9 @@ use member::Mode;
 use runtime::Shutdown;
 use thiserror::Error;
 
-use crate::channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery};
+use crate::channel::{
+    Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelStats, Delivery, Pending,
+};
 use crate::console::{describe, visible};
 use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report, Sealed};
 
@@ -24,6 +27,10 @@ use crate::report::{Dropped, Failover, Flow, Latency, Recovery, Report, Sealed};
 /// flow-control window opens, and between two chunks it waits for the next (so a chunk is
 /// many windows long).
 const SEND_CHUNK: usize = 16_384;
+
+/// Sends at a rate handed to the loop and not yet answered, at most: past that the script
+/// waits for the oldest (the flow-control window is full; the loop holds the rest).
+const PACED_AHEAD: usize = 64;
 
 /// How long the script waits after its last delivery, at least, and until retransmission
 /// requests from the others stop.
@@ -343,7 +350,9 @@ impl ScriptPeer {
 
     /// Sends every line (`payloads`, made from them beforehand): flat out, [`SEND_CHUNK`]
     /// lines at a time, which the loop sends as fast as the flow-control window allows; at a
-    /// rate, the lines due.
+    /// rate, the lines due, handed to the loop without waiting for them to go (at most
+    /// [`PACED_AHEAD`] hand-overs unanswered), so that no answer wakes us while the
+    /// receivers of what just went need the CPUs.
     fn send_lines(&self, payloads: Vec<Vec<u8>>) -> Result<(), ScriptError> {
         let (script, chan) = (&self.script, &self.chan);
         let step = script
@@ -352,25 +361,40 @@ impl ScriptPeer {
         let mut payloads = payloads.into_iter();
         let start = Instant::now();
         lock(&self.shared).measure.first_send = Some(start);
+        let count_sent = |sent: usize| lock(&self.shared).measure.sent += sent as u64;
+        let mut unanswered: VecDeque<Pending<usize>> = VecDeque::new();
         let mut next = 0;
         while next < script.lines.len() {
             let now = Instant::now();
-            let due = if step.is_zero() {
-                SEND_CHUNK
-            } else {
-                let elapsed = now.saturating_duration_since(start).as_secs_f64();
-                let due = (elapsed / step.as_secs_f64()) as usize + 1;
-                due.saturating_sub(next)
-            };
+            if step.is_zero() {
+                let chunk: Vec<Vec<u8>> = payloads.by_ref().take(SEND_CHUNK).collect();
+                let sent = chan.send_all(&script.group, chunk)?;
+                next += sent;
+                count_sent(sent);
+                continue;
+            }
+            let elapsed = now.saturating_duration_since(start).as_secs_f64();
+            let due = ((elapsed / step.as_secs_f64()) as usize + 1).saturating_sub(next);
             if due == 0 {
                 let next_at = start + step.mul_f64(next as f64);
                 std::thread::sleep(next_at.saturating_duration_since(now));
                 continue;
             }
             let chunk: Vec<Vec<u8>> = payloads.by_ref().take(due).collect();
-            let sent = chan.send_all(&script.group, chunk)?;
-            next += sent;
-            lock(&self.shared).measure.sent += sent as u64;
+            next += chunk.len();
+            unanswered.push_back(chan.begin_send_all(&script.group, chunk)?);
+            while let Some(answer) = unanswered.front().and_then(Pending::try_wait) {
+                unanswered.pop_front();
+                count_sent(answer?);
+            }
+            if unanswered.len() > PACED_AHEAD
+                && let Some(oldest) = unanswered.pop_front()
+            {
+                count_sent(oldest.wait()?);
+            }
+        }
+        for pending in unanswered {
+            count_sent(pending.wait()?);
         }
         Ok(())
     }

@@ -80,12 +80,11 @@ fn next<T>(chan: &Channel, mut pick: impl FnMut(ChannelEvent) -> Option<T>) -> T
     panic!("the event never came");
 }
 
-#[test]
-fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
-    let tracker = LocalTracker::start();
+/// Ford and kat in "books", each having heard the other; ford's flow-control window is
+/// `window` messages.
+fn ford_and_kat_in_books(tracker: &LocalTracker, window: u64) -> (Channel, Channel) {
     let mut config = ChannelConfig::new("ford", tracker.addr);
-    // A small window: the stream must wait for kat's acknowledgements many times.
-    config.ordering.flow_window = 16;
+    config.ordering.flow_window = window;
     let ford = Channel::connect(config).unwrap();
     let kat = Channel::connect(ChannelConfig::new("kat", tracker.addr)).unwrap();
     kat.join("books").unwrap();
@@ -100,13 +99,26 @@ fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
         assert!(Instant::now() < deadline, "ford never heard kat");
         std::thread::sleep(Duration::from_millis(5));
     }
+    (ford, kat)
+}
+
+/// The next message kat delivers.
+fn next_message(chan: &Channel) -> peer::Delivery {
+    next(chan, |e| match e {
+        ChannelEvent::Message(m) => Some(m),
+        _ => None,
+    })
+}
+
+#[test]
+fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
+    let tracker = LocalTracker::start();
+    // A small window: the stream must wait for kat's acknowledgements many times.
+    let (ford, kat) = ford_and_kat_in_books(&tracker, 16);
     let lines: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
     assert_eq!(ford.send_all("books", lines.clone()).unwrap(), lines.len());
     for (i, line) in lines.iter().enumerate() {
-        let m = next(&kat, |e| match e {
-            ChannelEvent::Message(m) => Some(m),
-            _ => None,
-        });
+        let m = next_message(&kat);
         assert_eq!(
             (&*m.author, m.payload.as_slice()),
             ("ford", line.as_bytes())
@@ -133,6 +145,48 @@ fn send_all_waits_for_the_slowest_member_and_every_message_arrives_in_order() {
         other => panic!("{other:?}"),
     }
     ford.close().unwrap();
+    kat.close().unwrap();
+}
+
+#[test]
+fn sends_handed_over_without_waiting_go_in_order_and_each_is_answered() {
+    let tracker = LocalTracker::start();
+    let (ford, kat) = ford_and_kat_in_books(&tracker, 16);
+    let lines: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
+    // Ten hand-overs at once, far more than the window: the loop holds them, in order.
+    let pending: Vec<_> = lines
+        .chunks(100)
+        .map(|chunk| ford.begin_send_all("books", chunk.to_vec()).unwrap())
+        .collect();
+    let refused = ford.begin_send_all("films", ["a"]).unwrap();
+    for answer in pending {
+        assert_eq!(answer.wait().unwrap(), 100);
+    }
+    match refused.wait() {
+        Err(ChannelError::Member(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let m = next_message(&kat);
+        assert_eq!(m.payload, line.as_bytes());
+        assert_eq!(m.seq, i as u64 + 1);
+    }
+    // Asked without waiting: no answer yet or the count, never anything else.
+    let last = ford.begin_send_all("books", ["last"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        if let Some(answer) = last.try_wait() {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "never answered");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(answer.unwrap(), 1);
+    assert_eq!(next_message(&kat).payload, b"last");
+    // Handed over and then the loop ends: the answer says so.
+    let orphan = ford.begin_send_all("books", ["x"]).unwrap();
+    ford.close().unwrap();
+    assert!(matches!(orphan.wait(), Ok(1) | Err(ChannelError::Closed)));
     kat.close().unwrap();
 }
 

@@ -140,19 +140,29 @@ pub fn report<E: Display>(program: &str, result: Result<(), E>) -> ExitCode {
 pub struct LowLatencyArg {
     /// Keep this machine's idle CPUs polling instead of halting while this program runs, so
     /// a datagram's receiver wakes in microseconds (Linux PM QoS, `/dev/cpu_dma_latency`:
-    /// it needs root, holds for the whole machine, and costs power). Lowers the latency of
-    /// a quiet group, most on virtual machines; flat-out throughput gains nothing.
+    /// it needs root, holds for the whole machine, and costs power), and run this program
+    /// (and what it starts) under SCHED_BATCH: woken by a datagram, it lets the process
+    /// that sent it finish its turn instead of preempting it, so a fan-out to members on
+    /// this machine ends before they run rather than with a process switch per datagram
+    /// (woken while a busy program holds its CPU, it waits for that program's time slice).
+    /// Lowers the latency of a quiet group, most on virtual machines; flat-out throughput
+    /// gains nothing.
     #[arg(long)]
     pub low_latency: bool,
 }
 
 impl LowLatencyArg {
-    /// The request held while the value returned lives, when asked for; a clear error when
-    /// it cannot be held.
+    /// When asked for: schedules the calling thread, and the threads and programs it starts
+    /// from then on, so that woken it does not preempt its waker (call it before starting
+    /// any), and returns the request held while the value returned lives; a clear error
+    /// when either cannot be had.
     pub fn hold(self) -> Result<Option<runtime::CpuWakeLatency>, String> {
-        self.low_latency
-            .then(|| runtime::CpuWakeLatency::hold(std::time::Duration::ZERO))
-            .transpose()
+        if !self.low_latency {
+            return Ok(None);
+        }
+        runtime::no_wakeup_preemption().map_err(|e| format!("--low-latency: {e}"))?;
+        runtime::CpuWakeLatency::hold(std::time::Duration::ZERO)
+            .map(Some)
             .map_err(|e| format!("--low-latency: {e}"))
     }
 }

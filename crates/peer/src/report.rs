@@ -175,6 +175,9 @@ pub struct Report {
     pub failover: Failover,
     /// Flow control.
     pub flow: Flow,
+    /// Whether this peer ran under SCHED_BATCH (`--low-latency`, or started by a program
+    /// that was): woken by a datagram, it let the process that sent it finish its turn.
+    pub wakeup_preemption_off: bool,
 }
 
 impl fmt::Display for Report {

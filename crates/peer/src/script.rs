@@ -496,6 +496,7 @@ impl ScriptPeer {
                 }),
             evicted: measure.evicted.clone(),
             times_evicted: traffic.times_evicted,
+            wakeup_preemption_off: runtime::wakeup_preemption_off().unwrap_or(false),
             clock_synced: stats.clock.is_some(),
             clock_offset_us: stats.clock.map_or(0, |e| e.offset_ns / 1000),
             clock_bound_us: stats.clock.map_or(0, |e| (e.bound_ns + 999) / 1000),

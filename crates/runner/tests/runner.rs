@@ -127,6 +127,11 @@ fn a_flat_out_sender_is_held_to_its_slowest_member_and_nothing_is_lost() {
     assert_eq!(run["summary"]["delivered"], 4 * 20_000);
     let sender = &run["peers"][0];
     assert_eq!(sender["sent"], 20_000);
+    // Without --low-latency the scheduling is the machine's (unless the test itself runs
+    // under SCHED_BATCH).
+    if !runtime::wakeup_preemption_off().unwrap_or(false) {
+        assert_eq!(sender["wakeup_preemption_off"], false, "{sender}");
+    }
     assert!(
         sender["flow"]["window_closed"].as_u64().unwrap() > 0,
         "the sender had to wait: {sender}"
@@ -204,7 +209,7 @@ fn experiments_run_on_hosts_beside_loopback() {
 /// run and says so in the JSON. Holding it needs root: elsewhere the runner must refuse with
 /// a clear error rather than measure something else.
 #[test]
-fn at_a_steady_rate_bare_udp_is_measured_at_that_rate_and_low_latency_is_held() {
+fn at_a_steady_rate_bare_udp_is_measured_at_that_rate_and_low_latency_is_held_by_all() {
     let may_hold = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/cpu_dma_latency")
@@ -252,6 +257,12 @@ fn at_a_steady_rate_bare_udp_is_measured_at_that_rate_and_low_latency_is_held() 
     );
     let run = &figures["runs"][0];
     assert_eq!(run["summary"]["complete"], true, "{run}");
+    for peer in run["peers"].as_array().unwrap() {
+        assert_eq!(
+            peer["wakeup_preemption_off"], true,
+            "every peer the runner started ran under SCHED_BATCH: {peer}"
+        );
+    }
     let p50 = run["repeated"]["latency_p50_us"]["median"]
         .as_f64()
         .unwrap();

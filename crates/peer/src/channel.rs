@@ -24,6 +24,8 @@
 //! [`Channel::open_into`] puts the events on the program's own queue (to wait on them and on
 //! its input at once); [`Channel::open_with`] hands them to a handler on the loop's thread
 //! (to count or store them without a thread switch per message, as the script peer does).
+//! [`Channel::begin_send_all`] hands messages to the loop without waiting for them to go
+//! ([`Pending`] has the answer), for a program that paces its own sends.
 //!
 //! A program with its own event loop can instead drive the sans-IO [`member::Member`] and
 //! the [`runtime`] pieces itself, as this loop does.

@@ -79,7 +79,7 @@ pub fn send_multicast_on(udp: &impl std::os::fd::AsFd, interface: Ipv4Addr) -> i
 }
 
 /// A member daemon's loop: a `Poll` watching `udp` (readable, as `udp_token`; writable
-/// only when asked through [`WriteWatch`]) and the [`Shutdown`] that wakes it (as
+/// only when asked through [`WriteWatch`]) and the [`Shutdown`](crate::Shutdown) that wakes it (as
 /// `waker_token`).
 pub fn poll_udp(
     udp: std::net::UdpSocket,

@@ -348,53 +348,76 @@ impl ScriptPeer {
         }
     }
 
-    /// Sends every line (`payloads`, made from them beforehand): flat out, [`SEND_CHUNK`]
-    /// lines at a time, which the loop sends as fast as the flow-control window allows; at a
-    /// rate, the lines due, handed to the loop without waiting for them to go (at most
-    /// [`PACED_AHEAD`] hand-overs unanswered), so that no answer wakes us while the
-    /// receivers of what just went need the CPUs.
+    /// Sends every line (`payloads`, made from them beforehand): flat out, or at the
+    /// script's rate.
     fn send_lines(&self, payloads: Vec<Vec<u8>>) -> Result<(), ScriptError> {
-        let (script, chan) = (&self.script, &self.chan);
-        let step = script
-            .rate
-            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
-        let mut payloads = payloads.into_iter();
         let start = Instant::now();
         lock(&self.shared).measure.first_send = Some(start);
-        let count_sent = |sent: usize| lock(&self.shared).measure.sent += sent as u64;
-        let mut unanswered: VecDeque<Pending<usize>> = VecDeque::new();
-        let mut next = 0;
-        while next < script.lines.len() {
-            let now = Instant::now();
-            if step.is_zero() {
-                let chunk: Vec<Vec<u8>> = payloads.by_ref().take(SEND_CHUNK).collect();
-                let sent = chan.send_all(&script.group, chunk)?;
-                next += sent;
-                count_sent(sent);
-                continue;
+        let step = self
+            .script
+            .rate
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r));
+        if step.is_zero() {
+            self.send_flat_out(payloads)
+        } else {
+            self.send_paced(payloads, start, step)
+        }
+    }
+
+    fn count_sent(&self, sent: usize) {
+        lock(&self.shared).measure.sent += sent as u64;
+    }
+
+    /// [`SEND_CHUNK`] lines at a time, which the loop sends as fast as the flow-control
+    /// window allows.
+    fn send_flat_out(&self, payloads: Vec<Vec<u8>>) -> Result<(), ScriptError> {
+        let mut payloads = payloads.into_iter();
+        loop {
+            let chunk: Vec<Vec<u8>> = payloads.by_ref().take(SEND_CHUNK).collect();
+            if chunk.is_empty() {
+                return Ok(());
             }
+            self.count_sent(self.chan.send_all(&self.script.group, chunk)?);
+        }
+    }
+
+    /// One line every `step` from `start`: the lines due, handed to the loop without
+    /// waiting for them to go (at most [`PACED_AHEAD`] hand-overs unanswered), so that no
+    /// answer wakes us while the receivers of what just went need the CPUs.
+    fn send_paced(
+        &self,
+        payloads: Vec<Vec<u8>>,
+        start: Instant,
+        step: Duration,
+    ) -> Result<(), ScriptError> {
+        let total = payloads.len();
+        let mut payloads = payloads.into_iter();
+        let mut unanswered: VecDeque<Pending<usize>> = VecDeque::new();
+        let mut handed = 0;
+        while handed < total {
+            let now = Instant::now();
             let elapsed = now.saturating_duration_since(start).as_secs_f64();
-            let due = ((elapsed / step.as_secs_f64()) as usize + 1).saturating_sub(next);
+            let due = ((elapsed / step.as_secs_f64()) as usize + 1).saturating_sub(handed);
             if due == 0 {
-                let next_at = start + step.mul_f64(next as f64);
+                let next_at = start + step.mul_f64(handed as f64);
                 std::thread::sleep(next_at.saturating_duration_since(now));
                 continue;
             }
             let chunk: Vec<Vec<u8>> = payloads.by_ref().take(due).collect();
-            next += chunk.len();
-            unanswered.push_back(chan.begin_send_all(&script.group, chunk)?);
+            handed += chunk.len();
+            unanswered.push_back(self.chan.begin_send_all(&self.script.group, chunk)?);
             while let Some(answer) = unanswered.front().and_then(Pending::try_wait) {
                 unanswered.pop_front();
-                count_sent(answer?);
+                self.count_sent(answer?);
             }
             if unanswered.len() > PACED_AHEAD
                 && let Some(oldest) = unanswered.pop_front()
             {
-                count_sent(oldest.wait()?);
+                self.count_sent(oldest.wait()?);
             }
         }
         for pending in unanswered {
-            count_sent(pending.wait()?);
+            self.count_sent(pending.wait()?);
         }
         Ok(())
     }

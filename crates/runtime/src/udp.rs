@@ -79,8 +79,8 @@ pub fn send_multicast_on(udp: &impl std::os::fd::AsFd, interface: Ipv4Addr) -> i
 }
 
 /// A member daemon's loop: a `Poll` watching `udp` (readable, as `udp_token`; writable
-/// only when asked through [`WriteWatch`]) and the [`Shutdown`](crate::Shutdown) that wakes it (as
-/// `waker_token`).
+/// only when asked through [`WriteWatch`]) and the [`Shutdown`](crate::Shutdown) that
+/// wakes it (as `waker_token`).
 pub fn poll_udp(
     udp: std::net::UdpSocket,
     udp_token: mio::Token,
@@ -96,9 +96,10 @@ pub fn poll_udp(
 
 /// Whether the loop watches its UDP socket (registered by [`poll_udp`]) for room to write:
 /// only while datagrams the socket refused wait in the outbox. Watched always, the socket
-/// would wake the loop for nothing after nearly every send, since each datagram a receiver
-/// on this host reads frees room (a writable edge) — a wake-up per receiver that takes a
-/// CPU from the receivers while they deliver.
+/// would wake the loop for an empty turn after nearly every send: a datagram's room is
+/// freed once the kernel has handed it on (on loopback, within the `sendto` itself), and
+/// each freeing is a writable edge — a turn that takes a CPU from the receivers of what
+/// was just sent.
 #[derive(Debug)]
 pub struct WriteWatch {
     token: mio::Token,
@@ -130,6 +131,19 @@ impl WriteWatch {
         registry.reregister(udp, self.token, interest)?;
         self.on = waiting;
         Ok(())
+    }
+
+    /// [`update`](Self::update)s after a flush of `outbox`: watched while anything waits in
+    /// it. A failure is logged: what waits then goes at the loop's next turn.
+    pub fn follow(
+        &mut self,
+        registry: &mio::Registry,
+        udp: &mut mio::net::UdpSocket,
+        outbox: &crate::Outbox,
+    ) {
+        if let Err(e) = self.update(registry, udp, !outbox.is_empty()) {
+            log::warn!("cannot watch the socket for room to write: {e}");
+        }
     }
 }
 

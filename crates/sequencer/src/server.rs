@@ -298,13 +298,8 @@ impl SequencerServer {
             }
         }
         self.outbox.flush(&self.udp);
-        let waiting = !self.outbox.is_empty();
-        if let Err(e) = self
-            .write_watch
-            .update(self.poll.registry(), &mut self.udp, waiting)
-        {
-            log::warn!("cannot watch the socket for room to write: {e}");
-        }
+        self.write_watch
+            .follow(self.poll.registry(), &mut self.udp, &self.outbox);
     }
 
     fn tracker_work(&mut self, now: Instant) {

@@ -183,6 +183,18 @@ pub struct SequencerNode {
     /// Per group, the multicast group its members share (if any), as worked out at the
     /// versions of the members and of the bundle readers given.
     multicast_kept: HashMap<String, ((u64, u64), Option<SocketAddr>)>,
+    /// Per group, where each sequenced message goes when it goes to each member (see
+    /// [`fan_out`](SequencerNode::fan_out)), as worked out at the versions given.
+    fan_out_kept: HashMap<String, ((u64, u64), Arc<[Destination]>)>,
+}
+
+/// A member a sequenced message goes to: its address, the encoding it reads, and whether it
+/// takes bundles.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    to: SocketAddr,
+    form: Form,
+    bundle: bool,
 }
 
 fn ranges_of(ranges: &[CounterRange]) -> Vec<RangeInclusive<u64>> {
@@ -214,6 +226,7 @@ impl SequencerNode {
             seals: GroupSeals::new(addr),
             multicast: false,
             multicast_kept: HashMap::new(),
+            fan_out_kept: HashMap::new(),
         }
     }
 
@@ -883,6 +896,32 @@ impl SequencerNode {
         shared
     }
 
+    /// Every member of `group` with how it reads a sequenced message: worked out again only
+    /// when the members or what they read change, since it is asked for every message (with
+    /// sixteen members, working it out each time was a sixth of the sequencer's time).
+    fn fan_out(&mut self, group: &str) -> Arc<[Destination]> {
+        let Some(members) = self.groups.get(group) else {
+            return Arc::from([]);
+        };
+        let versions = (members.version(), self.bundle_readers.version());
+        if let Some((at, kept)) = self.fan_out_kept.get(group)
+            && *at == versions
+        {
+            return kept.clone();
+        }
+        let destinations: Arc<[Destination]> = members
+            .iter()
+            .map(|(_, m)| Destination {
+                to: m.addr,
+                form: self.form(m.addr, m.proto.is_some()),
+                bundle: self.bundle_readers.reads(&m.addr),
+            })
+            .collect();
+        self.fan_out_kept
+            .insert(group.to_owned(), (versions, destinations.clone()));
+        destinations
+    }
+
     /// How a sequenced message is encoded for the member at `to`.
     fn form(&self, to: SocketAddr, newer: bool) -> Form {
         match (newer, self.bundle_readers.reads_compact(&to)) {
@@ -987,12 +1026,20 @@ impl SequencerNode {
                     }
                     // One encoding for each kind of member, made only if one needs it.
                     let mut encoded: [Option<Arc<[u8]>>; 3] = Default::default();
-                    for (to, is_newer) in self.everyone(&group) {
-                        let form = self.form(to, is_newer);
-                        let bytes = encoded[form as usize]
-                            .get_or_insert_with(|| self.sequenced(&group, counter, &payload, form))
+                    let seal = self.seals.sealer(&group);
+                    for d in self.fan_out(&group).iter() {
+                        let bytes = encoded[d.form as usize]
+                            .get_or_insert_with(|| {
+                                self.sequenced(&group, counter, &payload, d.form)
+                            })
                             .clone();
-                        self.send(&group, to, bytes);
+                        self.traffic.datagrams_sent += 1;
+                        self.outputs.push_back(NodeOutput::Transmit(Transmit {
+                            to: d.to,
+                            bytes,
+                            bundle: d.bundle,
+                            seal: seal.clone(),
+                        }));
                     }
                 }
                 Order::Retransmit {

@@ -185,7 +185,15 @@ pub struct SequencerNode {
     multicast_kept: HashMap<String, ((u64, u64), Option<SocketAddr>)>,
     /// Per group, where each sequenced message goes when it goes to each member (see
     /// [`fan_out`](SequencerNode::fan_out)), as worked out at the versions given.
-    fan_out_kept: HashMap<String, ((u64, u64), Arc<[Destination]>)>,
+    fan_out_kept: HashMap<String, FanOut>,
+}
+
+/// Where a group's sequenced messages go, as worked out at the versions of its members and
+/// of the bundle readers given.
+#[derive(Debug)]
+struct FanOut {
+    versions: (u64, u64),
+    destinations: Arc<[Destination]>,
 }
 
 /// A member a sequenced message goes to: its address, the encoding it reads, and whether it
@@ -904,10 +912,10 @@ impl SequencerNode {
             return Arc::from([]);
         };
         let versions = (members.version(), self.bundle_readers.version());
-        if let Some((at, kept)) = self.fan_out_kept.get(group)
-            && *at == versions
+        if let Some(kept) = self.fan_out_kept.get(group)
+            && kept.versions == versions
         {
-            return kept.clone();
+            return kept.destinations.clone();
         }
         let destinations: Arc<[Destination]> = members
             .iter()
@@ -917,8 +925,13 @@ impl SequencerNode {
                 bundle: self.bundle_readers.reads(&m.addr),
             })
             .collect();
-        self.fan_out_kept
-            .insert(group.to_owned(), (versions, destinations.clone()));
+        self.fan_out_kept.insert(
+            group.to_owned(),
+            FanOut {
+                versions,
+                destinations: destinations.clone(),
+            },
+        );
         destinations
     }
 

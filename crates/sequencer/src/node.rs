@@ -1238,6 +1238,67 @@ mod tests {
     }
 
     #[test]
+    fn each_message_goes_to_the_members_of_its_moment_in_the_form_each_reads() {
+        let us: SocketAddr = ([127, 0, 0, 1], 5001).into();
+        let mut node = SequencerNode::new(us, None, ordering::Config::default(), 1);
+        let t = Instant::now();
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let greet = |node: &mut SequencerNode, name: &str, port: u16, proto: Option<u32>| {
+            let mut hello =
+                Datagram::new(DatagramType::Hello, "books", name, "", addr(port), 1, name);
+            hello.proto = proto;
+            hello.start = Some(1);
+            node.handle_datagram(t, addr(port), &encode(&hello));
+            let _: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        };
+        // Ford's message `counter`: to whom the sequencer sends it, and whether compact.
+        let send = |node: &mut SequencerNode, counter: u64| {
+            let mut m = Datagram::new(
+                DatagramType::Application,
+                "books",
+                "ford",
+                "hi",
+                addr(6001),
+                counter,
+                "ford",
+            );
+            m.sent_at_us = Some(1);
+            node.handle_datagram(t, addr(6001), &encode(&m));
+            let mut to: Vec<(SocketAddr, bool)> = std::iter::from_fn(|| node.poll_output())
+                .filter_map(|o| match o {
+                    NodeOutput::Transmit(tx)
+                        if proto::bundle::decode_single(&tx.bytes)
+                            .is_ok_and(|d| d.kind == DatagramType::Application) =>
+                    {
+                        Some((tx.to, proto::compact::is_compact(&tx.bytes)))
+                    }
+                    _ => None,
+                })
+                .collect();
+            to.sort();
+            to
+        };
+        greet(&mut node, "ford", 6001, Some(PROTOCOL_VERSION));
+        greet(&mut node, "kat", 6002, Some(PROTOCOL_VERSION));
+        assert_eq!(send(&mut node, 1), [(addr(6001), true), (addr(6002), true)]);
+        // One of the report's peers joins: from the next message on it gets JSON.
+        greet(&mut node, "lou", 6003, None);
+        assert_eq!(
+            send(&mut node, 2),
+            [(addr(6001), true), (addr(6002), true), (addr(6003), false)]
+        );
+        // Kat leaves: the next message is not for her.
+        let mut bye = Datagram::new(DatagramType::Bye, "books", "kat", "", addr(6002), 1, "kat");
+        bye.proto = Some(PROTOCOL_VERSION);
+        node.handle_datagram(t, addr(6002), &encode(&bye));
+        let _: Vec<_> = std::iter::from_fn(|| node.poll_output()).collect();
+        assert_eq!(
+            send(&mut node, 3),
+            [(addr(6001), true), (addr(6003), false)]
+        );
+    }
+
+    #[test]
     fn the_trackers_bye_naming_us_asks_the_driver_to_register_again_once() {
         let tracker: SocketAddr = ([127, 0, 0, 1], 5000).into();
         let us: SocketAddr = ([127, 0, 0, 1], 5001).into();

@@ -14,7 +14,7 @@ use member::{MemberInfo, Members, SEQUENCER, Transmit, hello_source};
 use ordering::{Output as Order, Sequenced, Sequencer, Start};
 use proto::bundle::BundleReaders;
 use proto::{CounterRange, Datagram, DatagramType, PROTOCOL_VERSION, Secret};
-use seal::{GroupKey, SharedKey};
+use seal::{GroupKey, Sealer, SharedKey};
 
 use crate::recovery::{Recovery, Source};
 
@@ -855,10 +855,21 @@ impl SequencerNode {
 
     /// Sends `bytes`, a datagram of `group`, to `to`: sealed if it is a sealed group.
     fn send(&mut self, group: &str, to: SocketAddr, bytes: Arc<[u8]>) {
-        self.traffic.datagrams_sent += 1;
         // An IP multicast group is sent to only when all its listeners read bundles.
         let bundle = self.bundle_readers.reads(&to) || to.ip().is_multicast();
         let seal = self.seals.sealer(group);
+        self.transmit(to, bytes, bundle, seal);
+    }
+
+    /// Sends `bytes` to `to`, in a bundle if `bundle`, sealed with `seal` if given.
+    fn transmit(
+        &mut self,
+        to: SocketAddr,
+        bytes: Arc<[u8]>,
+        bundle: bool,
+        seal: Option<Arc<Sealer>>,
+    ) {
+        self.traffic.datagrams_sent += 1;
         self.outputs.push_back(NodeOutput::Transmit(Transmit {
             to,
             bytes,
@@ -1046,13 +1057,7 @@ impl SequencerNode {
                                 self.sequenced(&group, counter, &payload, d.form)
                             })
                             .clone();
-                        self.traffic.datagrams_sent += 1;
-                        self.outputs.push_back(NodeOutput::Transmit(Transmit {
-                            to: d.to,
-                            bytes,
-                            bundle: d.bundle,
-                            seal: seal.clone(),
-                        }));
+                        self.transmit(d.to, bytes, d.bundle, seal.clone());
                     }
                 }
                 Order::Retransmit {

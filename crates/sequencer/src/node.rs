@@ -180,20 +180,19 @@ pub struct SequencerNode {
     /// We may send to the members' IP multicast group (see
     /// [`send_multicast`](SequencerNode::send_multicast)).
     multicast: bool,
-    /// Per group, the multicast group its members share (if any), as worked out at the
-    /// versions of the members and of the bundle readers given.
-    multicast_kept: HashMap<String, ((u64, u64), Option<SocketAddr>)>,
-    /// Per group, where each sequenced message goes when it goes to each member (see
-    /// [`fan_out`](SequencerNode::fan_out)), as worked out at the versions given.
+    /// Per group, where its sequenced messages go (see [`fan_out`](SequencerNode::fan_out)).
     fan_out_kept: HashMap<String, FanOut>,
 }
 
 /// Where a group's sequenced messages go, as worked out at the versions of its members and
 /// of the bundle readers given.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 struct FanOut {
     versions: (u64, u64),
-    destinations: Arc<[Destination]>,
+    /// The IP multicast group every member listens on and reads compact datagrams from.
+    multicast: Option<SocketAddr>,
+    /// Every member, with how it reads a sequenced message.
+    members: Arc<[Destination]>,
 }
 
 /// A member a sequenced message goes to: its address, the encoding it reads, and whether it
@@ -233,7 +232,6 @@ impl SequencerNode {
             bundle_readers: BundleReaders::default(),
             seals: GroupSeals::new(addr),
             multicast: false,
-            multicast_kept: HashMap::new(),
             fan_out_kept: HashMap::new(),
         }
     }
@@ -883,67 +881,43 @@ impl SequencerNode {
         (!newer_only || m.proto.is_some()).then_some(m.addr)
     }
 
-    /// Every member of `group`: its address, and whether it speaks the newer protocol.
-    fn everyone(&self, group: &str) -> Vec<(SocketAddr, bool)> {
-        self.groups.get(group).map_or_else(Vec::new, |members| {
-            members
-                .iter()
-                .map(|(_, m)| (m.addr, m.proto.is_some()))
-                .collect()
-        })
-    }
-
     /// The IP multicast group the members of `group` all listen on, if sequenced messages
     /// may go there once (see [`send_multicast`](Self::send_multicast)).
     fn ip_multicast(&mut self, group: &str) -> Option<SocketAddr> {
         if !self.multicast || self.seals.is_sealed(group) {
             return None;
         }
-        // Worked out again only when the members or what they read change (it is asked
-        // for every message).
-        let members = self.groups.get(group)?;
-        let versions = (members.version(), self.bundle_readers.version());
-        if let Some((at, shared)) = self.multicast_kept.get(group)
-            && *at == versions
-        {
-            return *shared;
-        }
-        let readers = &self.bundle_readers;
-        let shared = members.shared_multicast(|_| true, |addr| readers.reads_compact(addr));
-        self.multicast_kept
-            .insert(group.to_owned(), (versions, shared));
-        shared
+        self.fan_out(group).multicast
     }
 
-    /// Every member of `group` with how it reads a sequenced message: worked out again only
-    /// when the members or what they read change, since it is asked for every message (with
-    /// sixteen members, working it out each time was a sixth of the sequencer's time).
-    fn fan_out(&mut self, group: &str) -> Arc<[Destination]> {
+    /// Where the sequenced messages of `group` go: worked out again only when its members
+    /// or what they read change, since it is asked for every message (with sixteen
+    /// members, working it out each time was a sixth of the sequencer's time).
+    fn fan_out(&mut self, group: &str) -> FanOut {
         let Some(members) = self.groups.get(group) else {
-            return Arc::from([]);
+            return FanOut::default();
         };
         let versions = (members.version(), self.bundle_readers.version());
         if let Some(kept) = self.fan_out_kept.get(group)
             && kept.versions == versions
         {
-            return kept.destinations.clone();
+            return kept.clone();
         }
-        let destinations: Arc<[Destination]> = members
-            .iter()
-            .map(|(_, m)| Destination {
-                to: m.addr,
-                form: self.form(m.addr, m.proto.is_some()),
-                bundle: self.bundle_readers.reads(&m.addr),
-            })
-            .collect();
-        self.fan_out_kept.insert(
-            group.to_owned(),
-            FanOut {
-                versions,
-                destinations: destinations.clone(),
-            },
-        );
-        destinations
+        let readers = &self.bundle_readers;
+        let fan_out = FanOut {
+            versions,
+            multicast: members.shared_multicast(|_| true, |addr| readers.reads_compact(addr)),
+            members: members
+                .iter()
+                .map(|(_, m)| Destination {
+                    to: m.addr,
+                    form: self.form(m.addr, m.proto.is_some()),
+                    bundle: readers.reads(&m.addr),
+                })
+                .collect(),
+        };
+        self.fan_out_kept.insert(group.to_owned(), fan_out.clone());
+        fan_out
     }
 
     /// How a sequenced message is encoded for the member at `to`.
@@ -1051,7 +1025,7 @@ impl SequencerNode {
                     // One encoding for each kind of member, made only if one needs it.
                     let mut encoded: [Option<Arc<[u8]>>; 3] = Default::default();
                     let seal = self.seals.sealer(&group);
-                    for d in self.fan_out(&group).iter() {
+                    for d in self.fan_out(&group).members.iter() {
                         let bytes = encoded[d.form as usize]
                             .get_or_insert_with(|| {
                                 self.sequenced(&group, counter, &payload, d.form)
@@ -1081,9 +1055,9 @@ impl SequencerNode {
                 }
                 Order::Digest { group, highest } => {
                     let bytes = self.control(DatagramType::Digest, &group, highest, SEQUENCER, &[]);
-                    for (to, newer) in self.everyone(&group) {
-                        if newer {
-                            self.send(&group, to, bytes.clone());
+                    for d in self.fan_out(&group).members.iter() {
+                        if d.form != Form::Report {
+                            self.send(&group, d.to, bytes.clone());
                         }
                     }
                 }
@@ -1208,13 +1182,22 @@ mod tests {
         );
         m.sent_at_us = Some(1);
         node.handle_datagram(t, ford, &encode(&m));
-        let mut to: Vec<SocketAddr> = std::iter::from_fn(|| node.poll_output())
+        sent_messages(&mut node)
+            .into_iter()
+            .map(|(to, _)| to)
+            .collect()
+    }
+
+    /// Where the application datagrams the node sends now go, sorted, and whether each is
+    /// compact.
+    fn sent_messages(node: &mut SequencerNode) -> Vec<(SocketAddr, bool)> {
+        let mut to: Vec<(SocketAddr, bool)> = std::iter::from_fn(|| node.poll_output())
             .filter_map(|o| match o {
                 NodeOutput::Transmit(tx)
                     if proto::bundle::decode_single(&tx.bytes)
                         .is_ok_and(|d| d.kind == DatagramType::Application) =>
                 {
-                    Some(tx.to)
+                    Some((tx.to, proto::compact::is_compact(&tx.bytes)))
                 }
                 _ => None,
             })
@@ -1269,19 +1252,7 @@ mod tests {
             );
             m.sent_at_us = Some(1);
             node.handle_datagram(t, addr(6001), &encode(&m));
-            let mut to: Vec<(SocketAddr, bool)> = std::iter::from_fn(|| node.poll_output())
-                .filter_map(|o| match o {
-                    NodeOutput::Transmit(tx)
-                        if proto::bundle::decode_single(&tx.bytes)
-                            .is_ok_and(|d| d.kind == DatagramType::Application) =>
-                    {
-                        Some((tx.to, proto::compact::is_compact(&tx.bytes)))
-                    }
-                    _ => None,
-                })
-                .collect();
-            to.sort();
-            to
+            sent_messages(node)
         };
         greet(&mut node, "ford", 6001, Some(PROTOCOL_VERSION));
         greet(&mut node, "kat", 6002, Some(PROTOCOL_VERSION));
